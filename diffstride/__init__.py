@@ -1,0 +1,16 @@
+"""DiffStride: downsampling with learnable strides (Riad et al., ICLR 2022) for PyTorch."""
+from diffstride import functional
+from diffstride.pooling import (
+    DiffStride,
+    DiffStride1d,
+    DiffStride2d,
+    FixedSpectralPooling,
+    FixedSpectralPooling1d,
+    FixedSpectralPooling2d,
+    SpatialPooling,
+    SpatialPooling1d,
+    SpatialPooling2d,
+    param_groups,
+)
+
+__version__ = "0.1.0"

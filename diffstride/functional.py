@@ -1,0 +1,458 @@
+"""The maths of spectral downsampling, as plain functions.
+
+Every layer of :mod:`diffstride.pooling` is, per channel, the real linear map
+
+    y = A_r · x · B_rᵀ − A_i · x · B_iᵀ
+
+where ``A = A_r + i·A_i`` (h × H) and ``B = B_r + i·B_i`` (w × W) are small complex matrices that
+fold together the unnormalised ``rfft2``, the spectral mask, the crop and the ``irfft2`` of the
+reference implementation (google-research/diffstride). Building ``A`` and ``B`` from the
+learnable strides and applying them as two real matrix products gives the reference's outputs
+and gradients without complex tensors of the input's size, under autocast, with any memory
+format and under ``torch.compile``.
+
+The plan (which frequencies are kept and the output size) is computed in Python from the stride
+values, emulating the reference's float32 arithmetic exactly, so that the output size is a
+Python int and never the result of a data-dependent ``nonzero``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Optional, Sequence, Tuple
+
+import torch
+
+__all__ = [
+    "SpectralPlan",
+    "clip_inclusive",
+    "maximum_inclusive",
+    "height_positions",
+    "min_stride",
+    "diffstride_plan",
+    "diffstride_plan_1d",
+    "fixed_spectral_plan",
+    "fixed_spectral_plan_1d",
+    "spectral_mask",
+    "spectral_operator",
+    "spectral_resample2d",
+    "spectral_resample1d",
+    "diff_stride2d",
+    "diff_stride1d",
+    "fixed_spectral_pool2d",
+    "fixed_spectral_pool1d",
+]
+
+
+def _f32(value: float) -> float:
+    """Rounds a Python float to the nearest float32 (round half to even).
+
+    Exact for the normal float32 range used here; every +, -, * and / of two float32 values
+    computed in float64 and rounded by this function equals the float32 operation. Pure
+    arithmetic, so that ``torch.compile`` can fold it into a constant.
+    """
+    if value == 0.0 or not math.isfinite(value):
+        return value
+    mantissa, exponent = math.frexp(value)
+    return math.ldexp(round(mantissa * 16777216.0) / 16777216.0, exponent)
+
+
+# --------------------------------------------------------------------------------------------
+# Clips with TensorFlow's gradient rule.
+
+
+def clip_inclusive(
+    x: torch.Tensor, lower: Optional[float] = None, upper: Optional[float] = None
+) -> torch.Tensor:
+    """``clamp`` whose gradient passes where ``lower <= x <= upper`` (bounds included).
+
+    TensorFlow's ``clip_by_value`` lets the gradient through at the bounds; ``torch.clamp``
+    does not. Integer strides on even sizes put mask values exactly on 0 or 1, so the stride
+    gradient of the reference depends on this rule.
+    """
+    if lower is None and upper is None:
+        return x
+    inside = torch.ones_like(x, dtype=torch.bool)
+    if lower is not None:
+        inside = inside & (x >= lower)
+    if upper is not None:
+        inside = inside & (x <= upper)
+    return torch.where(inside, x, x.clamp(lower, upper).detach())
+
+
+def maximum_inclusive(x: torch.Tensor, floor: float) -> torch.Tensor:
+    """``max(x, floor)`` whose gradient goes to ``x`` where ``x >= floor`` (as ``tf.maximum``)."""
+    return torch.where(x >= floor, x, torch.full_like(x, floor))
+
+
+# --------------------------------------------------------------------------------------------
+# Plans: which frequencies are kept, and the output size (Python ints).
+
+
+@dataclasses.dataclass(frozen=True)
+class SpectralPlan:
+    """What a spectral layer keeps of one input size.
+
+    Attributes:
+        rows: kept FFT rows (height bins, in FFT order) of the input, in the order in which
+            they are laid out in the output spectrum. Empty for 1-D plans.
+        cols: number of kept rfft bins along the width (bins ``0 .. cols - 1``).
+        out_size: output spatial size, ``(h, w)`` in 2-D or ``(l,)`` in 1-D.
+    """
+
+    rows: Tuple[int, ...]
+    cols: int
+    out_size: Tuple[int, ...]
+
+
+def height_positions(height: int) -> list:
+    """Mask positions of the FFT rows of a ``height``-long axis, exactly as the reference builds them.
+
+    ``r = arange(H//2 + H%2)``; ``pos = fftshift(cat(flip(r[H%2:]), r))``. H = 8 gives
+    ``[0, 1, 2, 3, 3, 2, 1, 0]``; H = 31 gives ``[1, 2, ..., 15, 15, 14, ..., 1, 0]``.
+    """
+    r = list(range(height // 2 + height % 2))
+    unshifted = list(reversed(r[height % 2:])) + r
+    shift = height // 2  # fftshift rolls by n // 2
+    return [unshifted[(i - shift) % height] for i in range(height)]
+
+
+def min_stride(size: int, smoothness_factor: float) -> float:
+    """The smallest stride the reference allows along an axis: ``size / (size - R)`` in float32."""
+    return _f32(size / _f32(size - _f32(smoothness_factor)))
+
+
+def _threshold(size: int, stride: float, width_rule: bool) -> float:
+    """``max(size / stride, 2) / 2`` (+1 for the rfft axis), in float32 as the reference."""
+    cropped = max(_f32(size / stride), 2.0)
+    threshold = cropped / 2.0  # exact in float32
+    return _f32(threshold + 1.0) if width_rule else threshold
+
+
+def _kept(positions: Sequence[int], threshold: float, smoothness_factor: float) -> list:
+    """Indices whose mask ``(1/R) * (R + t - pos)`` is > 0 in float32 arithmetic."""
+    edge = _f32(_f32(smoothness_factor) + threshold)
+    # (1/R) * (edge - pos) > 0 exactly when edge > pos: both factors are positive and the
+    # product of two positive float32 values of this size cannot underflow.
+    return [i for i, pos in enumerate(positions) if edge - pos > 0]
+
+
+def _effective_stride(
+    stride: float, size_min: float, lower: Optional[float], upper: Optional[float]
+) -> float:
+    stride = max(stride, size_min)
+    low = 1.0 if lower is None else _f32(lower)
+    stride = max(stride, low)
+    if upper is not None:
+        stride = min(stride, _f32(upper))
+    return stride
+
+
+def diffstride_plan(
+    size: Tuple[int, int],
+    strides: Sequence[float],
+    smoothness_factor: float = 4.0,
+    cropping: bool = True,
+    lower_limit_stride: Optional[float] = None,
+    upper_limit_stride: Optional[float] = None,
+) -> SpectralPlan:
+    """The rows, columns and output size DiffStride keeps for an input of spatial ``size``.
+
+    ``strides`` are the float32 stride values (one shared value or ``(S_h, S_w)``), before the
+    reference's clamp to ``size / (size - R)``, which this function applies too.
+    """
+    height, width = size
+    if len(strides) == 1:
+        shared = max(strides[0], min_stride(height, smoothness_factor), min_stride(width, smoothness_factor))
+        s_h = s_w = _effective_stride(shared, 0.0, lower_limit_stride, upper_limit_stride)
+    else:
+        s_h = _effective_stride(strides[0], min_stride(height, smoothness_factor), lower_limit_stride, upper_limit_stride)
+        s_w = _effective_stride(strides[1], min_stride(width, smoothness_factor), lower_limit_stride, upper_limit_stride)
+    if cropping:
+        rows = _kept(height_positions(height), _threshold(height, s_h, False), smoothness_factor)
+        cols = len(_kept(range(width // 2 + 1), _threshold(width, s_w, True), smoothness_factor))
+    else:
+        rows, cols = list(range(height)), width // 2 + 1
+    return SpectralPlan(tuple(rows), cols, (len(rows), 2 * (cols - 1)))
+
+
+def diffstride_plan_1d(
+    length: int,
+    stride: float,
+    smoothness_factor: float = 4.0,
+    cropping: bool = True,
+    lower_limit_stride: Optional[float] = None,
+    upper_limit_stride: Optional[float] = None,
+) -> SpectralPlan:
+    """1-D version of :func:`diffstride_plan` (the width rule alone)."""
+    s = _effective_stride(stride, min_stride(length, smoothness_factor), lower_limit_stride, upper_limit_stride)
+    if cropping:
+        cols = len(_kept(range(length // 2 + 1), _threshold(length, s, True), smoothness_factor))
+    else:
+        cols = length // 2 + 1
+    return SpectralPlan((), cols, (2 * (cols - 1),))
+
+
+def fixed_spectral_plan(size: Tuple[int, int], strides: Sequence[float]) -> SpectralPlan:
+    """FixedSpectralPooling: ``h = floor(H/S_h)`` rounded down to even, ``w = floor(W/S_w)``, both >= 2."""
+    height, width = size
+    h = max(2 * (int(math.floor(height / strides[0])) // 2), 2)
+    w = max(int(math.floor(width / strides[1])), 2)
+    rows = list(range(h // 2)) + list(range(height - h // 2, height))
+    return SpectralPlan(tuple(rows), w // 2 + 1, (h, w))
+
+
+def fixed_spectral_plan_1d(length: int, stride: float) -> SpectralPlan:
+    """1-D FixedSpectralPooling: keeps bins ``[0, l//2 + 1)`` and inverts to ``l = floor(L/S)`` (>= 2)."""
+    out = max(int(math.floor(length / stride)), 2)
+    return SpectralPlan((), out // 2 + 1, (out,))
+
+
+# --------------------------------------------------------------------------------------------
+# Masks and spectral operators.
+
+
+def spectral_mask(
+    positions: torch.Tensor, threshold: torch.Tensor, smoothness_factor: float
+) -> torch.Tensor:
+    """``clip((1/R) * (R + t - pos), 0, 1)`` with the inclusive gradient rule, in the reference's order."""
+    ramp = (1.0 / smoothness_factor) * (smoothness_factor + threshold - positions)
+    return clip_inclusive(ramp, 0.0, 1.0)
+
+
+def _mask_dtype(strides: torch.Tensor) -> torch.dtype:
+    return torch.float64 if strides.dtype == torch.float64 else torch.float32
+
+
+def _axis_stride(
+    stride: torch.Tensor, lower: Optional[float], upper: Optional[float]
+) -> torch.Tensor:
+    low = 1.0 if lower is None else lower
+    return clip_inclusive(stride, low, upper)
+
+
+def _axis_weights(
+    size: int,
+    stride: torch.Tensor,
+    positions: Sequence[int],
+    smoothness_factor: float,
+    width_rule: bool,
+) -> torch.Tensor:
+    """Mask values at the kept ``positions`` of one axis, as a differentiable function of ``stride``."""
+    # torch.full_like(...) / stride, not size / stride: Tensor.__rtruediv__ multiplies by the
+    # reciprocal, which rounds differently from the reference's float32 division.
+    cropped = maximum_inclusive(torch.full_like(stride, size) / stride, 2.0)
+    threshold = cropped / 2.0
+    if width_rule:
+        threshold = threshold + 1.0
+    pos = torch.tensor(positions, dtype=stride.dtype, device=stride.device)
+    return spectral_mask(pos, threshold, smoothness_factor)
+
+
+def _clamped(strides: torch.Tensor, size: Sequence[int], smoothness_factor: float) -> torch.Tensor:
+    """The reference's in-graph view of its in-place clamp: value ``max(S, size/(size-R))``, identity gradient."""
+    mins = [min_stride(n, smoothness_factor) for n in size]
+    if strides.numel() == 1:
+        mins = [max(mins)]
+    floor = torch.tensor(mins, dtype=strides.dtype, device=strides.device)
+    return strides + (torch.maximum(strides, floor) - strides).detach()
+
+
+def spectral_operator(
+    n_in: int,
+    n_out: int,
+    freqs_in: Sequence[int],
+    weights: torch.Tensor,
+    dtype: torch.dtype,
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Real and imaginary parts of ``M[p, m] = Σ_k w_k exp(2πi (k·p/n_out − f_k·m/n_in))``.
+
+    ``M`` (n_out × n_in) maps a signal to the inverse DFT of length ``n_out`` of its DFT bins
+    ``freqs_in`` weighted by ``weights`` and laid out at output bins ``0 .. K-1``. Angles are
+    reduced modulo the period in integers first, so that they stay exact before the cosine.
+    """
+    device = weights.device
+    k = torch.arange(len(freqs_in), device=device)
+    p = torch.arange(n_out, device=device)
+    m = torch.arange(n_in, device=device)
+    f = torch.tensor(list(freqs_in), device=device)
+    angle_out = (p[:, None] * k[None, :] % n_out).to(dtype) * (2 * math.pi / n_out)
+    angle_in = (f[:, None] * m[None, :] % n_in).to(dtype) * (2 * math.pi / n_in)
+    cos_out, sin_out = torch.cos(angle_out), torch.sin(angle_out)
+    cos_in, sin_in = torch.cos(angle_in), torch.sin(angle_in)
+    w = weights.to(dtype)
+    wc, ws = cos_out * w, sin_out * w
+    real = wc @ cos_in + ws @ sin_in
+    imag = ws @ cos_in - wc @ sin_in
+    return real, imag
+
+
+def _irfft_coefficients(cols: int, out_len: int, dtype: torch.dtype, device) -> torch.Tensor:
+    """How often each kept rfft bin counts in a real inverse of length ``out_len``: 1 for DC and Nyquist, else 2."""
+    c = torch.full((cols,), 2.0, dtype=dtype, device=device)
+    c[0] = 1.0
+    if out_len % 2 == 0 and cols - 1 == out_len // 2:
+        c[cols - 1] = 1.0
+    return c
+
+
+def _compute_dtype(x: torch.Tensor) -> torch.dtype:
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+# --------------------------------------------------------------------------------------------
+# Applying the operators: two large matrix products, no complex tensors of the input's size.
+
+
+def _apply_2d(
+    x: torch.Tensor,
+    a_real: torch.Tensor,
+    a_imag: torch.Tensor,
+    b_real: torch.Tensor,
+    b_imag: torch.Tensor,
+) -> torch.Tensor:
+    """``y = A_r x B_rᵀ − A_i x B_iᵀ`` per (batch, channel) of a logical (N, C, H, W) tensor.
+
+    Contiguous input: one GEMM over all rows for the width ``(N·C·H, W) @ (W, 2w)``, whose output
+    is read in place as ``(N·C, 2H, w)`` by one batched product with ``[A_r, −A_i]`` interleaved.
+    channels_last input: the same two steps on the physical (N, H, W, C) layout, the output
+    keeping channels_last. No transposing copies in either case.
+    """
+    n, c, height, width = x.shape
+    h, w = a_real.shape[0], b_real.shape[0]
+    dtype = x.dtype if not torch.is_autocast_enabled(x.device.type) else torch.get_autocast_dtype(x.device.type)
+    a2 = torch.stack([a_real, -a_imag], dim=-1).reshape(h, 2 * height).to(dtype)  # cols (m, r)
+    channels_last = x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+    if channels_last:
+        xp = x.permute(0, 2, 3, 1)  # physical (N, H, W, C), contiguous
+        b2 = torch.cat([b_real, b_imag], dim=0).to(dtype)  # rows (r, q)
+        t = torch.matmul(b2, xp.reshape(n * height, width, c))  # (N·H, 2w, C) = (N, H, 2, w, C)
+        y = torch.matmul(a2, t.reshape(n, 2 * height, w * c))  # (N, h, w·C)
+        return y.reshape(n, h, w, c).permute(0, 3, 1, 2)
+    x = x.contiguous()
+    b2 = torch.cat([b_real, b_imag], dim=0).t().to(dtype)  # (W, 2w), cols (r, q)
+    t = torch.mm(x.reshape(n * c * height, width), b2)  # (N·C·H, 2w) = (N·C, H, 2, w)
+    y = torch.matmul(a2, t.reshape(n * c, 2 * height, w))  # (N·C, h, w)
+    return y.reshape(n, c, h, w)
+
+
+def _apply_1d(x: torch.Tensor, b_real: torch.Tensor) -> torch.Tensor:
+    """``y = x B_rᵀ`` over the last axis of (N, C, L): one GEMM (the imaginary part cancels in 1-D)."""
+    n, c, length = x.shape
+    dtype = x.dtype if not torch.is_autocast_enabled(x.device.type) else torch.get_autocast_dtype(x.device.type)
+    y = torch.mm(x.reshape(n * c, length), b_real.t().to(dtype))
+    return y.reshape(n, c, -1)
+
+
+def spectral_resample2d(
+    x: torch.Tensor,
+    plan: SpectralPlan,
+    row_weights: torch.Tensor,
+    col_weights: torch.Tensor,
+) -> torch.Tensor:
+    """``irfft2(crop(mask ⊙ rfft2(x)))`` of a (N, C, H, W) tensor as two real matrix products.
+
+    ``row_weights`` (len(plan.rows)) and ``col_weights`` (plan.cols) are the mask values of the
+    kept rows and rfft columns; gradients flow to them, and so to whatever they were built from.
+    """
+    height, width = x.shape[-2:]
+    h, w = plan.out_size
+    dtype = _compute_dtype(x)
+    with torch.autocast(x.device.type, enabled=False):
+        a_real, a_imag = spectral_operator(height, h, plan.rows, row_weights / h, dtype)
+        coeffs = _irfft_coefficients(plan.cols, w, dtype, x.device)
+        b_real, b_imag = spectral_operator(width, w, range(plan.cols), coeffs * col_weights / w, dtype)
+    return _apply_2d(x, a_real, a_imag, b_real, b_imag)
+
+
+def spectral_resample1d(x: torch.Tensor, plan: SpectralPlan, weights: torch.Tensor) -> torch.Tensor:
+    """``irfft(crop(mask ⊙ rfft(x)))`` of a (N, C, L) tensor as one real matrix product."""
+    (out_len,) = plan.out_size
+    dtype = _compute_dtype(x)
+    with torch.autocast(x.device.type, enabled=False):
+        coeffs = _irfft_coefficients(plan.cols, out_len, dtype, x.device)
+        b_real, _ = spectral_operator(x.shape[-1], out_len, range(plan.cols), coeffs * weights / out_len, dtype)
+    return _apply_1d(x, b_real)
+
+
+# --------------------------------------------------------------------------------------------
+# The layers' maths.
+
+
+def _stride_values(strides: torch.Tensor) -> list:
+    return [float(v) for v in strides.detach().to(torch.float32).tolist()]
+
+
+def diff_stride2d(
+    x: torch.Tensor,
+    strides: torch.Tensor,
+    smoothness_factor: float = 4.0,
+    cropping: bool = True,
+    lower_limit_stride: Optional[float] = None,
+    upper_limit_stride: Optional[float] = None,
+    plan: Optional[SpectralPlan] = None,
+) -> torch.Tensor:
+    """DiffStride on a (N, C, H, W) tensor with learnable ``strides`` ((2,) or shared (1,)).
+
+    Same values and gradients as the reference's layer after its in-place clamp, which is
+    applied here out of place (value clamped, gradient passed through, as the reference's read
+    of the assigned variable). ``plan`` may be given when already known (it is computed from
+    the stride values otherwise, which reads them from the device).
+
+    Shape:
+        x: (N, C, H, W) → (N, C, h, w), ``(h, w) = plan.out_size``.
+    """
+    height, width = x.shape[-2:]
+    if plan is None:
+        plan = diffstride_plan(
+            (height, width), _stride_values(strides), smoothness_factor, cropping,
+            lower_limit_stride, upper_limit_stride,
+        )
+    s = _clamped(strides.to(_mask_dtype(strides)), (height, width), smoothness_factor)
+    s = _axis_stride(s, lower_limit_stride, upper_limit_stride)
+    s_h, s_w = (s[0], s[0]) if s.numel() == 1 else (s[0], s[1])
+    positions = height_positions(height)
+    row_weights = _axis_weights(height, s_h, [positions[r] for r in plan.rows], smoothness_factor, False)
+    col_weights = _axis_weights(width, s_w, range(plan.cols), smoothness_factor, True)
+    return spectral_resample2d(x, plan, row_weights, col_weights)
+
+
+def diff_stride1d(
+    x: torch.Tensor,
+    strides: torch.Tensor,
+    smoothness_factor: float = 4.0,
+    cropping: bool = True,
+    lower_limit_stride: Optional[float] = None,
+    upper_limit_stride: Optional[float] = None,
+    plan: Optional[SpectralPlan] = None,
+) -> torch.Tensor:
+    """DiffStride on a (N, C, L) tensor with a learnable stride of shape (1,).
+
+    Shape:
+        x: (N, C, L) → (N, C, l), ``l = 2 * (kept bins - 1)``.
+    """
+    length = x.shape[-1]
+    if plan is None:
+        plan = diffstride_plan_1d(
+            length, _stride_values(strides)[0], smoothness_factor, cropping,
+            lower_limit_stride, upper_limit_stride,
+        )
+    s = _clamped(strides.to(_mask_dtype(strides)), (length,), smoothness_factor)
+    s = _axis_stride(s, lower_limit_stride, upper_limit_stride)
+    weights = _axis_weights(length, s[0], range(plan.cols), smoothness_factor, True)
+    return spectral_resample1d(x, plan, weights)
+
+
+def fixed_spectral_pool2d(x: torch.Tensor, strides: Sequence[float]) -> torch.Tensor:
+    """Spectral pooling with fixed ``strides`` (S_h, S_w) of a (N, C, H, W) tensor (no mask, hard crop)."""
+    plan = fixed_spectral_plan(tuple(x.shape[-2:]), strides)
+    ones_r = torch.ones(len(plan.rows), dtype=_compute_dtype(x), device=x.device)
+    ones_c = torch.ones(plan.cols, dtype=_compute_dtype(x), device=x.device)
+    return spectral_resample2d(x, plan, ones_r, ones_c)
+
+
+def fixed_spectral_pool1d(x: torch.Tensor, stride: float) -> torch.Tensor:
+    """Spectral pooling with a fixed ``stride`` of a (N, C, L) tensor."""
+    plan = fixed_spectral_plan_1d(x.shape[-1], stride)
+    ones = torch.ones(plan.cols, dtype=_compute_dtype(x), device=x.device)
+    return spectral_resample1d(x, plan, ones)

@@ -1,0 +1,463 @@
+"""Downsampling layers: DiffStride (learnable strides) and the reference's two baselines.
+
+Names, arguments and defaults follow google-research/diffstride's ``pooling.py`` so that its Gin
+configs work unchanged; the maths lives in :mod:`diffstride.functional`.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable, Iterable, List, Optional, Sequence, Tuple, Union
+
+import torch
+from torch import nn
+
+from diffstride import functional as F
+
+__all__ = [
+    "DiffStride",
+    "DiffStride1d",
+    "DiffStride2d",
+    "FixedSpectralPooling",
+    "FixedSpectralPooling1d",
+    "FixedSpectralPooling2d",
+    "SpatialPooling",
+    "SpatialPooling1d",
+    "SpatialPooling2d",
+    "param_groups",
+    "pooling_layers",
+]
+
+Strides = Union[float, Sequence[float]]
+_DATA_FORMATS = ("channels_first", "channels_last")
+
+
+# --------------------------------------------------------------------------------------------
+# Validation helpers shared by every layer.
+
+
+def _check_strides(strides: Strides, ndim: int, name: str = "strides") -> Tuple[float, ...]:
+    """Returns ``ndim`` finite strides >= 1; a single number is used for every axis."""
+    if isinstance(strides, torch.Tensor):
+        strides = strides.tolist()
+    if isinstance(strides, (int, float)) and not isinstance(strides, bool):
+        strides = (strides,) * ndim
+    try:
+        values = tuple(float(s) for s in strides)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be a number or a sequence of {ndim} numbers, but got {strides!r}") from None
+    if len(values) != ndim:
+        raise ValueError(f"{name} must have {ndim} value(s), one per spatial axis, but got {len(values)}: {strides!r}")
+    for v in values:
+        if not math.isfinite(v) or v < 1.0:
+            raise ValueError(f"{name} must be finite and >= 1, but got {strides!r}")
+    return values
+
+
+def _check_data_format(data_format: str) -> str:
+    if data_format not in _DATA_FORMATS:
+        raise ValueError(f"data_format must be one of {_DATA_FORMATS}, but got {data_format!r}")
+    return data_format
+
+
+def _to_channels_first(x: torch.Tensor, ndim: int, data_format: str, layer: str) -> torch.Tensor:
+    """Checks the rank and returns a channels-first *view* (no copy) of ``x``."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{layer} expects a torch.Tensor, but got {type(x).__name__}")
+    if x.dim() != ndim + 2:
+        layout = ("(N, C, H, W)" if ndim == 2 else "(N, C, L)") if data_format == "channels_first" else (
+            "(N, H, W, C)" if ndim == 2 else "(N, L, C)")
+        raise ValueError(f"{layer} expects a {ndim + 2}-D input {layout}, but got shape {tuple(x.shape)}")
+    if not x.is_floating_point():
+        raise TypeError(f"{layer} expects a floating-point input, but got dtype {x.dtype}")
+    if data_format == "channels_last":
+        return x.movedim(-1, 1)
+    return x
+
+
+def _from_channels_first(y: torch.Tensor, data_format: str) -> torch.Tensor:
+    return y.movedim(1, -1) if data_format == "channels_last" else y
+
+
+# --------------------------------------------------------------------------------------------
+# DiffStride.
+
+
+class _DiffStrideNd(nn.Module):
+    """Common code of the 1-D and 2-D DiffStride layers."""
+
+    _ndim: int
+
+    def __init__(
+        self,
+        strides: Strides = 2.0,
+        smoothness_factor: float = 4.0,
+        cropping: bool = True,
+        trainable: bool = True,
+        shared_stride: bool = False,
+        lower_limit_stride: Optional[float] = None,
+        upper_limit_stride: Optional[float] = None,
+        data_format: str = "channels_first",
+        device=None,
+        dtype=None,
+    ) -> None:
+        super().__init__()
+        self._init_strides = _check_strides(strides, self._ndim)
+        smoothness_factor = float(smoothness_factor)
+        if not math.isfinite(smoothness_factor) or smoothness_factor < 0:
+            raise ValueError(f"smoothness_factor must be finite and >= 0, but got {smoothness_factor}")
+        if smoothness_factor == 0:
+            raise ValueError("smoothness_factor must be > 0 (the mask divides by it), but got 0")
+        if shared_stride and len(set(self._init_strides)) > 1:
+            raise ValueError(f"shared_stride=True needs equal strides, but got {tuple(self._init_strides)}")
+        for name, limit in (("lower_limit_stride", lower_limit_stride), ("upper_limit_stride", upper_limit_stride)):
+            if limit is not None and (not math.isfinite(float(limit)) or float(limit) < 1.0):
+                raise ValueError(f"{name} must be None or a finite number >= 1, but got {limit!r}")
+        if lower_limit_stride is not None and upper_limit_stride is not None and lower_limit_stride > upper_limit_stride:
+            raise ValueError(
+                f"lower_limit_stride ({lower_limit_stride}) must not exceed upper_limit_stride ({upper_limit_stride})")
+        self.smoothness_factor = smoothness_factor
+        self.cropping = bool(cropping)
+        self.shared_stride = bool(shared_stride) or self._ndim == 1
+        self.lower_limit_stride = None if lower_limit_stride is None else float(lower_limit_stride)
+        self.upper_limit_stride = None if upper_limit_stride is None else float(upper_limit_stride)
+        self.data_format = _check_data_format(data_format)
+        n = 1 if self.shared_stride else self._ndim
+        self.strides = nn.Parameter(
+            torch.empty(n, device=device, dtype=dtype or torch.float32), requires_grad=bool(trainable))
+        # Python copy of the stride values, used to plan the output size inside torch.compile
+        # when the strides are frozen (no device read, so fullgraph=True works).
+        self._frozen_values: Tuple[float, ...] = ()
+        self.reset_parameters()
+        self.register_load_state_dict_post_hook(lambda module, keys: module._sync_frozen_values())
+
+    def reset_parameters(self) -> None:
+        with torch.no_grad():
+            self.strides.copy_(torch.tensor(self._init_strides[: self.strides.numel()]))
+        self._sync_frozen_values()
+
+    @property
+    def trainable(self) -> bool:
+        return self.strides.requires_grad
+
+    def _sync_frozen_values(self) -> None:
+        self._frozen_values = tuple(float(v) for v in self.strides.detach().float().cpu().tolist())
+
+    def _check_size(self, size: Tuple[int, ...]) -> None:
+        for axis, n in zip(("height", "width") if self._ndim == 2 else ("length",), size):
+            if n <= self.smoothness_factor or n < 2:
+                raise ValueError(
+                    f"{type(self).__name__} needs an input {axis} > smoothness_factor ({self.smoothness_factor:g}) "
+                    f"and >= 2, but got {axis} {n} (input spatial size {tuple(size)})")
+
+    def _min_strides(self, size: Tuple[int, ...]) -> List[float]:
+        mins = [F.min_stride(n, self.smoothness_factor) for n in size]
+        return [max(mins)] if self.strides.numel() == 1 else mins
+
+    def _clamp_strides_(self, size: Tuple[int, ...]) -> None:
+        """The reference's in-place clamp ``S = max(S, size / (size - R))``, without gradient."""
+        mins = self._min_strides(size)
+        if torch.compiler.is_compiling() and not self.trainable:
+            values = tuple(max(v, m) for v, m in zip(self._frozen_values, mins))
+            if values != self._frozen_values:
+                with torch.no_grad():
+                    self.strides.copy_(torch.tensor(values, dtype=self.strides.dtype))
+                self._frozen_values = values
+            return
+        with torch.no_grad():
+            floor = torch.tensor(mins, dtype=self.strides.dtype, device=self.strides.device)
+            self.strides.copy_(torch.maximum(self.strides, floor))
+
+    def _current_plan(self, size: Tuple[int, ...]) -> F.SpectralPlan:
+        if torch.compiler.is_compiling() and not self.trainable:
+            return self._plan(size, self._frozen_values)  # folded into the graph: no break
+        return _plan_from_tensor(self, size)
+
+    def _plan(self, size: Tuple[int, ...], values: Sequence[float]) -> F.SpectralPlan:
+        raise NotImplementedError
+
+    def output_size(self, input_size: Sequence[int]) -> Tuple[int, ...]:
+        """Spatial output size for a spatial ``input_size`` at the current strides (the layer is not run).
+
+        ``input_size`` is ``(H, W)`` (2-D) or ``(L,)`` / ``L`` (1-D); the strides are not modified.
+        """
+        size = (int(input_size),) if isinstance(input_size, int) else tuple(int(n) for n in input_size)
+        if len(size) != self._ndim:
+            raise ValueError(f"input_size must have {self._ndim} value(s), but got {input_size!r}")
+        self._check_size(size)
+        return self._plan(size, _read_strides(self.strides)).out_size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = _to_channels_first(x, self._ndim, self.data_format, type(self).__name__)
+        size = tuple(x.shape[2:])
+        self._check_size(size)
+        self._clamp_strides_(size)
+        plan = self._current_plan(size)
+        y = self._apply(x, plan)
+        if not torch.compiler.is_compiling() and not self.trainable:
+            self._sync_frozen_values()
+        return _from_channels_first(y, self.data_format)
+
+    def _apply(self, x: torch.Tensor, plan: F.SpectralPlan) -> torch.Tensor:
+        raise NotImplementedError
+
+    def extra_repr(self) -> str:
+        values = ", ".join(f"{v:.3g}" for v in self.strides.detach().float().cpu().tolist())
+        text = f"strides=({values}{',' if self.strides.numel() == 1 else ''}), smoothness_factor={self.smoothness_factor:g}"
+        text += f", cropping={self.cropping}"
+        if not self.trainable:
+            text += ", trainable=False"
+        if self.shared_stride and self._ndim == 2:
+            text += ", shared_stride=True"
+        if self.lower_limit_stride is not None:
+            text += f", lower_limit_stride={self.lower_limit_stride:g}"
+        if self.upper_limit_stride is not None:
+            text += f", upper_limit_stride={self.upper_limit_stride:g}"
+        if self.data_format != "channels_first":
+            text += f", data_format={self.data_format!r}"
+        return text
+
+
+def _read_strides(strides: torch.Tensor) -> Tuple[float, ...]:
+    return tuple(float(v) for v in strides.detach().float().cpu().tolist())
+
+
+@torch.compiler.disable
+def _plan_from_tensor(layer: "_DiffStrideNd", size: Tuple[int, ...]) -> F.SpectralPlan:
+    """Reads the strides (a device sync) and plans the output. Kept out of compiled graphs, so
+    that a compiled model recompiles only when the plan changes, not at every stride update."""
+    return layer._plan(size, _read_strides(layer.strides))
+
+
+class DiffStride(_DiffStrideNd):
+    """Spectral downsampling with learnable strides (DiffStride), for 2-D inputs.
+
+    Multiplies the input's spectrum by a smooth low-pass mask whose width is set by the strides
+    ``(S_h, S_w)``, crops the frequencies the mask zeroes, and returns to the spatial domain.
+    The strides receive gradients and are trained with the rest of the network. Exactly the
+    reference's layer (google-research/diffstride), including its output size ``≈ size / S + 2R``,
+    its in-place clamp ``S >= size / (size - R)`` and TensorFlow's gradient at clip bounds; it is
+    computed as two real matrix products (no FFT), tested against the reference's outputs and
+    gradients and against a float64 FFT oracle.
+
+    Args:
+        strides: initial strides ``(S_h, S_w)`` or one number for both; finite, >= 1.
+        smoothness_factor: width ``R`` of the mask's ramp, in frequency bins (> 0).
+        cropping: drop the frequencies the mask zeroes (the output shrinks); if False, the output
+            keeps the input's height and ``2 * (W // 2)`` width.
+        trainable: whether the strides receive gradients.
+        shared_stride: one stride for both axes (``strides`` then has shape (1,)).
+        lower_limit_stride, upper_limit_stride: clip of the strides inside the graph
+            (default 1 and none).
+        data_format: ``'channels_first'`` (N, C, H, W) or ``'channels_last'`` (N, H, W, C).
+
+    Shape:
+        - Input: (N, C, H, W) with H, W > smoothness_factor (or (N, H, W, C)).
+        - Output: (N, C, h, w), see :meth:`output_size`; the input's memory format is kept.
+
+    Examples:
+        >>> layer = DiffStride(strides=(2, 4))
+        >>> layer(torch.rand(1, 3, 64, 64)).shape
+        torch.Size([1, 3, 40, 24])
+        >>> layer
+        DiffStride(strides=(2, 4), smoothness_factor=4, cropping=True)
+    """
+
+    _ndim = 2
+
+    def _plan(self, size, values):
+        return F.diffstride_plan(
+            size, values, self.smoothness_factor, self.cropping, self.lower_limit_stride, self.upper_limit_stride)
+
+    def _apply(self, x, plan):
+        return F.diff_stride2d(
+            x, self.strides, self.smoothness_factor, self.cropping,
+            self.lower_limit_stride, self.upper_limit_stride, plan=plan)
+
+
+class DiffStride1d(_DiffStrideNd):
+    """DiffStride for 1-D inputs (N, C, L): time series, audio frames.
+
+    The width rule of the 2-D layer alone: keeps rfft bins whose mask
+    ``clip((R + L/(2S) + 1 - n)/R, 0, 1)`` is > 0 and inverts them with ``irfft`` (output length
+    ``2 * (kept - 1)``). ``strides`` is one number (the parameter has shape (1,)).
+
+    Shape:
+        - Input: (N, C, L) with L > smoothness_factor (or (N, L, C) with ``data_format='channels_last'``).
+        - Output: (N, C, l).
+
+    Examples:
+        >>> DiffStride1d(strides=4)(torch.rand(2, 8, 1000)).shape
+        torch.Size([2, 8, 258])
+    """
+
+    _ndim = 1
+
+    def __init__(self, strides: Strides = 2.0, *args, **kwargs) -> None:
+        kwargs.pop("shared_stride", None)
+        super().__init__(strides, *args, **kwargs)
+
+    def _plan(self, size, values):
+        return F.diffstride_plan_1d(
+            size[0], values[0], self.smoothness_factor, self.cropping, self.lower_limit_stride, self.upper_limit_stride)
+
+    def _apply(self, x, plan):
+        return F.diff_stride1d(
+            x, self.strides, self.smoothness_factor, self.cropping,
+            self.lower_limit_stride, self.upper_limit_stride, plan=plan)
+
+
+# --------------------------------------------------------------------------------------------
+# Baselines.
+
+
+class FixedSpectralPooling(nn.Module):
+    """Spectral pooling with fixed strides (Rippel et al., 2015), as the reference's baseline.
+
+    Keeps the ``h = floor(H/S_h)`` (rounded down to even) lowest frequency rows and the
+    ``floor(W/S_w) // 2 + 1`` lowest rfft columns and inverts to ``(h, floor(W/S_w))``.
+
+    Shape:
+        - Input: (N, C, H, W) (or (N, H, W, C)), H, W >= 2.
+        - Output: (N, C, h, w).
+
+    Examples:
+        >>> FixedSpectralPooling(strides=(1.5, 3.3))(torch.rand(2, 3, 32, 32)).shape
+        torch.Size([2, 3, 20, 9])
+    """
+
+    _ndim = 2
+
+    def __init__(self, strides: Strides = 2.0, data_format: str = "channels_first", **unused) -> None:
+        super().__init__()
+        self.strides = _check_strides(strides, self._ndim)
+        self.data_format = _check_data_format(data_format)
+
+    def output_size(self, input_size: Sequence[int]) -> Tuple[int, ...]:
+        """Spatial output size for a spatial ``input_size`` (the layer is not run)."""
+        size = (int(input_size),) if isinstance(input_size, int) else tuple(int(n) for n in input_size)
+        if len(size) != self._ndim:
+            raise ValueError(f"input_size must have {self._ndim} value(s), but got {input_size!r}")
+        return self._plan(size).out_size
+
+    def _plan(self, size):
+        for n in size:
+            if n < 2:
+                raise ValueError(f"{type(self).__name__} needs spatial sizes >= 2, but got {tuple(size)}")
+        if self._ndim == 2:
+            return F.fixed_spectral_plan(size, self.strides)
+        return F.fixed_spectral_plan_1d(size[0], self.strides[0])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = _to_channels_first(x, self._ndim, self.data_format, type(self).__name__)
+        plan = self._plan(tuple(x.shape[2:]))
+        dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+        cols = torch.ones(plan.cols, dtype=dtype, device=x.device)
+        if self._ndim == 2:
+            rows = torch.ones(len(plan.rows), dtype=dtype, device=x.device)
+            y = F.spectral_resample2d(x, plan, rows, cols)
+        else:
+            y = F.spectral_resample1d(x, plan, cols)
+        return _from_channels_first(y, self.data_format)
+
+    def extra_repr(self) -> str:
+        text = f"strides={tuple(float(s) for s in self.strides)}"
+        return text + (f", data_format={self.data_format!r}" if self.data_format != "channels_first" else "")
+
+
+class FixedSpectralPooling1d(FixedSpectralPooling):
+    """1-D spectral pooling with a fixed stride: keeps rfft bins ``[0, l//2 + 1)``, ``l = floor(L/S)``.
+
+    Examples:
+        >>> FixedSpectralPooling1d(strides=4)(torch.rand(2, 8, 1000)).shape
+        torch.Size([2, 8, 250])
+    """
+
+    _ndim = 1
+
+
+class SpatialPooling(nn.Module):
+    """Plain subsampling: average pooling with pool size 1 and 'same' padding, as the reference's baseline.
+
+    Output size ``ceil(size / stride)``; strides must be whole numbers.
+
+    Examples:
+        >>> SpatialPooling(strides=(3, 2))(torch.rand(2, 3, 32, 32)).shape
+        torch.Size([2, 3, 11, 16])
+    """
+
+    _ndim = 2
+
+    def __init__(self, strides: Strides = 2, data_format: str = "channels_first", **unused) -> None:
+        super().__init__()
+        values = _check_strides(strides, self._ndim)
+        if any(v != int(v) for v in values):
+            raise ValueError(f"SpatialPooling needs whole-number strides, but got {strides!r}")
+        self.strides = tuple(int(v) for v in values)
+        self.data_format = _check_data_format(data_format)
+
+    def output_size(self, input_size: Sequence[int]) -> Tuple[int, ...]:
+        """Spatial output size ``ceil(size / stride)`` for a spatial ``input_size``."""
+        size = (int(input_size),) if isinstance(input_size, int) else tuple(int(n) for n in input_size)
+        if len(size) != self._ndim:
+            raise ValueError(f"input_size must have {self._ndim} value(s), but got {input_size!r}")
+        return tuple(-(-n // s) for n, s in zip(size, self.strides))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = _to_channels_first(x, self._ndim, self.data_format, type(self).__name__)
+        index = (slice(None), slice(None)) + tuple(slice(None, None, s) for s in self.strides)
+        return _from_channels_first(x[index], self.data_format)
+
+    def extra_repr(self) -> str:
+        text = f"strides={self.strides}"
+        return text + (f", data_format={self.data_format!r}" if self.data_format != "channels_first" else "")
+
+
+class SpatialPooling1d(SpatialPooling):
+    """1-D plain subsampling (pool size 1, 'same' padding): output length ``ceil(L / stride)``."""
+
+    _ndim = 1
+
+
+DiffStride2d = DiffStride
+FixedSpectralPooling2d = FixedSpectralPooling
+SpatialPooling2d = SpatialPooling
+
+_POOLING_TYPES = (_DiffStrideNd, FixedSpectralPooling, SpatialPooling)
+
+
+# --------------------------------------------------------------------------------------------
+# Helpers for models that contain these layers.
+
+
+def pooling_layers(model: nn.Module) -> List[Tuple[str, nn.Module]]:
+    """``(name, layer)`` for every pooling layer of ``model``, in registration order, each once."""
+    return [(name, m) for name, m in model.named_modules() if isinstance(m, _POOLING_TYPES)]
+
+
+def param_groups(
+    model: nn.Module,
+    weight_decay: float,
+    decay: Optional[Callable[[nn.Module, str, nn.Parameter], bool]] = None,
+) -> List[dict]:
+    """Optimizer parameter groups: weight decay on weights, none on strides, norms and biases.
+
+    By default a parameter is decayed when it has two or more dimensions (convolution and
+    linear weights) and is not a DiffStride ``strides``; pass ``decay(module, name, param)`` to
+    choose otherwise (strides are never decayed). Parameters shared between modules appear once.
+
+    Example:
+        >>> opt = torch.optim.SGD(param_groups(model, 5e-4), lr=0.1, momentum=0.9)
+    """
+    decayed, not_decayed, seen = [], [], set()
+    for module in model.modules():
+        for name, param in module.named_parameters(recurse=False):
+            if id(param) in seen or not param.requires_grad:
+                continue
+            seen.add(id(param))
+            is_stride = isinstance(module, _DiffStrideNd) and name == "strides"
+            wants = (decay(module, name, param) if decay is not None else param.dim() >= 2)
+            (decayed if wants and not is_stride else not_decayed).append(param)
+    return [
+        {"params": decayed, "weight_decay": weight_decay},
+        {"params": not_decayed, "weight_decay": 0.0},
+    ]
