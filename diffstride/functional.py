@@ -304,6 +304,26 @@ def _compute_dtype(x: torch.Tensor) -> torch.dtype:
 # Applying the operators: two large matrix products, no complex tensors of the input's size.
 
 
+# Inputs with at most this many pixels use the Kronecker form (one GEMM with an HW × hw
+# matrix): more multiply-adds, but one large GEMM beats many tiny ones there. Set from
+# benchmarks/pooling.py on a 2-core CPU.
+KRONECKER_MAX_PIXELS = 64
+# Size of the intermediate per block of images on CPU (see _apply_2d).
+CPU_BLOCK_BYTES = 4 << 20
+
+
+def _autocast_dtype(x: torch.Tensor) -> torch.dtype:
+    if torch.is_autocast_enabled(x.device.type) and x.dtype in (torch.float32, torch.float16, torch.bfloat16):
+        return torch.get_autocast_dtype(x.device.type)
+    return x.dtype
+
+
+def _memory_format(x: torch.Tensor) -> torch.memory_format:
+    if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    return torch.contiguous_format
+
+
 def _apply_2d(
     x: torch.Tensor,
     a_real: torch.Tensor,
@@ -313,35 +333,112 @@ def _apply_2d(
 ) -> torch.Tensor:
     """``y = A_r x B_rᵀ − A_i x B_iᵀ`` per (batch, channel) of a logical (N, C, H, W) tensor.
 
-    Contiguous input: one GEMM over all rows for the width ``(N·C·H, W) @ (W, 2w)``, whose output
-    is read in place as ``(N·C, 2H, w)`` by one batched product with ``[A_r, −A_i]`` interleaved.
-    channels_last input: the same two steps on the physical (N, H, W, C) layout, the output
-    keeping channels_last. No transposing copies in either case.
+    The output has the input's memory format; under autocast the products run in the autocast
+    dtype (the operators are built in float32 beforehand).
     """
     n, c, height, width = x.shape
     h, w = a_real.shape[0], b_real.shape[0]
-    dtype = x.dtype if not torch.is_autocast_enabled(x.device.type) else torch.get_autocast_dtype(x.device.type)
-    a2 = torch.stack([a_real, -a_imag], dim=-1).reshape(h, 2 * height).to(dtype)  # cols (m, r)
-    channels_last = x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
-    if channels_last:
-        xp = x.permute(0, 2, 3, 1)  # physical (N, H, W, C), contiguous
-        b2 = torch.cat([b_real, b_imag], dim=0).to(dtype)  # rows (r, q)
-        t = torch.matmul(b2, xp.reshape(n * height, width, c))  # (N·H, 2w, C) = (N, H, 2, w, C)
-        y = torch.matmul(a2, t.reshape(n, 2 * height, w * c))  # (N, h, w·C)
-        return y.reshape(n, h, w, c).permute(0, 3, 1, 2)
-    x = x.contiguous()
-    b2 = torch.cat([b_real, b_imag], dim=0).t().to(dtype)  # (W, 2w), cols (r, q)
-    t = torch.mm(x.reshape(n * c * height, width), b2)  # (N·C·H, 2w) = (N·C, H, 2, w)
-    y = torch.matmul(a2, t.reshape(n * c, 2 * height, w))  # (N·C, h, w)
-    return y.reshape(n, c, h, w)
+    dtype = _autocast_dtype(x)
+    fmt = _memory_format(x)
+    with torch.autocast(x.device.type, enabled=False):
+        x = x.to(dtype)
+        if height * width <= KRONECKER_MAX_PIXELS:
+            # K[(m, n), (p, q)] = A_r[p, m] B_r[q, n] - A_i[p, m] B_i[q, n]
+            kron = torch.einsum("pm,qn->mnpq", a_real, b_real) - torch.einsum("pm,qn->mnpq", a_imag, b_imag)
+            y = torch.mm(x.reshape(n * c, height * width), kron.reshape(height * width, h * w).to(dtype))
+            return y.view(n, c, h, w).contiguous(memory_format=fmt)
+        a_stack = torch.cat([a_real, a_imag], dim=0).to(dtype)
+        return _SeparableProduct.apply(x, a_stack, b_real.to(dtype), b_imag.to(dtype))
+
+
+def _batch_block(x: torch.Tensor, pixels_per_image: int) -> int:
+    """Images per block: on CPU, as many as keep a block's intermediates in cache; all on GPU."""
+    n, c = x.shape[:2]
+    if x.device.type != "cpu":
+        return n
+    per_sample = c * pixels_per_image * x.element_size()
+    return max(1, min(n, CPU_BLOCK_BYTES // max(per_sample, 1)))
+
+
+class _SeparableProduct(torch.autograd.Function):
+    """``y = A_r x B_rᵀ − A_i x B_iᵀ`` per (sample, channel), by blocks of samples.
+
+    A block of samples is copied to (H, b·C·W) so that the height product is one GEMM
+    ``[A_r; A_i] (2h × H) @ (H × b·C·W)``, whose two halves read as (h·b·C, W) each take one
+    GEMM with ``B_rᵀ`` / ``B_iᵀ``; the result is copied into the output in the input's memory
+    format. The backward runs the same GEMMs transposed, block by block, with the blocks'
+    height-major copies and intermediates saved by the forward. Blocks keep the intermediates
+    in cache on CPU (the products are bound by memory traffic there).
+    """
+
+    @staticmethod
+    def forward(ctx, x, a_stack, b_real, b_imag):
+        n, c, height, width = x.shape
+        h, w = a_stack.shape[0] // 2, b_real.shape[0]
+        block = _batch_block(x, height * width + 2 * h * width + h * w)
+        fmt = _memory_format(x)
+        out = torch.empty((n, c, h, w), dtype=x.dtype, device=x.device, memory_format=fmt)
+        saved = []
+        for start in range(0, n, block):
+            xb = x[start:start + block]
+            b = xb.shape[0]
+            xh = _to_height_major(xb)
+            u = torch.mm(a_stack, xh)  # (2h, b·C·W) = [A_r x; A_i x]
+            saved += [xh, u]
+            y = torch.mm(u[:h].view(h * b * c, width), b_real.t())
+            y = torch.addmm(y, u[h:].view(h * b * c, width), b_imag.t(), alpha=-1)  # (h·b·C, w)
+            out[start:start + b].copy_(y.view(h, b, c, w).permute(1, 2, 0, 3))
+        ctx.save_for_backward(a_stack, b_real, b_imag, *saved)
+        ctx.block, ctx.x_shape, ctx.x_format = block, x.shape, fmt
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        a_stack, b_real, b_imag, *saved = ctx.saved_tensors
+        n, c, height, width = ctx.x_shape
+        dtype, device = a_stack.dtype, a_stack.device
+        h, w = a_stack.shape[0] // 2, b_real.shape[0]
+        need_x, need_a = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        need_b = ctx.needs_input_grad[2] or ctx.needs_input_grad[3]
+        grad_x = torch.empty((n, c, height, width), dtype=dtype, device=device, memory_format=ctx.x_format) if need_x else None
+        grad_a = torch.zeros_like(a_stack) if need_a else None
+        grad_br = torch.zeros_like(b_real) if need_b else None
+        grad_bi = torch.zeros_like(b_imag) if need_b else None
+        for i, start in enumerate(range(0, n, ctx.block)):
+            xh, u = saved[2 * i], saved[2 * i + 1]
+            gb = grad_out[start:start + ctx.block]
+            b = gb.shape[0]
+            gy = _to_height_major(gb).view(h * b * c, w)
+            grad_u = torch.empty((2 * h, b * c * width), dtype=dtype, device=device)
+            torch.mm(gy, b_real, out=grad_u[:h].view(h * b * c, width))
+            torch.mm(gy, b_imag, out=grad_u[h:].view(h * b * c, width))
+            grad_u[h:].neg_()
+            if need_b:
+                grad_br.addmm_(gy.t(), u[:h].view(h * b * c, width))
+                grad_bi.addmm_(gy.t(), u[h:].view(h * b * c, width), alpha=-1)
+            if need_a:
+                grad_a.addmm_(grad_u, xh.t())
+            if need_x:
+                gx = torch.mm(a_stack.t(), grad_u)  # (H, b·C·W)
+                grad_x[start:start + b].copy_(gx.view(height, b, c, width).permute(1, 2, 0, 3))
+        return grad_x, grad_a, grad_br, grad_bi
+
+
+def _to_height_major(x: torch.Tensor) -> torch.Tensor:
+    """Copies a logical (b, C, H, W) tensor to a contiguous (H, b·C·W) matrix."""
+    b, c, height, width = x.shape
+    out = torch.empty((height, b, c, width), dtype=x.dtype, device=x.device)
+    out.copy_(x.permute(2, 0, 1, 3))
+    return out.view(height, b * c * width)
 
 
 def _apply_1d(x: torch.Tensor, b_real: torch.Tensor) -> torch.Tensor:
     """``y = x B_rᵀ`` over the last axis of (N, C, L): one GEMM (the imaginary part cancels in 1-D)."""
     n, c, length = x.shape
-    dtype = x.dtype if not torch.is_autocast_enabled(x.device.type) else torch.get_autocast_dtype(x.device.type)
-    y = torch.mm(x.reshape(n * c, length), b_real.t().to(dtype))
-    return y.reshape(n, c, -1)
+    dtype = _autocast_dtype(x)
+    with torch.autocast(x.device.type, enabled=False):
+        y = torch.mm(x.to(dtype).reshape(n * c, length), b_real.t().to(dtype))
+    return y.view(n, c, -1)
 
 
 def spectral_resample2d(

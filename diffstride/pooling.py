@@ -192,12 +192,12 @@ class _DiffStrideNd(nn.Module):
         self._check_size(size)
         self._clamp_strides_(size)
         plan = self._current_plan(size)
-        y = self._apply(x, plan)
+        y = self._downsample(x, plan)
         if not torch.compiler.is_compiling() and not self.trainable:
             self._sync_frozen_values()
         return _from_channels_first(y, self.data_format)
 
-    def _apply(self, x: torch.Tensor, plan: F.SpectralPlan) -> torch.Tensor:
+    def _downsample(self, x: torch.Tensor, plan: F.SpectralPlan) -> torch.Tensor:
         raise NotImplementedError
 
     def extra_repr(self) -> str:
@@ -268,7 +268,7 @@ class DiffStride(_DiffStrideNd):
         return F.diffstride_plan(
             size, values, self.smoothness_factor, self.cropping, self.lower_limit_stride, self.upper_limit_stride)
 
-    def _apply(self, x, plan):
+    def _downsample(self, x, plan):
         return F.diff_stride2d(
             x, self.strides, self.smoothness_factor, self.cropping,
             self.lower_limit_stride, self.upper_limit_stride, plan=plan)
@@ -300,7 +300,7 @@ class DiffStride1d(_DiffStrideNd):
         return F.diffstride_plan_1d(
             size[0], values[0], self.smoothness_factor, self.cropping, self.lower_limit_stride, self.upper_limit_stride)
 
-    def _apply(self, x, plan):
+    def _downsample(self, x, plan):
         return F.diff_stride1d(
             x, self.strides, self.smoothness_factor, self.cropping,
             self.lower_limit_stride, self.upper_limit_stride, plan=plan)
