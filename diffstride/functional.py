@@ -122,29 +122,33 @@ def min_stride(size: int, smoothness_factor: float) -> float:
     return _f32(size / _f32(size - _f32(smoothness_factor)))
 
 
-def _threshold(size: int, stride: float, width_rule: bool) -> float:
-    """``max(size / stride, 2) / 2`` (+1 for the rfft axis), in float32 as the reference."""
-    cropped = max(_f32(size / stride), 2.0)
-    threshold = cropped / 2.0  # exact in float32
-    return _f32(threshold + 1.0) if width_rule else threshold
+def _f64(value: float) -> float:
+    return value
 
 
-def _kept(positions: Sequence[int], threshold: float, smoothness_factor: float) -> list:
-    """Indices whose mask ``(1/R) * (R + t - pos)`` is > 0 in float32 arithmetic."""
-    edge = _f32(_f32(smoothness_factor) + threshold)
+def _threshold(size: int, stride: float, width_rule: bool, rnd=_f32) -> float:
+    """``max(size / stride, 2) / 2`` (+1 for the rfft axis), rounded as the mask's dtype (float32 in the reference)."""
+    cropped = max(rnd(size / stride), 2.0)
+    threshold = cropped / 2.0  # exact
+    return rnd(threshold + 1.0) if width_rule else threshold
+
+
+def _kept(positions: Sequence[int], threshold: float, smoothness_factor: float, rnd=_f32) -> list:
+    """Indices whose mask ``(1/R) * (R + t - pos)`` is > 0 in the mask's arithmetic."""
+    edge = rnd(rnd(smoothness_factor) + threshold)
     # (1/R) * (edge - pos) > 0 exactly when edge > pos: both factors are positive and the
     # product of two positive float32 values of this size cannot underflow.
     return [i for i, pos in enumerate(positions) if edge - pos > 0]
 
 
 def _effective_stride(
-    stride: float, size_min: float, lower: Optional[float], upper: Optional[float]
+    stride: float, size_min: float, lower: Optional[float], upper: Optional[float], rnd=_f32
 ) -> float:
     stride = max(stride, size_min)
-    low = 1.0 if lower is None else _f32(lower)
+    low = 1.0 if lower is None else rnd(lower)
     stride = max(stride, low)
     if upper is not None:
-        stride = min(stride, _f32(upper))
+        stride = min(stride, rnd(upper))
     return stride
 
 
@@ -155,22 +159,25 @@ def diffstride_plan(
     cropping: bool = True,
     lower_limit_stride: Optional[float] = None,
     upper_limit_stride: Optional[float] = None,
+    float64: bool = False,
 ) -> SpectralPlan:
     """The rows, columns and output size DiffStride keeps for an input of spatial ``size``.
 
-    ``strides`` are the float32 stride values (one shared value or ``(S_h, S_w)``), before the
-    reference's clamp to ``size / (size - R)``, which this function applies too.
+    ``strides`` are the stride values (one shared value or ``(S_h, S_w)``), before the
+    reference's clamp to ``size / (size - R)``, which this function applies too. The mask's
+    arithmetic is emulated exactly: float32 as the reference, or float64 for float64 strides.
     """
+    rnd = _f64 if float64 else _f32
     height, width = size
     if len(strides) == 1:
         shared = max(strides[0], min_stride(height, smoothness_factor), min_stride(width, smoothness_factor))
-        s_h = s_w = _effective_stride(shared, 0.0, lower_limit_stride, upper_limit_stride)
+        s_h = s_w = _effective_stride(shared, 0.0, lower_limit_stride, upper_limit_stride, rnd)
     else:
-        s_h = _effective_stride(strides[0], min_stride(height, smoothness_factor), lower_limit_stride, upper_limit_stride)
-        s_w = _effective_stride(strides[1], min_stride(width, smoothness_factor), lower_limit_stride, upper_limit_stride)
+        s_h = _effective_stride(strides[0], min_stride(height, smoothness_factor), lower_limit_stride, upper_limit_stride, rnd)
+        s_w = _effective_stride(strides[1], min_stride(width, smoothness_factor), lower_limit_stride, upper_limit_stride, rnd)
     if cropping:
-        rows = _kept(height_positions(height), _threshold(height, s_h, False), smoothness_factor)
-        cols = len(_kept(range(width // 2 + 1), _threshold(width, s_w, True), smoothness_factor))
+        rows = _kept(height_positions(height), _threshold(height, s_h, False, rnd), smoothness_factor, rnd)
+        cols = len(_kept(range(width // 2 + 1), _threshold(width, s_w, True, rnd), smoothness_factor, rnd))
     else:
         rows, cols = list(range(height)), width // 2 + 1
     return SpectralPlan(tuple(rows), cols, (len(rows), 2 * (cols - 1)))
@@ -183,11 +190,13 @@ def diffstride_plan_1d(
     cropping: bool = True,
     lower_limit_stride: Optional[float] = None,
     upper_limit_stride: Optional[float] = None,
+    float64: bool = False,
 ) -> SpectralPlan:
     """1-D version of :func:`diffstride_plan` (the width rule alone)."""
-    s = _effective_stride(stride, min_stride(length, smoothness_factor), lower_limit_stride, upper_limit_stride)
+    rnd = _f64 if float64 else _f32
+    s = _effective_stride(stride, min_stride(length, smoothness_factor), lower_limit_stride, upper_limit_stride, rnd)
     if cropping:
-        cols = len(_kept(range(length // 2 + 1), _threshold(length, s, True), smoothness_factor))
+        cols = len(_kept(range(length // 2 + 1), _threshold(length, s, True, rnd), smoothness_factor, rnd))
     else:
         cols = length // 2 + 1
     return SpectralPlan((), cols, (2 * (cols - 1),))
@@ -477,7 +486,7 @@ def spectral_resample1d(x: torch.Tensor, plan: SpectralPlan, weights: torch.Tens
 
 
 def _stride_values(strides: torch.Tensor) -> list:
-    return [float(v) for v in strides.detach().to(torch.float32).tolist()]
+    return [float(v) for v in strides.detach().to(_mask_dtype(strides)).tolist()]
 
 
 def diff_stride2d(
@@ -503,7 +512,7 @@ def diff_stride2d(
     if plan is None:
         plan = diffstride_plan(
             (height, width), _stride_values(strides), smoothness_factor, cropping,
-            lower_limit_stride, upper_limit_stride,
+            lower_limit_stride, upper_limit_stride, float64=strides.dtype == torch.float64,
         )
     s = _clamped(strides.to(_mask_dtype(strides)), (height, width), smoothness_factor)
     s = _axis_stride(s, lower_limit_stride, upper_limit_stride)
@@ -532,7 +541,7 @@ def diff_stride1d(
     if plan is None:
         plan = diffstride_plan_1d(
             length, _stride_values(strides)[0], smoothness_factor, cropping,
-            lower_limit_stride, upper_limit_stride,
+            lower_limit_stride, upper_limit_stride, float64=strides.dtype == torch.float64,
         )
     s = _clamped(strides.to(_mask_dtype(strides)), (length,), smoothness_factor)
     s = _axis_stride(s, lower_limit_stride, upper_limit_stride)

@@ -132,7 +132,7 @@ class _DiffStrideNd(nn.Module):
 
     def reset_parameters(self) -> None:
         with torch.no_grad():
-            self.strides.copy_(torch.tensor(self._init_strides[: self.strides.numel()]))
+            self.strides.copy_(torch.tensor(self._init_strides[: self.strides.numel()], dtype=self.strides.dtype))
         self._sync_frozen_values()
 
     @property
@@ -140,7 +140,7 @@ class _DiffStrideNd(nn.Module):
         return self.strides.requires_grad
 
     def _sync_frozen_values(self) -> None:
-        self._frozen_values = tuple(float(v) for v in self.strides.detach().float().cpu().tolist())
+        self._frozen_values = _read_strides(self.strides)
 
     def _check_size(self, size: Tuple[int, ...]) -> None:
         for axis, n in zip(("height", "width") if self._ndim == 2 else ("length",), size):
@@ -218,7 +218,9 @@ class _DiffStrideNd(nn.Module):
 
 
 def _read_strides(strides: torch.Tensor) -> Tuple[float, ...]:
-    return tuple(float(v) for v in strides.detach().float().cpu().tolist())
+    """The stride values as Python floats, exactly as the mask sees them (float32, or float64)."""
+    dtype = torch.float64 if strides.dtype == torch.float64 else torch.float32
+    return tuple(float(v) for v in strides.detach().to(dtype).cpu().tolist())
 
 
 @torch.compiler.disable
@@ -266,7 +268,8 @@ class DiffStride(_DiffStrideNd):
 
     def _plan(self, size, values):
         return F.diffstride_plan(
-            size, values, self.smoothness_factor, self.cropping, self.lower_limit_stride, self.upper_limit_stride)
+            size, values, self.smoothness_factor, self.cropping, self.lower_limit_stride, self.upper_limit_stride,
+            float64=self.strides.dtype == torch.float64)
 
     def _downsample(self, x, plan):
         return F.diff_stride2d(
@@ -298,7 +301,8 @@ class DiffStride1d(_DiffStrideNd):
 
     def _plan(self, size, values):
         return F.diffstride_plan_1d(
-            size[0], values[0], self.smoothness_factor, self.cropping, self.lower_limit_stride, self.upper_limit_stride)
+            size[0], values[0], self.smoothness_factor, self.cropping, self.lower_limit_stride, self.upper_limit_stride,
+            float64=self.strides.dtype == torch.float64)
 
     def _downsample(self, x, plan):
         return F.diff_stride1d(

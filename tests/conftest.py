@@ -1,0 +1,28 @@
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+DATA = os.path.join(os.path.dirname(__file__), "data")
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
+def load_golden():
+    """The reference's outputs and gradients (TensorFlow 2.21, float32), shipped in tests/data."""
+    with open(os.path.join(DATA, "tf_reference.json")) as f:
+        meta = json.load(f)
+    arrays = np.load(os.path.join(DATA, "tf_reference.npz"))
+    return meta, arrays
+
+
+def rel_err(ours, ref):
+    """max |ours - ref| / max |ref|: the tolerance measure of the layers issue."""
+    ours = ours.detach().to(torch.float64)
+    ref = torch.as_tensor(ref).to(torch.float64)
+    return ((ours - ref).abs().max() / ref.abs().max().clamp_min(1e-30)).item()
