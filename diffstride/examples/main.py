@@ -1,0 +1,106 @@
+r"""Trains a model from Gin configs, as the reference's ``main.py``.
+
+    python3 -m diffstride.examples.main --gin_config=cifar10.gin \
+      --gin_bindings="train.workdir = '/tmp/exp/diffstride/resnet18/'"
+
+A bare config name (``cifar10``, ``cifar10.gin``) resolves from the packaged configs folder,
+whatever the working directory; a path is used as given. Running the same command again with
+the same work directory resumes from its newest checkpoint.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import List, Optional, Sequence
+
+import gin
+
+CONFIGS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
+
+
+class UsageError(Exception):
+    """A mistake in the command line or the configuration (reported without a traceback)."""
+
+
+def packaged_configs() -> List[str]:
+    return sorted(f for f in os.listdir(CONFIGS_DIR) if f.endswith(".gin"))
+
+
+def resolve_config(name: str) -> str:
+    """A path as given if it exists, else a packaged config (``.gin`` optional)."""
+    if os.path.exists(name):
+        return name
+    if os.sep not in name and "/" not in name:
+        for candidate in (name, f"{name}.gin"):
+            path = os.path.join(CONFIGS_DIR, candidate)
+            if os.path.exists(path):
+                return path
+    raise UsageError(f"gin config {name!r} not found: not a file, nor one of the packaged configs "
+                     f"{packaged_configs()} (in {CONFIGS_DIR})")
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python3 -m diffstride.examples.main", description="Train a DiffStride model from Gin configs.")
+    parser.add_argument("--gin_config", action="append", default=[],
+                        help="config file: a packaged name (cifar10, cifar100, mnist) or a path; repeatable")
+    parser.add_argument("--gin_bindings", action="append", default=[],
+                        help="Gin binding such as \"train.train.num_epochs = 10\"; repeatable")
+    parser.add_argument("--workdir", default=None, help="logs, checkpoints and metrics (overrides train.workdir)")
+    parser.add_argument("--seed", type=int, default=1, help="random seed (default 1)")
+    return parser.parse_args(argv)
+
+
+def configure(args: argparse.Namespace) -> None:
+    """Parses the configs and bindings; any mistake becomes a UsageError."""
+    from diffstride.examples import external_configurables  # noqa: F401  (registers the reference's names)
+    from diffstride.examples import data, train  # noqa: F401
+    from diffstride import resnet  # noqa: F401
+
+    if not args.gin_config and not args.gin_bindings:
+        raise UsageError(f"give at least one --gin_config (packaged: {packaged_configs()})")
+    files = [resolve_config(name) for name in args.gin_config]
+    gin.clear_config()
+    try:
+        gin.parse_config_files_and_bindings(files, args.gin_bindings, finalize_config=False)
+    except (ValueError, KeyError, SyntaxError, ImportError, TypeError) as err:
+        raise UsageError(f"bad gin configuration: {err}") from None
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = parse_args(argv)
+    try:
+        configure(args)
+    except UsageError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    from diffstride.examples import train as train_lib
+    from diffstride.examples.data import DatasetUnavailable
+
+    overrides = {"seed": args.seed}
+    if args.workdir is not None:
+        overrides["workdir"] = args.workdir
+    try:
+        metrics = train_lib.train(**overrides)
+    except (ValueError, TypeError, DatasetUnavailable) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except train_lib.TrainingError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted; the newest checkpoint in the work directory resumes the run", file=sys.stderr)
+        return 130
+    workdir = metrics.get("workdir")
+    if int(os.environ.get("RANK", "0")) == 0:
+        if "test_accuracy" in metrics:
+            print(f"final test accuracy {metrics['test_accuracy']:.4f} (test loss {metrics['test_loss']:.4f}) "
+                  f"after {metrics['num_epochs']} epochs")
+        if workdir:
+            print(f"logs, checkpoints and metrics.json in {workdir} (tensorboard --logdir {workdir})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
