@@ -227,7 +227,12 @@ def _read_strides(strides: torch.Tensor) -> Tuple[float, ...]:
 def _plan_from_tensor(layer: "_DiffStrideNd", size: Tuple[int, ...]) -> F.SpectralPlan:
     """Reads the strides (a device sync) and plans the output. Kept out of compiled graphs, so
     that a compiled model recompiles only when the plan changes, not at every stride update."""
-    return layer._plan(size, _read_strides(layer.strides))
+    values = _read_strides(layer.strides)
+    if not all(math.isfinite(v) for v in values):
+        raise FloatingPointError(
+            f"{type(layer).__name__} strides are not finite: {values}. Training has diverged "
+            "(lower the learning rate), or non-finite values were loaded into the strides.")
+    return layer._plan(size, values)
 
 
 class DiffStride(_DiffStrideNd):

@@ -77,10 +77,10 @@ class Conv2dSame(nn.Conv2d):
 
 
 def _he_normal_(weight: torch.Tensor) -> None:
-    """Keras 'he_normal': truncated normal (at 2 std) with std sqrt(2 / fan_in)."""
+    """Keras 'he_normal': a normal truncated at 2 sigma, sigma scaled so that the std is sqrt(2 / fan_in)."""
     fan_in = weight[0].numel() if weight.dim() > 2 else weight.shape[1]
-    std = math.sqrt(2.0 / fan_in)
-    nn.init.trunc_normal_(weight, std=std, a=-2 * std, b=2 * std)
+    sigma = math.sqrt(2.0 / fan_in) / 0.87962566103423978  # std of a unit normal truncated at ±2
+    nn.init.trunc_normal_(weight, std=sigma, a=-2 * sigma, b=2 * sigma)
 
 
 def conv2d(in_channels: int, filters: int, kernel_size: int, stride=(1, 1), padding: str = "same") -> nn.Conv2d:

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import glob
+import hashlib
+import io
 import json
 import os
 import re
@@ -61,12 +63,34 @@ def list_checkpoints(workdir: str) -> List[Tuple[int, str]]:
 
 
 def save_checkpoint(workdir: str, state: Dict[str, Any], keep: int = 3) -> str:
-    """Saves ``state`` as ``ckpt-{epoch:04d}.pt`` atomically and keeps the newest ``keep`` checkpoints."""
+    """Saves ``state`` as ``ckpt-{epoch:04d}.pt`` atomically and keeps the newest ``keep`` checkpoints.
+
+    A SHA-256 of the file goes beside it (``.sha256``), so that bytes corrupted later are
+    detected at load time (``torch.load`` does not check them).
+    """
     path = os.path.join(workdir, f"ckpt-{state['epoch']:04d}.pt")
-    _atomic_replace(lambda f: torch.save(state, f), path)
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    data = buffer.getvalue()
+    _atomic_replace(lambda f: f.write(data), path)
+    atomic_write_text(path + ".sha256", hashlib.sha256(data).hexdigest() + "\n")
     for _, old in list_checkpoints(workdir)[keep:]:
-        os.remove(old)
+        for stale in (old, old + ".sha256"):
+            if os.path.exists(stale):
+                os.remove(stale)
     return path
+
+
+def _verify(path: str) -> None:
+    digest_path = path + ".sha256"
+    if not os.path.exists(digest_path):
+        return
+    with open(digest_path) as f:
+        expected = f.read().strip()
+    with open(path, "rb") as f:
+        actual = hashlib.sha256(f.read()).hexdigest()
+    if actual != expected:
+        raise ValueError(f"its SHA-256 {actual[:12]}... differs from the one saved with it ({expected[:12]}...)")
 
 
 def load_latest_checkpoint(workdir: str, map_location=None, log=None) -> Optional[Tuple[Dict[str, Any], str]]:
@@ -78,6 +102,7 @@ def load_latest_checkpoint(workdir: str, map_location=None, log=None) -> Optiona
     log = log or (lambda message: print(message, file=sys.stderr))
     for epoch, path in list_checkpoints(workdir):
         try:
+            _verify(path)
             state = torch.load(path, map_location=map_location, weights_only=True)
             missing = [k for k in REQUIRED_KEYS if k not in state]
             if missing:

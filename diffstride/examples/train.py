@@ -57,6 +57,15 @@ class _Context:
         dist.all_reduce(t)
         return t.tolist()
 
+    def gather_strides(self, model: nn.Module) -> List[Dict[str, List[float]]]:
+        """Every rank's stride values (one dict per rank): they must agree under DDP."""
+        mine = {name: info["strides"] for name, info in pooling_report(model, {}).items()}
+        if not self.distributed:
+            return [mine]
+        everyone: List[Any] = [None] * self.world_size
+        dist.all_gather_object(everyone, mine)
+        return everyone
+
     def barrier(self) -> None:
         if self.distributed:
             dist.barrier()
@@ -220,35 +229,39 @@ def train(
         correct = torch.zeros((), device=ctx.device, dtype=torch.float64)
         seen, epoch_start = 0, time.time()
         bar = _progress(len(datasets.train), f"epoch {epoch + 1}/{num_epochs}", show_progress)
-        complexity_value = None
-        for images, labels in datasets.train:
-            if step == kill_at:
-                os.kill(os.getpid(), signal.SIGKILL)
-            lr = optimizer_spec.learning_rate_at(step)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            images = images.contiguous(memory_format=memory_format)
-            with torch.autocast(ctx.device.type, dtype=amp_dtype, enabled=mixed_precision):
-                outputs = net(images)
-                loss = loss_fn(outputs, labels)
-            total = loss
-            if complexity_weight:
-                complexity_value = complexity_fn(model)
-                total = loss + complexity_weight * complexity_value
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(total).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            step += 1
-            loss_sum += loss.detach().double() * labels.shape[0]
-            correct += (outputs.detach().argmax(-1) == labels.argmax(-1)).sum()
-            seen += labels.shape[0]
-            if bar is not None:
-                bar.update(1)
-                if step % 10 == 0:
-                    bar.set_postfix(loss=f"{loss_sum.item() / seen:.4f}", acc=f"{correct.item() / seen:.3f}")
-            if step % 20 == 0 and not torch.isfinite(loss):
-                break
+        complexity_value, diverged = None, ""
+        try:
+            for images, labels in datasets.train:
+                if step == kill_at:
+                    os.kill(os.getpid(), signal.SIGKILL)
+                lr = optimizer_spec.learning_rate_at(step)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                images = images.contiguous(memory_format=memory_format)
+                with torch.autocast(ctx.device.type, dtype=amp_dtype, enabled=mixed_precision):
+                    outputs = net(images)
+                    loss = loss_fn(outputs, labels)
+                total = loss
+                if complexity_weight:
+                    complexity_value = complexity_fn(model)
+                    total = loss + complexity_weight * complexity_value
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(total).backward()
+                scaler.step(optimizer)
+                scaler.update()
+                step += 1
+                loss_sum += loss.detach().double() * labels.shape[0]
+                correct += (outputs.detach().argmax(-1) == labels.argmax(-1)).sum()
+                seen += labels.shape[0]
+                if bar is not None:
+                    bar.update(1)
+                    if step % 10 == 0:
+                        bar.set_postfix(loss=f"{loss_sum.item() / seen:.4f}", acc=f"{correct.item() / seen:.3f}")
+                if step % 20 == 0 and not torch.isfinite(loss):
+                    break
+        except FloatingPointError as err:  # e.g. strides that became NaN
+            loss_sum.fill_(float("nan"))
+            diverged = str(err)
         if bar is not None:
             bar.close()
         train_loss_sum, train_correct, train_seen = ctx.all_sum([loss_sum.item(), correct.item(), float(seen)])
@@ -258,7 +271,7 @@ def train(
             raise TrainingError(
                 f"the training loss became non-finite ({train_loss}) in epoch {epoch + 1} (by step {step}); "
                 f"stopped without saving. Last good checkpoint: {last or 'none'}. "
-                f"Lower the learning rate, or check the data.")
+                f"Lower the learning rate, or check the data." + (f" ({diverged})" if diverged else ""))
         seconds = time.time() - epoch_start
         test_loss, test_acc = _evaluate(net, model, datasets.test, loss_fn, ctx, memory_format, amp_dtype, mixed_precision)
         report = pooling_report(model, output_sizes)
@@ -279,6 +292,11 @@ def train(
             + (f"  strides {_format_strides(report)}" if report else ""))
         if writer is not None:
             _log_tensorboard(writer, metrics, step)
+        if ctx.distributed:
+            replicas = ctx.gather_strides(model)
+            if any(r != replicas[0] for r in replicas):
+                raise TrainingError(f"the strides differ between processes after epoch {epoch + 1}: {replicas}")
+            metrics["replica_strides"] = replicas
         if workdir is not None and is_main:
             state = {"format": CHECKPOINT_FORMAT, "epoch": epoch + 1, "step": step, "model": model.state_dict(),
                      "optimizer": optimizer.state_dict(), "rng": _rng_state(ctx.device), "history": history}

@@ -1,0 +1,157 @@
+"""The Pre-Act ResNets against the reference's semantics (DESIGN.md §2)."""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from diffstride import pooling, resnet
+
+
+def _pooling_outputs(model, x):
+    sizes = []
+    hooks = [m.register_forward_hook(lambda m, i, o, n=n: sizes.append((n, tuple(o.shape[2:]))))
+             for n, m in pooling.pooling_layers(model)]
+    model(x)
+    for h in hooks:
+        h.remove()
+    return sizes
+
+
+def test_resnet18_diffstride_feature_maps_on_cifar():
+    model = resnet.resnet18(num_output_classes=10, pooling_cls=pooling.DiffStride)
+    sizes = _pooling_outputs(model, torch.randn(2, 3, 32, 32))
+    # stem (stride 1 clamped to 32/28), then stages 2, 3, 4: each pooling runs twice (main + shortcut)
+    assert [s for _, s in sizes] == [(32, 32), (24, 24), (24, 24), (20, 20), (20, 20), (18, 18), (18, 18)]
+
+
+def test_one_pooling_instance_shared_by_main_branch_and_shortcut():
+    model = resnet.resnet18(num_output_classes=10, pooling_cls=pooling.DiffStride)
+    layer = model.blocks[1][0]
+    assert layer.shortcut_conv is not None and isinstance(layer.pooling, pooling.DiffStride)
+    calls = []
+    layer.pooling.register_forward_hook(lambda *a: calls.append(1))
+    model(torch.randn(1, 3, 32, 32))
+    assert len(calls) == 2
+    strides = [n for n, _ in model.named_parameters() if n.endswith("strides")]
+    assert strides == ["stem_pooling.strides", "blocks.1.0.pooling.strides", "blocks.2.0.pooling.strides",
+                       "blocks.3.0.pooling.strides"]
+
+
+def test_id_only_first_block_never_projects_and_never_strides():
+    model = resnet.resnet18(num_output_classes=10, pooling_cls=pooling.DiffStride)
+    for layer in model.blocks[0]:
+        assert layer.shortcut_conv is None and layer.pooling is None
+    assert all(layer.shortcut_conv is None for block in model.blocks for layer in list(block)[1:])
+    r56 = resnet.resnet56(num_output_classes=10)
+    assert [len(b) for b in r56.blocks] == [9, 9, 9]
+    assert r56.blocks[0][0].shortcut_conv is not None  # resnet56 has no id_only
+
+
+def test_strided_convolutions_without_pooling():
+    model = resnet.resnet18(num_output_classes=10, strides=[1, 1, 2, 2, 2])
+    assert not pooling.pooling_layers(model)
+    shapes = []
+    for block in model.blocks:
+        block.register_forward_hook(lambda m, i, o: shapes.append(tuple(o.shape[1:])))
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+    assert shapes == [(64, 32, 32), (128, 16, 16), (256, 8, 8), (512, 4, 4)]
+    model = resnet.resnet18(num_output_classes=10, strides="1, 1, 3, 2, 3")
+    shapes.clear()
+    for block in model.blocks:
+        block.register_forward_hook(lambda m, i, o: shapes.append(tuple(o.shape[2:])))
+    model(torch.randn(1, 3, 32, 32))
+    assert shapes == [(32, 32), (11, 11), (6, 6), (2, 2)]  # TF 'same': ceil(size / stride)
+
+
+def test_tf_same_padding_puts_the_extra_row_at_the_bottom():
+    conv = resnet.Conv2dSame(2, 3, 3, stride=2, bias=False)
+    x = torch.randn(1, 2, 8, 8)
+    expected = F.conv2d(F.pad(x, (0, 1, 0, 1)), conv.weight, stride=2)
+    assert torch.allclose(conv(x), expected, atol=1e-6)
+    assert not torch.allclose(conv(x), F.conv2d(x, conv.weight, stride=2, padding=1), atol=1e-3)
+    conv1 = resnet.Conv2dSame(2, 3, 3, stride=1, bias=False)
+    assert torch.allclose(conv1(x), F.conv2d(x, conv1.weight, padding=1), atol=1e-6)
+
+
+@pytest.mark.parametrize("strides", ["1, 1, 3, 2, 3", "[1, 1, 3, 2, 3]", [1, 1, 3, 2, 3]])
+def test_strides_as_list_or_string(strides):
+    model = resnet.resnet18(num_output_classes=10, strides=strides, pooling_cls=pooling.DiffStride)
+    got = [m.strides.tolist() for _, m in pooling.pooling_layers(model)]
+    assert got == [[1.0, 1.0], [3.0, 3.0], [2.0, 2.0], [3.0, 3.0]]
+
+
+def test_fractional_strides_with_diffstride():
+    model = resnet.resnet18(num_output_classes=10, strides="1, 1, 2.5, 2, 2", pooling_cls=pooling.DiffStride)
+    assert model.blocks[1][0].pooling.strides.tolist() == [2.5, 2.5]
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"strides": [1, 1, 2, 2]}, r"number of filters \(5\) must match the number of strides \(4\)"),
+        ({"strides": "1, 1, x, 2, 2"}, "strides must be numbers separated by commas"),
+        ({"strides": [1, 1, 0.5, 2, 2]}, r"strides\[2\] must be finite numbers >= 1, but got 0.5"),
+        ({"strides": [1, 1, 2.5, 2, 2]}, r"need whole-number strides, but got \(2.5, 2.5\)"),
+        ({"output_activation": "tanh"}, "output_activation must be None or 'softmax'"),
+    ],
+)
+def test_bad_configuration_errors(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        resnet.resnet18(num_output_classes=10, **kwargs)
+
+
+def test_keras_initialisation_and_batch_norm():
+    torch.manual_seed(0)
+    model = resnet.resnet18(num_output_classes=10)
+    w = model.blocks[3][0].unstrided_conv.weight  # 512 x 512 x 3 x 3
+    fan_in = w[0].numel()
+    assert abs(w.std().item() / math.sqrt(2 / fan_in) - 1) < 0.01  # Keras he_normal: std sqrt(2/fan_in)
+    assert w.abs().max().item() <= 2 * math.sqrt(2 / fan_in) / 0.8796 + 1e-6  # truncated at 2 sigma
+    assert all(m.bias is None for m in model.modules() if isinstance(m, nn.Conv2d))
+    bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert bns and all(m.momentum == pytest.approx(0.1) and m.eps == 1e-5 for m in bns)
+    assert torch.equal(model.fc.bias, torch.zeros(10))
+
+
+def test_softmax_output_activation():
+    model = resnet.resnet18(num_output_classes=10, output_activation="softmax").eval()
+    out = model(torch.randn(3, 3, 32, 32))
+    assert torch.allclose(out.sum(-1), torch.ones(3), atol=1e-5) and (out >= 0).all()
+
+
+def test_weight_decay_groups_equal_the_keras_l2_loss_term():
+    """SGD with l2_param_groups (weight_decay = 2·wd on conv/dense kernels and dense bias) makes the
+    same updates as adding the reference's Keras L2 term wd·Σw² to the loss."""
+    torch.manual_seed(1)
+    wd = 5e-3
+    a = resnet.Resnet([4, 8, 8], [1, 2, 2], num_output_classes=3, pooling_cls=pooling.DiffStride, num_layers=1,
+                      kernel_size=3, weight_decay=wd)
+    b = resnet.Resnet([4, 8, 8], [1, 2, 2], num_output_classes=3, pooling_cls=pooling.DiffStride, num_layers=1,
+                      kernel_size=3, weight_decay=wd)
+    b.load_state_dict(a.state_dict())
+    opt_a = torch.optim.SGD(a.parameters(), lr=0.1, momentum=0.9)
+    opt_b = torch.optim.SGD(resnet.l2_param_groups(b), lr=0.1, momentum=0.9)
+    regularised = [p for m in a.modules() if isinstance(m, (nn.Conv2d, nn.Linear)) for p in m.parameters()]
+    assert any(p.dim() == 1 for p in regularised)  # the dense bias is regularised, as in Keras
+    x, y = torch.randn(4, 3, 12, 12), torch.tensor([0, 1, 2, 0])
+    for _ in range(3):
+        loss_a = F.cross_entropy(a(x), y) + wd * sum((p ** 2).sum() for p in regularised)
+        opt_a.zero_grad()
+        loss_a.backward()
+        opt_a.step()
+        opt_b.zero_grad()
+        F.cross_entropy(b(x), y).backward()
+        opt_b.step()
+    for (name, pa), pb in zip(a.named_parameters(), b.parameters()):
+        assert torch.allclose(pa, pb, atol=1e-6), name
+
+
+def test_channels_last_model_gives_the_same_output():
+    model = resnet.resnet18(num_output_classes=10, pooling_cls=pooling.DiffStride).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        ref = model(x)
+        out = model.to(memory_format=torch.channels_last)(x.contiguous(memory_format=torch.channels_last))
+    assert torch.allclose(ref, out, atol=1e-4)

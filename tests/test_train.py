@@ -1,0 +1,258 @@
+"""The training system as users run it: command line, configs, logs, checkpoints, resume, failures, DDP.
+
+Everything runs the real entry point on a tiny ResNet and a slice of the offline MNIST digits."""
+import json
+import os
+import subprocess
+import sys
+
+import gin
+import pytest
+import torch
+
+from diffstride import pooling, resnet
+from diffstride.examples import checkpoint as ckpt
+from diffstride.examples import main as main_lib
+
+TINY = [
+    "data.load_datasets.train_examples = 256",
+    "data.load_datasets.test_examples = 128",
+    "data.load_datasets.batch_size = 32",
+    "resnet.Resnet.filters = [4, 8]",
+    "resnet.Resnet.strides = [1, 2]",
+    "tf.keras.optimizers.schedules.PiecewiseConstantDecay.boundaries = [4]",
+    "tf.keras.optimizers.schedules.PiecewiseConstantDecay.values = [0.02, 0.05]",
+]
+
+
+def _args(workdir, epochs=2, extra=()):
+    args = ["--gin_config=mnist.gin", f"--workdir={workdir}", f"--gin_bindings=train.train.num_epochs = {epochs}"]
+    return args + [f"--gin_bindings={b}" for b in TINY + list(extra)]
+
+
+def _run(args, env=None, cwd=None):
+    """The real command in a fresh process."""
+    full_env = dict(os.environ, OMP_NUM_THREADS="1", **(env or {}))
+    return subprocess.run([sys.executable, "-m", "diffstride.examples.main", *args], capture_output=True, text=True,
+                          env=full_env, cwd=cwd, timeout=300)
+
+
+def _metrics(workdir):
+    with open(os.path.join(workdir, "metrics.json")) as f:
+        return json.load(f)
+
+
+@pytest.mark.slow
+def test_main_job_writes_logs_checkpoints_configs_and_metrics(tmp_path, capsys):
+    workdir = str(tmp_path / "run")
+    assert main_lib.main(_args(workdir)) == 0
+    out = capsys.readouterr().out
+    assert "epoch   2/2" in out and "strides stem_pooling=(" in out and "final test accuracy" in out
+    assert f"metrics.json in {workdir}" in out
+    files = set(os.listdir(workdir))
+    assert {"ckpt-0001.pt", "ckpt-0002.pt", "metrics.json", "history.json", "config.gin", "operative_config.gin"} <= files
+    metrics = _metrics(workdir)
+    assert metrics["epoch"] == 2 and metrics["step"] == 16 and 0 <= metrics["test_accuracy"] <= 1
+    assert set(metrics["pooling"]) == {"stem_pooling", "blocks.0.0.pooling"}
+    assert metrics["pooling"]["blocks.0.0.pooling"]["output_size"] == [22, 22]
+    operative = open(os.path.join(workdir, "operative_config.gin")).read()
+    assert "load_datasets.name = 'mnist'" in operative and "DiffStride" in operative
+    state = torch.load(os.path.join(workdir, "ckpt-0002.pt"), weights_only=True)
+    assert state["epoch"] == 2 and "blocks.0.0.pooling.strides" in state["model"]
+    # TensorBoard: losses, accuracies, learning rate, speed, and per pooling layer strides and sizes
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(workdir)
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    for tag in ("train/loss", "train/accuracy", "test/loss", "test/accuracy", "learning_rate", "steps_per_second",
+                "pooling/blocks.0.0.pooling/stride_h", "pooling/blocks.0.0.pooling/stride_w",
+                "pooling/stem_pooling/output_h", "pooling/stem_pooling/output_w"):
+        assert tag in tags, tag
+    assert [e.step for e in events.Scalars("test/accuracy")] == [8, 16]
+    # the learning rate follows the step schedule: 0.02 up to step 4, then 0.05
+    assert events.Scalars("learning_rate")[-1].value == pytest.approx(0.05)
+
+
+@pytest.mark.slow
+def test_running_again_resumes_from_the_latest_checkpoint(tmp_path, capsys):
+    workdir = str(tmp_path / "run")
+    assert main_lib.main(_args(workdir, epochs=1)) == 0
+    capsys.readouterr()
+    assert main_lib.main(_args(workdir, epochs=2)) == 0
+    out = capsys.readouterr().out
+    assert "resumed from" in out and "ckpt-0001.pt" in out and "epoch   1/2" not in out and "epoch   2/2" in out
+    assert _metrics(workdir)["step"] == 16
+    assert len(json.load(open(os.path.join(workdir, "history.json")))) == 2
+
+
+@pytest.mark.slow
+def test_sigkill_mid_epoch_then_rerun_equals_an_uninterrupted_run(tmp_path):
+    clean, killed = str(tmp_path / "clean"), str(tmp_path / "killed")
+    args_clean, args_killed = _args(clean, epochs=3), _args(killed, epochs=3)
+    assert _run(args_clean).returncode == 0
+    first = _run(args_killed, env={"DIFFSTRIDE_KILL_AT_STEP": "12"})  # mid-epoch 2 (8 steps an epoch)
+    assert first.returncode == -9
+    assert [e for e, _ in ckpt.list_checkpoints(killed)] == [1]
+    second = _run(args_killed)
+    assert second.returncode == 0, second.stderr
+    assert "resumed from" in second.stdout
+    a, b = _metrics(clean), _metrics(killed)
+    for key in ("test_accuracy", "test_loss", "train_loss", "train_accuracy", "step", "pooling"):
+        assert a[key] == b[key], key
+
+
+def test_corrupted_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, capsys):
+    model = torch.nn.Linear(2, 2)
+    for epoch in (1, 2, 3):
+        state = {"format": 1, "epoch": epoch, "step": epoch * 10, "model": model.state_dict(), "optimizer": {},
+                 "rng": {"torch": torch.get_rng_state()}}
+        ckpt.save_checkpoint(str(tmp_path), state)
+    path3 = tmp_path / "ckpt-0003.pt"
+    path3.write_bytes(path3.read_bytes()[:100])  # truncated
+    path2 = tmp_path / "ckpt-0002.pt"
+    raw = bytearray(path2.read_bytes())
+    raw[len(raw) // 2: len(raw) // 2 + 64] = b"\x00" * 64  # corrupted bytes
+    path2.write_bytes(bytes(raw))
+    messages = []
+    state, path = ckpt.load_latest_checkpoint(str(tmp_path), log=messages.append)
+    assert state["epoch"] == 1 and path.endswith("ckpt-0001.pt")
+    assert "ckpt-0003.pt is unreadable" in messages[0] and "ckpt-0002.pt is unreadable" in messages[1]
+    assert "SHA-256" in messages[1]
+    assert path3.exists() and path2.exists()  # nothing deleted
+
+
+def test_checkpoints_are_written_atomically_and_pruned(tmp_path):
+    for epoch in range(1, 6):
+        ckpt.save_checkpoint(str(tmp_path), {"epoch": epoch, "x": torch.ones(3)}, keep=3)
+    names = ["ckpt-0003.pt", "ckpt-0003.pt.sha256", "ckpt-0004.pt", "ckpt-0004.pt.sha256", "ckpt-0005.pt",
+             "ckpt-0005.pt.sha256"]
+    assert sorted(os.listdir(tmp_path)) == names  # no temporary left
+
+    class Boom(Exception):
+        pass
+
+    def failing(f):
+        f.write(b"partial")
+        raise Boom()
+
+    with pytest.raises(Boom):
+        ckpt._atomic_replace(failing, str(tmp_path / "ckpt-0005.pt"))
+    assert torch.load(tmp_path / "ckpt-0005.pt", weights_only=True)["epoch"] == 5  # old file intact
+    assert sorted(os.listdir(tmp_path)) == names
+
+
+@pytest.mark.slow
+def test_resume_with_a_corrupted_latest_checkpoint(tmp_path, capsys):
+    workdir = str(tmp_path / "run")
+    assert main_lib.main(_args(workdir, epochs=2)) == 0
+    with open(os.path.join(workdir, "ckpt-0002.pt"), "r+b") as f:
+        f.truncate(1000)
+    capsys.readouterr()
+    assert main_lib.main(_args(workdir, epochs=2)) == 0
+    captured = capsys.readouterr()
+    assert "ckpt-0002.pt is unreadable" in captured.out + captured.err
+    assert "resumed from" in captured.out and "ckpt-0001.pt" in captured.out and "epoch   2/2" in captured.out
+
+
+@pytest.mark.slow
+def test_non_finite_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(tmp_path):
+    workdir = str(tmp_path / "run")
+    result = _run(_args(workdir, epochs=3, extra=[
+        "tf.keras.optimizers.schedules.PiecewiseConstantDecay.boundaries = [8]",
+        "tf.keras.optimizers.schedules.PiecewiseConstantDecay.values = [0.02, 1e30]"]))
+    assert result.returncode == 1
+    assert "non-finite" in result.stderr and "ckpt-0001.pt" in result.stderr and "Traceback" not in result.stderr
+    assert [e for e, _ in ckpt.list_checkpoints(workdir)] == [1]
+    state, _ = ckpt.load_latest_checkpoint(workdir)
+    assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--gin_config=mnist.gin", "--gin_bindings=train.train.no_such_argument = 3"], "no_such_argument"),
+        (["--gin_config=mnist.gin", "--gin_bindings=data.load_datasets.name = 'imagenet'"], "unknown dataset name 'imagenet'"),
+        (["--gin_config=mnist.gin", "--gin_bindings=resnet.Resnet.strides = [1, 0.5, 2]"], "strides[1] must be finite numbers >= 1"),
+        (["--gin_config=mnist.gin", "--gin_bindings=resnet.Resnet.strides = [1, 2]"], "number of filters (3) must match"),
+        (["--gin_config=nosuch.gin"], "gin config 'nosuch.gin' not found"),
+        ([], "give at least one --gin_config"),
+    ],
+)
+def test_user_errors_fail_before_training_without_traceback(tmp_path, capsys, args, message):
+    assert main_lib.main(args + [f"--workdir={tmp_path}"]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert not ckpt.list_checkpoints(str(tmp_path))
+
+
+def test_cifar10_command_resolves_its_config_from_any_directory_and_explains_missing_data(tmp_path):
+    result = _run(["--gin_config=cifar10.gin", f"--gin_bindings=train.workdir = '{tmp_path}/exp/'",
+                   f"--gin_bindings=data.load_datasets.data_dir = '{tmp_path}/data'",
+                   "--gin_bindings=data.load_datasets.download = False"], cwd=str(tmp_path))
+    assert result.returncode == 2
+    assert "cifar10 is not in" in result.stderr and "cifar-10-python.tar.gz" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def _reference_surface_model(bindings):
+    from diffstride.examples import external_configurables  # noqa: F401
+
+    gin.clear_config()
+    files = [main_lib.resolve_config("cifar10.gin")]
+    gin.parse_config_files_and_bindings(files, bindings, finalize_config=False)
+    try:
+        model = gin.get_configurable("resnet.resnet18")(num_output_classes=10)
+        return model, gin.query_parameter("data.load_datasets.name"), gin.query_parameter("data.load_datasets.mixup_alpha")
+    finally:
+        gin.clear_config()
+
+
+def test_the_reference_gin_names_bind():
+    """DESIGN.md §4: the bindings users bring from the reference."""
+    model, name, mixup = _reference_surface_model([
+        "data.load_datasets.name = 'cifar100'", "data.load_datasets.mixup_alpha = 0.0",
+        "resnet.resnet18.strides = [1, 1, 3, 2, 3]", "pooling.DiffStride.smoothness_factor = 2.0",
+        "pooling.DiffStride.shared_stride = True", "train.train.num_epochs = 3"])
+    assert (name, mixup) == ("cifar100", 0.0)
+    layers = [m for _, m in pooling.pooling_layers(model)]
+    assert all(isinstance(m, pooling.DiffStride) and m.smoothness_factor == 2.0 and m.shared_stride for m in layers)
+    assert [m.strides.tolist() for m in layers] == [[1.0], [3.0], [2.0], [3.0]]
+    model, _, _ = _reference_surface_model(["resnet.resnet18.strides = '1, 1, 3, 2, 3'",
+                                            "resnet.Resnet.pooling_cls = @pooling.FixedSpectralPooling"])
+    assert [m.strides for _, m in pooling.pooling_layers(model)] == [(1.0, 1.0), (3.0, 3.0), (2.0, 2.0), (3.0, 3.0)]
+    model, _, _ = _reference_surface_model(["resnet.Resnet.pooling_cls = None"])
+    assert not pooling.pooling_layers(model) and model.blocks[1][0].strided_conv.stride == (2, 2)
+
+
+def test_packaged_cifar_configs_carry_the_reference_recipe():
+    from diffstride.examples import external_configurables  # noqa: F401
+
+    for name, dataset in (("cifar10.gin", "cifar10"), ("cifar100.gin", "cifar100")):
+        gin.clear_config()
+        gin.parse_config_file(main_lib.resolve_config(name), skip_unknown=False)
+        q = gin.query_parameter
+        assert q("data.load_datasets.name") == dataset and q("data.load_datasets.batch_size") == 128
+        assert q("data.load_datasets.mixup_alpha") == 0.2 and q("train.train.num_epochs") == 400
+        assert q("tf.keras.optimizers.schedules.PiecewiseConstantDecay.boundaries") == [400, 18000, 32000]
+        assert q("tf.keras.optimizers.schedules.PiecewiseConstantDecay.values") == [0.01, 0.1, 0.01, 0.001]
+        assert q("tf.keras.optimizers.SGD.momentum") == 0.9
+        assert q("tf.keras.losses.CategoricalCrossentropy.label_smoothing") == 0.2
+        assert q("resnet.Resnet.weight_decay") == 5e-4 and q("resnet.resnet18.strides") == [1, 1, 2, 2, 2]
+    gin.clear_config()
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_on_cpu(tmp_path):
+    workdir = str(tmp_path / "ddp")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           "-m", "diffstride.examples.main", *_args(workdir, epochs=2)]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=600,
+                            env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = _metrics(workdir)
+    replicas = metrics["replica_strides"]
+    assert len(replicas) == 2 and replicas[0] == replicas[1]
+    assert replicas[0]["blocks.0.0.pooling"] != [2.0, 2.0]  # the strides did train
+    assert metrics["step"] == 16  # each rank saw its half of each batch of 32
+    assert result.stdout.count("final test accuracy") == 1  # only rank 0 reports
