@@ -1,27 +1,35 @@
 """Speed and memory of the pooling layers at ResNet-18 / CIFAR shapes (a benchmark, not a test).
 
-    python benchmarks/pooling.py [--batch 32] [--threads 2] [--repeats 20]
+    python benchmarks/pooling.py [--batch 32] [--threads 2] [--repeats 20] [--no-memory]
 
 Prints, per shape, forward and forward+backward milliseconds (median of --repeats after warm-up)
-and the peak memory of one forward+backward, for our DiffStride (contiguous and channels_last),
-the direct torch.fft implementation of the reference's semantics (``tests/oracle.py``, as
-existing ports compute the layer), FixedSpectralPooling and SpatialPooling; and the ratio of
-the direct FFT's forward+backward time to ours, all measured in the same run.
+and the peak memory of forward+backward (benchmarks/memory.py), for our DiffStride (contiguous
+and channels_last), the direct torch.fft implementation of the reference's semantics
+(``tests/oracle.py``, as existing ports compute the layer), FixedSpectralPooling and
+SpatialPooling; and the ratio of the direct FFT's forward+backward time to each, measured in the
+same run.
 """
 import argparse
 import os
 import statistics
 import sys
 import time
-import tracemalloc
 
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from benchmarks.memory import peak_mib  # noqa: E402
 from diffstride import pooling  # noqa: E402
 from tests.oracle import diffstride_fft  # noqa: E402
 
 SHAPES = [(64, 32, 32), (128, 32, 32), (256, 16, 16), (512, 8, 8)]
+CANDIDATES = [
+    ("DiffStride", "DiffStride", "contiguous"),
+    ("DiffStride channels_last", "DiffStride", "channels_last"),
+    ("direct torch.fft", "direct torch.fft", "contiguous"),
+    ("FixedSpectralPooling", "FixedSpectralPooling", "contiguous"),
+    ("SpatialPooling", "SpatialPooling", "contiguous"),
+]
 
 
 class FFTDiffStride(torch.nn.Module):
@@ -46,56 +54,48 @@ def _time(fn, repeats):
     return statistics.median(times)
 
 
-def _peak_mib(fn):
-    """Peak memory of one call: CUDA allocator stats on GPU; on CPU, the profiler's allocations."""
-    if torch.cuda.is_available():
-        torch.cuda.reset_peak_memory_stats()
-        fn()
-        return torch.cuda.max_memory_allocated() / 2**20
-    from torch.profiler import ProfilerActivity, profile
-
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        fn()
-    current = peak = 0
-    events = sorted(
-        (e for e in prof.events() if getattr(e, "cpu_memory_usage", 0)), key=lambda e: e.time_range.start)
-    for e in events:
-        current += e.cpu_memory_usage
-        peak = max(peak, current)
-    return peak / 2**20
+def make_layer(name, c, h, w, batch, fmt_name, device="cpu"):
+    """``(layer, x, grad)`` of one candidate at one shape."""
+    fmt = torch.channels_last if fmt_name == "channels_last" else torch.contiguous_format
+    layer = {
+        "DiffStride": lambda: pooling.DiffStride(strides=(2.0, 2.0)),
+        "direct torch.fft": lambda: FFTDiffStride([2.0, 2.0]),
+        "FixedSpectralPooling": lambda: pooling.FixedSpectralPooling(strides=(2.0, 2.0)),
+        "SpatialPooling": lambda: pooling.SpatialPooling(strides=(2, 2)),
+    }[name]().to(device)
+    torch.manual_seed(0)
+    x = torch.randn(batch, c, h, w, device=device).contiguous(memory_format=fmt).requires_grad_(True)
+    return layer, x, torch.randn_like(layer(x))
 
 
-def run(batch, repeats, device):
+def make_step(*args):
+    """Forward+backward of one candidate (also built in a fresh process by benchmarks.memory)."""
+    layer, x, grad = make_layer(*args)
+
+    def step():
+        layer(x).backward(grad)
+        x.grad = None
+        for p in layer.parameters():
+            p.grad = None
+
+    return step
+
+
+def run(batch, repeats, device, memory):
     rows = []
     for c, h, w in SHAPES:
-        base = torch.randn(batch, c, h, w, device=device)
-        candidates = [
-            ("DiffStride", pooling.DiffStride(strides=(2.0, 2.0)), torch.contiguous_format),
-            ("DiffStride channels_last", pooling.DiffStride(strides=(2.0, 2.0)), torch.channels_last),
-            ("direct torch.fft", FFTDiffStride([2.0, 2.0]), torch.contiguous_format),
-            ("FixedSpectralPooling", pooling.FixedSpectralPooling(strides=(2.0, 2.0)), torch.contiguous_format),
-            ("SpatialPooling", pooling.SpatialPooling(strides=(2, 2)), torch.contiguous_format),
-        ]
-        for name, layer, fmt in candidates:
-            layer = layer.to(device)
-            x = base.contiguous(memory_format=fmt).requires_grad_(True)
-            y = layer(x)
-            grad = torch.randn_like(y)
+        for label, name, fmt in CANDIDATES:
+            args = (name, c, h, w, batch, fmt)
+            layer, x, _ = make_layer(*args, device)
 
             def forward():
                 with torch.no_grad():
                     layer(x)
 
-            def step():
-                out = layer(x)
-                out.backward(grad)
-                x.grad = None
-                for p in layer.parameters():
-                    p.grad = None
-
             rows.append({
-                "shape": f"{c}x{h}x{w}", "layer": name, "out": "x".join(map(str, y.shape[2:])),
-                "fwd": _time(forward, repeats), "fwdbwd": _time(step, repeats), "peak": _peak_mib(step),
+                "shape": f"{c}x{h}x{w}", "layer": label, "out": "x".join(map(str, layer(x).shape[2:])),
+                "fwd": _time(forward, repeats), "fwdbwd": _time(make_step(*args, device), repeats),
+                "peak": peak_mib("benchmarks.pooling", "make_step", *args) if memory else float("nan"),
             })
     return rows
 
@@ -105,17 +105,18 @@ def main():
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--no-memory", dest="memory", action="store_false", help="skip the peak-memory runs")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    rows = run(args.batch, args.repeats, torch.device(args.device))
+    rows = run(args.batch, args.repeats, torch.device(args.device), args.memory)
     print(f"batch {args.batch}, {args.threads} threads, float32, {args.device}, torch {torch.__version__}")
-    print(f"| C x H x W | layer | output | forward ms | fwd+bwd ms | peak MiB | fft / this (fwd+bwd) |")
+    print("| C x H x W | layer | output | forward ms | fwd+bwd ms | peak MiB | fft / this (fwd+bwd) |")
     print("|---|---|---|---:|---:|---:|---:|")
     for row in rows:
         fft = next(r for r in rows if r["shape"] == row["shape"] and r["layer"] == "direct torch.fft")
         print(f"| {row['shape']} | {row['layer']} | {row['out']} | {row['fwd']:.2f} | {row['fwdbwd']:.2f} "
-              f"| {row['peak']:.1f} | {fft['fwdbwd'] / row['fwdbwd']:.2f}x |")
+              f"| {row['peak']:.0f} | {fft['fwdbwd'] / row['fwdbwd']:.2f}x |")
 
 
 if __name__ == "__main__":

@@ -159,7 +159,9 @@ def train(
         complexity_weight: weight of :func:`diffstride.complexity_loss` added to the loss (0: off).
         complexity_fn: the complexity term, ``complexity_fn(model)``; default ``diffstride.complexity_loss``.
         device: 'cuda', 'cpu' or None (CUDA when available).
-        channels_last, mixed_precision: None means on with CUDA, off on CPU.
+        channels_last: channels_last memory format (None: on; faster on CPU and GPU for convolutions).
+        mixed_precision: autocast to bfloat16 (float16 with loss scaling on GPUs without bf16);
+            None means on with CUDA, off on CPU (where bf16 autocast is opt-in).
         seed: seeds torch before the model is built (the command line's ``--seed``).
         progress: a progress bar (None: when the output is a terminal).
         log: where the per-epoch lines go.
@@ -175,7 +177,7 @@ def train(
     datasets = load_data_fn(device=ctx.device, rank=ctx.rank, world_size=ctx.world_size)
     model = model_cls(num_output_classes=datasets.num_classes, in_channels=datasets.image_shape[0]).to(ctx.device)
     use_cuda = ctx.device.type == "cuda"
-    channels_last = use_cuda if channels_last is None else channels_last
+    channels_last = True if channels_last is None else channels_last
     mixed_precision = use_cuda if mixed_precision is None else mixed_precision
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     model = model.to(memory_format=memory_format)

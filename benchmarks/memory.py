@@ -1,0 +1,50 @@
+"""Peak memory of one call, for the benchmarks.
+
+CUDA: the allocator's peak above what was allocated before the call. CPU: the process's peak
+resident memory (VmHWM, reset through /proc/self/clear_refs just before the calls) above its
+resident memory then, measured in a fresh process (``python -m benchmarks.memory MODULE FACTORY
+ARGS...``), where ``FACTORY(*ARGS)`` returns the function to measure; it is called three times.
+"""
+import importlib
+import json
+import os
+import subprocess
+import sys
+
+import torch
+
+ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+
+
+def _status_mib(field):
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024  # kB
+    raise RuntimeError(f"no {field} in /proc/self/status")
+
+
+def peak_mib(module: str, factory: str, *args) -> float:
+    """Runs ``module.factory(*args)()`` in a fresh process and returns its peak memory in MiB."""
+    if torch.cuda.is_available():
+        fn = getattr(importlib.import_module(module), factory)(*args)
+        torch.cuda.synchronize()
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        fn()
+        return (torch.cuda.max_memory_allocated() - base) / 2**20
+    out = subprocess.run([sys.executable, "-m", "benchmarks.memory", module, factory, json.dumps(list(args))],
+                         capture_output=True, text=True, cwd=ROOT, check=True)
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, ROOT)
+    torch.set_num_threads(2)
+    fn = getattr(importlib.import_module(sys.argv[1]), sys.argv[2])(*json.loads(sys.argv[3]))
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # resets the peak resident set size (VmHWM) to the current one
+    before = _status_mib("VmRSS")
+    for _ in range(3):
+        fn()
+    print(max(_status_mib("VmHWM") - before, 0.0))
