@@ -1,5 +1,7 @@
 """DiffStride: downsampling with learnable strides (Riad et al., ICLR 2022) for PyTorch."""
 from diffstride import functional
+from diffstride.complexity import complexity_loss, count_flops
+from diffstride.convert import convert, freeze
 from diffstride.pooling import (
     DiffStride,
     DiffStride1d,
@@ -11,6 +13,7 @@ from diffstride.pooling import (
     SpatialPooling1d,
     SpatialPooling2d,
     param_groups,
+    pooling_layers,
 )
 
 __version__ = "0.1.0"

@@ -186,8 +186,16 @@ def train(
     if loss_cls is None:
         from diffstride.examples.external_configurables import CATEGORICAL_CROSSENTROPY as loss_cls
     loss_fn = loss_cls()
-    if complexity_weight and complexity_fn is None:
-        from diffstride.complexity import complexity_loss as complexity_fn
+    from diffstride.complexity import complexity_loss, count_flops, forward_trace
+
+    complexity_fn = complexity_fn or complexity_loss
+    structure = forward_trace(model, datasets.image_shape)  # pooling order and conv costs, once
+    run_info = {
+        "dataset": datasets.name, "seed": seed,
+        "pooling": next((type(m).__name__ for _, m in pooling.pooling_layers(model)), "strided conv"),
+        "initial_strides": [list(s) if isinstance(s, (list, tuple)) else s for s in getattr(model, "strides", [])],
+        "complexity_weight": complexity_weight,
+    }
     amp_dtype = torch.bfloat16 if (use_cuda and torch.cuda.is_bf16_supported()) else torch.float16
     scaler = torch.amp.GradScaler("cuda", enabled=mixed_precision and use_cuda and amp_dtype == torch.float16)
     output_sizes = _track_output_sizes(model)
@@ -245,7 +253,7 @@ def train(
                     loss = loss_fn(outputs, labels)
                 total = loss
                 if complexity_weight:
-                    complexity_value = complexity_fn(model)
+                    complexity_value = complexity_fn(model, trace=structure)
                     total = loss + complexity_weight * complexity_value
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(total).backward()
@@ -285,12 +293,13 @@ def train(
             "steps_per_second": len(datasets.train) / seconds if seconds > 0 else 0.0,
             "pooling": report,
         }
-        if complexity_value is not None:
-            metrics["complexity"] = float(complexity_value.detach())
+        with torch.no_grad():
+            metrics["complexity"] = float(complexity_fn(model, trace=structure))
+        metrics["flops"] = count_flops(model, datasets.image_shape)
         history.append(metrics)
         say(f"epoch {epoch + 1:>3}/{num_epochs}  loss {train_loss:.4f}  acc {metrics['train_accuracy']:.4f}  "
             f"test_loss {test_loss:.4f}  test_acc {test_acc:.4f}  lr {metrics['learning_rate']:.4g}  "
-            f"{metrics['images_per_second']:.0f} img/s"
+            f"{metrics['images_per_second']:.0f} img/s  MMACs {metrics['flops'] / 1e6:.1f}"
             + (f"  strides {_format_strides(report)}" if report else ""))
         if writer is not None:
             _log_tensorboard(writer, metrics, step)
@@ -308,7 +317,8 @@ def train(
             ckpt.write_json(os.path.join(workdir, "history.json"), history)
         ctx.barrier()
 
-    final = {"num_epochs": num_epochs, "seconds": time.time() - started, "workdir": workdir, **metrics}
+    final = {"num_epochs": num_epochs, "seconds": time.time() - started, "workdir": workdir, "run": run_info,
+             **metrics}
     if writer is not None:
         writer.close()
     if workdir is not None and is_main:
