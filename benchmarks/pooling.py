@@ -43,8 +43,8 @@ class FFTDiffStride(torch.nn.Module):
         return diffstride_fft(x, self.strides)
 
 
-def _time(fn, repeats):
-    for _ in range(3):
+def _time(fn, repeats, warmup=5):
+    for _ in range(warmup):
         fn()
     times = []
     for _ in range(repeats):

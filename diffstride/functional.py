@@ -25,6 +25,7 @@ import torch
 
 __all__ = [
     "SpectralPlan",
+    "stride_values",
     "clip_inclusive",
     "maximum_inclusive",
     "height_positions",
@@ -485,8 +486,11 @@ def spectral_resample1d(x: torch.Tensor, plan: SpectralPlan, weights: torch.Tens
 # The layers' maths.
 
 
-def _stride_values(strides: torch.Tensor) -> list:
-    return [float(v) for v in strides.detach().to(_mask_dtype(strides)).tolist()]
+def stride_values(strides: torch.Tensor) -> Tuple[float, ...]:
+    """The stride values as Python floats, exactly as the mask sees them (float32, or float64).
+
+    Reads the tensor (a device sync)."""
+    return tuple(float(v) for v in strides.detach().to(_mask_dtype(strides)).cpu().tolist())
 
 
 def diff_stride2d(
@@ -511,7 +515,7 @@ def diff_stride2d(
     height, width = x.shape[-2:]
     if plan is None:
         plan = diffstride_plan(
-            (height, width), _stride_values(strides), smoothness_factor, cropping,
+            (height, width), stride_values(strides), smoothness_factor, cropping,
             lower_limit_stride, upper_limit_stride, float64=strides.dtype == torch.float64,
         )
     s = _clamped(strides.to(_mask_dtype(strides)), (height, width), smoothness_factor)
@@ -540,7 +544,7 @@ def diff_stride1d(
     length = x.shape[-1]
     if plan is None:
         plan = diffstride_plan_1d(
-            length, _stride_values(strides)[0], smoothness_factor, cropping,
+            length, stride_values(strides)[0], smoothness_factor, cropping,
             lower_limit_stride, upper_limit_stride, float64=strides.dtype == torch.float64,
         )
     s = _clamped(strides.to(_mask_dtype(strides)), (length,), smoothness_factor)

@@ -140,7 +140,7 @@ class _DiffStrideNd(nn.Module):
         return self.strides.requires_grad
 
     def _sync_frozen_values(self) -> None:
-        self._frozen_values = _read_strides(self.strides)
+        self._frozen_values = F.stride_values(self.strides)
 
     def _check_size(self, size: Tuple[int, ...]) -> None:
         for axis, n in zip(("height", "width") if self._ndim == 2 else ("length",), size):
@@ -184,7 +184,7 @@ class _DiffStrideNd(nn.Module):
         if len(size) != self._ndim:
             raise ValueError(f"input_size must have {self._ndim} value(s), but got {input_size!r}")
         self._check_size(size)
-        return self._plan(size, _read_strides(self.strides)).out_size
+        return self._plan(size, F.stride_values(self.strides)).out_size
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = _to_channels_first(x, self._ndim, self.data_format, type(self).__name__)
@@ -193,8 +193,6 @@ class _DiffStrideNd(nn.Module):
         self._clamp_strides_(size)
         plan = self._current_plan(size)
         y = self._downsample(x, plan)
-        if not torch.compiler.is_compiling() and not self.trainable:
-            self._sync_frozen_values()
         return _from_channels_first(y, self.data_format)
 
     def _downsample(self, x: torch.Tensor, plan: F.SpectralPlan) -> torch.Tensor:
@@ -217,17 +215,13 @@ class _DiffStrideNd(nn.Module):
         return text
 
 
-def _read_strides(strides: torch.Tensor) -> Tuple[float, ...]:
-    """The stride values as Python floats, exactly as the mask sees them (float32, or float64)."""
-    dtype = torch.float64 if strides.dtype == torch.float64 else torch.float32
-    return tuple(float(v) for v in strides.detach().to(dtype).cpu().tolist())
-
-
 @torch.compiler.disable
 def _plan_from_tensor(layer: "_DiffStrideNd", size: Tuple[int, ...]) -> F.SpectralPlan:
     """Reads the strides (a device sync) and plans the output. Kept out of compiled graphs, so
     that a compiled model recompiles only when the plan changes, not at every stride update."""
-    values = _read_strides(layer.strides)
+    values = F.stride_values(layer.strides)
+    if not layer.trainable:
+        layer._frozen_values = values  # what a compiled frozen layer plans from
     if not all(math.isfinite(v) for v in values):
         raise FloatingPointError(
             f"{type(layer).__name__} strides are not finite: {values}. Training has diverged "
@@ -336,7 +330,7 @@ class FixedSpectralPooling(nn.Module):
 
     _ndim = 2
 
-    def __init__(self, strides: Strides = 2.0, data_format: str = "channels_first", **unused) -> None:
+    def __init__(self, strides: Strides = 2.0, data_format: str = "channels_first") -> None:
         super().__init__()
         self.strides = _check_strides(strides, self._ndim)
         self.data_format = _check_data_format(data_format)
@@ -396,7 +390,7 @@ class SpatialPooling(nn.Module):
 
     _ndim = 2
 
-    def __init__(self, strides: Strides = 2, data_format: str = "channels_first", **unused) -> None:
+    def __init__(self, strides: Strides = 2, data_format: str = "channels_first") -> None:
         super().__init__()
         values = _check_strides(strides, self._ndim)
         if any(v != int(v) for v in values):

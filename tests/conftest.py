@@ -9,8 +9,14 @@ DATA = os.path.join(os.path.dirname(__file__), "data")
 
 
 @pytest.fixture(autouse=True)
-def _seed():
+def _seed_and_clean_gin():
+    """Each test starts seeded and without Gin bindings (the command line's bindings are global)."""
+    import gin
+
     torch.manual_seed(0)
+    gin.clear_config()
+    yield
+    gin.clear_config()
 
 
 def load_golden():
