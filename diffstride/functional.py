@@ -373,31 +373,33 @@ def _batch_block(x: torch.Tensor, pixels_per_image: int) -> int:
 class _SeparableProduct(torch.autograd.Function):
     """``y = A_r x B_rᵀ − A_i x B_iᵀ`` per (sample, channel), by blocks of samples.
 
-    A block of samples is copied to (H, b·C·W) so that the height product is one GEMM
-    ``[A_r; A_i] (2h × H) @ (H × b·C·W)``, whose two halves read as (h·b·C, W) each take one
-    GEMM with ``B_rᵀ`` / ``B_iᵀ``; the result is copied into the output in the input's memory
-    format. The backward runs the same GEMMs transposed, block by block, with the blocks'
-    height-major copies and intermediates saved by the forward. Blocks keep the intermediates
-    in cache on CPU (the products are bound by memory traffic there).
+    A block of samples is copied height-major, to (H, b·C·W) for contiguous inputs or
+    (H, b·W·C) for channels_last ones (a copy of contiguous rows either way), so that the height
+    product is one GEMM ``[A_r; A_i] (2h × H) @ (H × b·C·W)``. Its two halves then take the
+    width product: one GEMM each with ``B_rᵀ`` / ``B_iᵀ`` when W is the inner axis, one batched
+    product over the h·b (W × C) matrices when C is. The result is copied into the output in
+    the input's memory format. The backward runs the same products transposed, block by block,
+    with the blocks' copies and intermediates saved by the forward. Blocks keep the
+    intermediates in cache on CPU (the products are bound by memory traffic there).
     """
 
     @staticmethod
     def forward(ctx, x, a_stack, b_real, b_imag):
         n, c, height, width = x.shape
         h, w = a_stack.shape[0] // 2, b_real.shape[0]
-        block = _batch_block(x, height * width + 2 * h * width + h * w)
         fmt = _memory_format(x)
+        last = fmt == torch.channels_last
+        block = _batch_block(x, height * width + 2 * h * width + h * w)
         out = torch.empty((n, c, h, w), dtype=x.dtype, device=x.device, memory_format=fmt)
         saved = []
         for start in range(0, n, block):
             xb = x[start:start + block]
             b = xb.shape[0]
-            xh = _to_height_major(xb)
+            xh = _to_height_major(xb, last)
             u = torch.mm(a_stack, xh)  # (2h, b·C·W) = [A_r x; A_i x]
             saved += [xh, u]
-            y = torch.mm(u[:h].view(h * b * c, width), b_real.t())
-            y = torch.addmm(y, u[h:].view(h * b * c, width), b_imag.t(), alpha=-1)  # (h·b·C, w)
-            out[start:start + b].copy_(y.view(h, b, c, w).permute(1, 2, 0, 3))
+            y = _width_product(u, b_real, b_imag, h, b, c, width, last)
+            out[start:start + b].copy_(_from_height_major(y, h, b, c, w, last))
         ctx.save_for_backward(a_stack, b_real, b_imag, *saved)
         ctx.block, ctx.x_shape, ctx.x_format = block, x.shape, fmt
         return out
@@ -406,6 +408,7 @@ class _SeparableProduct(torch.autograd.Function):
     def backward(ctx, grad_out):
         a_stack, b_real, b_imag, *saved = ctx.saved_tensors
         n, c, height, width = ctx.x_shape
+        last = ctx.x_format == torch.channels_last
         dtype, device = a_stack.dtype, a_stack.device
         h, w = a_stack.shape[0] // 2, b_real.shape[0]
         need_x, need_a = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
@@ -418,28 +421,60 @@ class _SeparableProduct(torch.autograd.Function):
             xh, u = saved[2 * i], saved[2 * i + 1]
             gb = grad_out[start:start + ctx.block]
             b = gb.shape[0]
-            gy = _to_height_major(gb).view(h * b * c, w)
+            gy = _to_height_major(gb, last)  # (h, b·C·w) or (h, b·w·C)
             grad_u = torch.empty((2 * h, b * c * width), dtype=dtype, device=device)
-            torch.mm(gy, b_real, out=grad_u[:h].view(h * b * c, width))
-            torch.mm(gy, b_imag, out=grad_u[h:].view(h * b * c, width))
+            if last:
+                gy3 = gy.view(h * b, w, c)
+                torch.matmul(b_real.t(), gy3, out=grad_u[:h].view(h * b, width, c))
+                torch.matmul(b_imag.t(), gy3, out=grad_u[h:].view(h * b, width, c))
+            else:
+                gy2 = gy.view(h * b * c, w)
+                torch.mm(gy2, b_real, out=grad_u[:h].view(h * b * c, width))
+                torch.mm(gy2, b_imag, out=grad_u[h:].view(h * b * c, width))
             grad_u[h:].neg_()
             if need_b:
-                grad_br.addmm_(gy.t(), u[:h].view(h * b * c, width))
-                grad_bi.addmm_(gy.t(), u[h:].view(h * b * c, width), alpha=-1)
+                if last:
+                    ur, ui = u[:h].view(h * b, width, c), u[h:].view(h * b, width, c)
+                    grad_br += torch.bmm(gy3, ur.transpose(1, 2)).sum(0)
+                    grad_bi -= torch.bmm(gy3, ui.transpose(1, 2)).sum(0)
+                else:
+                    grad_br.addmm_(gy2.t(), u[:h].view(h * b * c, width))
+                    grad_bi.addmm_(gy2.t(), u[h:].view(h * b * c, width), alpha=-1)
             if need_a:
                 grad_a.addmm_(grad_u, xh.t())
             if need_x:
-                gx = torch.mm(a_stack.t(), grad_u)  # (H, b·C·W)
-                grad_x[start:start + b].copy_(gx.view(height, b, c, width).permute(1, 2, 0, 3))
+                gx = torch.mm(a_stack.t(), grad_u)  # (H, b·C·W) or (H, b·W·C)
+                grad_x[start:start + b].copy_(_from_height_major(gx, height, b, c, width, last))
         return grad_x, grad_a, grad_br, grad_bi
 
 
-def _to_height_major(x: torch.Tensor) -> torch.Tensor:
-    """Copies a logical (b, C, H, W) tensor to a contiguous (H, b·C·W) matrix."""
+def _to_height_major(x: torch.Tensor, channels_last: bool) -> torch.Tensor:
+    """Copies a logical (b, C, H, W) tensor to a contiguous (H, b·C·W) matrix, or (H, b·W·C)."""
     b, c, height, width = x.shape
-    out = torch.empty((height, b, c, width), dtype=x.dtype, device=x.device)
-    out.copy_(x.permute(2, 0, 1, 3))
-    return out.view(height, b * c * width)
+    if channels_last:
+        out = torch.empty((height, b, width, c), dtype=x.dtype, device=x.device)
+        out.copy_(x.permute(2, 0, 3, 1))
+    else:
+        out = torch.empty((height, b, c, width), dtype=x.dtype, device=x.device)
+        out.copy_(x.permute(2, 0, 1, 3))
+    return out.view(height, -1)
+
+
+def _from_height_major(y: torch.Tensor, h: int, b: int, c: int, w: int, channels_last: bool) -> torch.Tensor:
+    """The logical (b, C, h, w) view of a height-major (h, b·C·w) or (h, b·w·C) matrix."""
+    if channels_last:
+        return y.view(h, b, w, c).permute(1, 3, 0, 2)
+    return y.view(h, b, c, w).permute(1, 2, 0, 3)
+
+
+def _width_product(u, b_real, b_imag, h, b, c, width, channels_last):
+    """``A_r x B_rᵀ − A_i x B_iᵀ`` from ``u = [A_r x; A_i x]`` (height-major), height-major out."""
+    if channels_last:
+        ur, ui = u[:h].view(h * b, width, c), u[h:].view(h * b, width, c)
+        y = torch.matmul(b_real, ur)  # (h·b, w, C)
+        return y.sub_(torch.matmul(b_imag, ui)).view(h, -1)
+    y = torch.mm(u[:h].view(h * b * c, width), b_real.t())
+    return torch.addmm(y, u[h:].view(h * b * c, width), b_imag.t(), alpha=-1).view(h, -1)
 
 
 def _apply_1d(x: torch.Tensor, b_real: torch.Tensor) -> torch.Tensor:
