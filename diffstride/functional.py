@@ -355,8 +355,14 @@ def _apply_2d(
         if height * width <= KRONECKER_MAX_PIXELS:
             # K[(m, n), (p, q)] = A_r[p, m] B_r[q, n] - A_i[p, m] B_i[q, n]
             kron = torch.einsum("pm,qn->mnpq", a_real, b_real) - torch.einsum("pm,qn->mnpq", a_imag, b_imag)
-            y = torch.mm(x.reshape(n * c, height * width), kron.reshape(height * width, h * w).to(dtype))
-            return y.view(n, c, h, w).contiguous(memory_format=fmt)
+            kron = kron.reshape(height * width, h * w).to(dtype)
+            if fmt == torch.channels_last:
+                # per sample (h·w × H·W) @ (H·W × C) on the physical layout: no copies
+                x3 = x.permute(0, 2, 3, 1).reshape(n, height * width, c)
+                y = torch.bmm(kron.t().expand(n, h * w, height * width), x3)
+                return y.view(n, h, w, c).permute(0, 3, 1, 2)
+            y = torch.mm(x.reshape(n * c, height * width), kron)
+            return y.view(n, c, h, w)
         a_stack = torch.cat([a_real, a_imag], dim=0).to(dtype)
         return _SeparableProduct.apply(x, a_stack, b_real.to(dtype), b_imag.to(dtype))
 
