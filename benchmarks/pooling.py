@@ -2,7 +2,8 @@
 
     python benchmarks/pooling.py [--batch 32] [--threads 2] [--repeats 20] [--no-memory]
 
-Prints, per shape, forward and forward+backward milliseconds (median of --repeats after warm-up)
+Prints, per shape, forward and forward+backward milliseconds (median of --repeats after warm-up,
+the candidates timed in turns so that the slow spells of a shared machine hit them alike)
 and the peak memory of forward+backward (benchmarks/memory.py), for our DiffStride (contiguous
 and channels_last), the direct torch.fft implementation of the reference's semantics
 (``tests/oracle.py``, as existing ports compute the layer), FixedSpectralPooling and
@@ -81,22 +82,41 @@ def make_step(*args):
     return step
 
 
+def _interleaved_medians(fns, repeats, warmup=5):
+    """Median ms of each function, timed in turns (one call each per round), so that the slow
+    spells of a shared machine hit every candidate alike."""
+    for fn in fns:
+        for _ in range(warmup):
+            fn()
+    times = [[] for _ in fns]
+    for _ in range(repeats):
+        for fn, bucket in zip(fns, times):
+            start = time.perf_counter()
+            fn()
+            bucket.append((time.perf_counter() - start) * 1e3)
+    return [statistics.median(t) for t in times]
+
+
 def run(batch, repeats, device, memory):
-    _time(make_step("DiffStride", *SHAPES[0], batch, "contiguous", device), repeats)  # warms up the whole process
     rows = []
     for c, h, w in SHAPES:
-        for label, name, fmt in CANDIDATES:
-            args = (name, c, h, w, batch, fmt)
-            layer, x, _ = make_layer(*args, device)
+        forwards, steps, outs = [], [], []
+        for _, name, fmt in CANDIDATES:
+            layer, x, _ = make_layer(name, c, h, w, batch, fmt, device)
 
-            def forward():
+            def forward(layer=layer, x=x):
                 with torch.no_grad():
                     layer(x)
 
+            forwards.append(forward)
+            steps.append(make_step(name, c, h, w, batch, fmt, device))
+            outs.append("x".join(map(str, layer(x).shape[2:])))
+        fwd = _interleaved_medians(forwards, repeats)
+        fwdbwd = _interleaved_medians(steps, repeats)
+        for i, (label, name, fmt) in enumerate(CANDIDATES):
             rows.append({
-                "shape": f"{c}x{h}x{w}", "layer": label, "out": "x".join(map(str, layer(x).shape[2:])),
-                "fwd": _time(forward, repeats), "fwdbwd": _time(make_step(*args, device), repeats),
-                "peak": peak_mib("benchmarks.pooling", "make_step", *args) if memory else float("nan"),
+                "shape": f"{c}x{h}x{w}", "layer": label, "out": outs[i], "fwd": fwd[i], "fwdbwd": fwdbwd[i],
+                "peak": peak_mib("benchmarks.pooling", "make_step", name, c, h, w, batch, fmt) if memory else float("nan"),
             })
     return rows
 
