@@ -337,3 +337,21 @@ def test_onnx_export_of_frozen_layer_runs_in_onnxruntime():
         ref = model(x)
     assert out.shape == tuple(ref.shape)
     assert math.isclose(float(abs(torch.from_numpy(out) - ref).max()), 0.0, abs_tol=1e-4)
+
+
+def test_blocks_only_on_cpu():
+    """Cache blocking is a CPU matter: other devices (CUDA) take the whole batch in one block."""
+    cpu = torch.empty(40, 64, 32, 32)
+    meta = torch.empty(40, 64, 32, 32, device="meta")
+    assert F._batch_block(cpu, 32 * 32) < 40
+    assert F._batch_block(meta, 32 * 32) == 40
+
+
+def test_1d_layer_compiles_and_autocasts():
+    torch._dynamo.reset()
+    layer = pooling.DiffStride1d(strides=3.0)
+    x = torch.randn(2, 4, 100, requires_grad=True)
+    y = torch.compile(layer, backend="aot_eager")(x)
+    assert torch.allclose(y, pooling.DiffStride1d(strides=3.0)(x), atol=1e-6)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert layer(x).dtype == torch.bfloat16

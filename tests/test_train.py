@@ -256,3 +256,13 @@ def test_torchrun_two_processes_on_cpu(tmp_path):
     assert replicas[0]["blocks.0.0.pooling"] != [2.0, 2.0]  # the strides did train
     assert metrics["step"] == 16  # each rank saw its half of each batch of 32
     assert result.stdout.count("final test accuracy") == 1  # only rank 0 reports
+
+
+@pytest.mark.slow
+def test_bf16_mixed_precision_training_on_cpu(tmp_path, capsys):
+    workdir = str(tmp_path / "bf16")
+    assert main_lib.main(_args(workdir, epochs=1, extra=["train.train.mixed_precision = True"])) == 0
+    metrics = _metrics(workdir)
+    assert metrics["run"]["precision"] == "bfloat16 autocast"
+    assert 0 <= metrics["test_accuracy"] <= 1 and all(
+        v == v for info in metrics["pooling"].values() for v in info["strides"])  # finite, not NaN

@@ -186,6 +186,7 @@ def train(
     if loss_cls is None:
         from diffstride.examples.external_configurables import CATEGORICAL_CROSSENTROPY as loss_cls
     loss_fn = loss_cls()
+    amp_dtype = torch.float16 if (use_cuda and not torch.cuda.is_bf16_supported()) else torch.bfloat16
     from diffstride.complexity import complexity_loss, count_flops, forward_trace
 
     complexity_fn = complexity_fn or complexity_loss
@@ -195,8 +196,10 @@ def train(
         "pooling": next((type(m).__name__ for _, m in pooling.pooling_layers(model)), "strided conv"),
         "initial_strides": [list(s) if isinstance(s, (list, tuple)) else s for s in getattr(model, "strides", [])],
         "complexity_weight": complexity_weight,
+        "precision": str(amp_dtype).replace("torch.", "") + " autocast" if mixed_precision else "float32",
+        "memory_format": "channels_last" if channels_last else "contiguous",
+        "device": str(ctx.device), "world_size": ctx.world_size,
     }
-    amp_dtype = torch.bfloat16 if (use_cuda and torch.cuda.is_bf16_supported()) else torch.float16
     scaler = torch.amp.GradScaler("cuda", enabled=mixed_precision and use_cuda and amp_dtype == torch.float16)
     output_sizes = _track_output_sizes(model)
 
