@@ -594,16 +594,18 @@ def diff_stride1d(
     return spectral_resample1d(x, plan, weights)
 
 
-def fixed_spectral_pool2d(x: torch.Tensor, strides: Sequence[float]) -> torch.Tensor:
+def fixed_spectral_pool2d(
+    x: torch.Tensor, strides: Sequence[float], plan: Optional[SpectralPlan] = None
+) -> torch.Tensor:
     """Spectral pooling with fixed ``strides`` (S_h, S_w) of a (N, C, H, W) tensor (no mask, hard crop)."""
-    plan = fixed_spectral_plan(tuple(x.shape[-2:]), strides)
+    plan = plan or fixed_spectral_plan(tuple(x.shape[-2:]), strides)
     ones_r = torch.ones(len(plan.rows), dtype=_compute_dtype(x), device=x.device)
     ones_c = torch.ones(plan.cols, dtype=_compute_dtype(x), device=x.device)
     return spectral_resample2d(x, plan, ones_r, ones_c)
 
 
-def fixed_spectral_pool1d(x: torch.Tensor, stride: float) -> torch.Tensor:
+def fixed_spectral_pool1d(x: torch.Tensor, stride: float, plan: Optional[SpectralPlan] = None) -> torch.Tensor:
     """Spectral pooling with a fixed ``stride`` of a (N, C, L) tensor."""
-    plan = fixed_spectral_plan_1d(x.shape[-1], stride)
+    plan = plan or fixed_spectral_plan_1d(x.shape[-1], stride)
     ones = torch.ones(plan.cols, dtype=_compute_dtype(x), device=x.device)
     return spectral_resample1d(x, plan, ones)

@@ -74,6 +74,14 @@ def _to_channels_first(x: torch.Tensor, ndim: int, data_format: str, layer: str)
     return x
 
 
+def _spatial_size(input_size, ndim: int) -> Tuple[int, ...]:
+    """A spatial size as a tuple of ``ndim`` ints (a 1-D size may be a bare int)."""
+    size = (int(input_size),) if isinstance(input_size, int) else tuple(int(n) for n in input_size)
+    if len(size) != ndim:
+        raise ValueError(f"input_size must have {ndim} value(s), but got {input_size!r}")
+    return size
+
+
 def _from_channels_first(y: torch.Tensor, data_format: str) -> torch.Tensor:
     return y.movedim(1, -1) if data_format == "channels_last" else y
 
@@ -180,9 +188,7 @@ class _DiffStrideNd(nn.Module):
 
         ``input_size`` is ``(H, W)`` (2-D) or ``(L,)`` / ``L`` (1-D); the strides are not modified.
         """
-        size = (int(input_size),) if isinstance(input_size, int) else tuple(int(n) for n in input_size)
-        if len(size) != self._ndim:
-            raise ValueError(f"input_size must have {self._ndim} value(s), but got {input_size!r}")
+        size = _spatial_size(input_size, self._ndim)
         self._check_size(size)
         return self._plan(size, F.stride_values(self.strides)).out_size
 
@@ -337,9 +343,7 @@ class FixedSpectralPooling(nn.Module):
 
     def output_size(self, input_size: Sequence[int]) -> Tuple[int, ...]:
         """Spatial output size for a spatial ``input_size`` (the layer is not run)."""
-        size = (int(input_size),) if isinstance(input_size, int) else tuple(int(n) for n in input_size)
-        if len(size) != self._ndim:
-            raise ValueError(f"input_size must have {self._ndim} value(s), but got {input_size!r}")
+        size = _spatial_size(input_size, self._ndim)
         return self._plan(size).out_size
 
     def _plan(self, size):
@@ -352,14 +356,11 @@ class FixedSpectralPooling(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = _to_channels_first(x, self._ndim, self.data_format, type(self).__name__)
-        plan = self._plan(tuple(x.shape[2:]))
-        dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
-        cols = torch.ones(plan.cols, dtype=dtype, device=x.device)
+        plan = self._plan(tuple(x.shape[2:]))  # validates the size too
         if self._ndim == 2:
-            rows = torch.ones(len(plan.rows), dtype=dtype, device=x.device)
-            y = F.spectral_resample2d(x, plan, rows, cols)
+            y = F.fixed_spectral_pool2d(x, self.strides, plan)
         else:
-            y = F.spectral_resample1d(x, plan, cols)
+            y = F.fixed_spectral_pool1d(x, self.strides[0], plan)
         return _from_channels_first(y, self.data_format)
 
     def extra_repr(self) -> str:
@@ -400,9 +401,7 @@ class SpatialPooling(nn.Module):
 
     def output_size(self, input_size: Sequence[int]) -> Tuple[int, ...]:
         """Spatial output size ``ceil(size / stride)`` for a spatial ``input_size``."""
-        size = (int(input_size),) if isinstance(input_size, int) else tuple(int(n) for n in input_size)
-        if len(size) != self._ndim:
-            raise ValueError(f"input_size must have {self._ndim} value(s), but got {input_size!r}")
+        size = _spatial_size(input_size, self._ndim)
         return tuple(-(-n // s) for n, s in zip(size, self.strides))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
