@@ -53,6 +53,7 @@ def test_main_job_writes_logs_checkpoints_configs_and_metrics(tmp_path, capsys):
     assert {"ckpt-0001.pt", "ckpt-0002.pt", "metrics.json", "history.json", "config.gin", "operative_config.gin"} <= files
     metrics = _metrics(workdir)
     assert metrics["epoch"] == 2 and metrics["step"] == 16 and 0 <= metrics["test_accuracy"] <= 1
+    assert metrics["flops"] > 0 and 0 < metrics["complexity"] < 2
     assert set(metrics["pooling"]) == {"stem_pooling", "blocks.0.0.pooling"}
     assert metrics["pooling"]["blocks.0.0.pooling"]["output_size"] == [22, 22]
     operative = open(os.path.join(workdir, "operative_config.gin")).read()
@@ -67,7 +68,7 @@ def test_main_job_writes_logs_checkpoints_configs_and_metrics(tmp_path, capsys):
     tags = set(events.Tags()["scalars"])
     for tag in ("train/loss", "train/accuracy", "test/loss", "test/accuracy", "learning_rate", "steps_per_second",
                 "pooling/blocks.0.0.pooling/stride_h", "pooling/blocks.0.0.pooling/stride_w",
-                "pooling/stem_pooling/output_h", "pooling/stem_pooling/output_w"):
+                "pooling/stem_pooling/output_h", "pooling/stem_pooling/output_w", "complexity/J", "complexity/flops"):
         assert tag in tags, tag
     assert [e.step for e in events.Scalars("test/accuracy")] == [8, 16]
     # the learning rate follows the step schedule: 0.02 up to step 4, then 0.05
