@@ -161,23 +161,24 @@ class _DiffStrideNd(nn.Module):
         mins = [F.min_stride(n, self.smoothness_factor) for n in size]
         return [max(mins)] if self.strides.numel() == 1 else mins
 
-    def _clamp_strides_(self, size: Tuple[int, ...]) -> None:
-        """The reference's in-place clamp ``S = max(S, size / (size - R))``, without gradient."""
-        mins = self._min_strides(size)
-        if torch.compiler.is_compiling() and not self.trainable:
-            values = tuple(max(v, m) for v, m in zip(self._frozen_values, mins))
-            if values != self._frozen_values:
-                with torch.no_grad():
-                    self.strides.copy_(torch.tensor(values, dtype=self.strides.dtype))
-                self._frozen_values = values
-            return
-        with torch.no_grad():
-            floor = torch.tensor(mins, dtype=self.strides.dtype, device=self.strides.device)
-            self.strides.copy_(torch.maximum(self.strides, floor))
+    def _clamp_(self, size: Tuple[int, ...], values: Tuple[float, ...]) -> Tuple[float, ...]:
+        """The reference's in-place clamp ``S = max(S, size / (size - R))``, on the stride values
+        already read; the parameter is written only when a value changes. (Writing it at every
+        call would bump its version between the two calls of a pooling layer shared by a
+        residual block's branches, which compiled backward graphs refuse.)"""
+        clamped = tuple(max(v, m) for v, m in zip(values, self._min_strides(size)))
+        if clamped != values:
+            with torch.no_grad():
+                self.strides.copy_(torch.tensor(clamped, dtype=self.strides.dtype))
+            if not self.trainable:
+                self._frozen_values = clamped
+        return clamped
 
     def _current_plan(self, size: Tuple[int, ...]) -> F.SpectralPlan:
+        """Applies the in-place clamp and plans the output for ``size``."""
         if torch.compiler.is_compiling() and not self.trainable:
-            return self._plan(size, self._frozen_values)  # folded into the graph: no break
+            # Python values: folded into the graph, no break (fullgraph=True works)
+            return self._plan(size, self._clamp_(size, self._frozen_values))
         return _plan_from_tensor(self, size)
 
     def _plan(self, size: Tuple[int, ...], values: Sequence[float]) -> F.SpectralPlan:
@@ -196,7 +197,6 @@ class _DiffStrideNd(nn.Module):
         x = _to_channels_first(x, self._ndim, self.data_format, type(self).__name__)
         size = tuple(x.shape[2:])
         self._check_size(size)
-        self._clamp_strides_(size)
         plan = self._current_plan(size)
         y = self._downsample(x, plan)
         return _from_channels_first(y, self.data_format)
@@ -223,15 +223,17 @@ class _DiffStrideNd(nn.Module):
 
 @torch.compiler.disable
 def _plan_from_tensor(layer: "_DiffStrideNd", size: Tuple[int, ...]) -> F.SpectralPlan:
-    """Reads the strides (a device sync) and plans the output. Kept out of compiled graphs, so
-    that a compiled model recompiles only when the plan changes, not at every stride update."""
+    """Reads the strides (a device sync), applies the in-place clamp and plans the output. Kept
+    out of compiled graphs, so that a compiled model recompiles only when the plan changes, not
+    at every stride update."""
     values = F.stride_values(layer.strides)
-    if not layer.trainable:
-        layer._frozen_values = values  # what a compiled frozen layer plans from
     if not all(math.isfinite(v) for v in values):
         raise FloatingPointError(
             f"{type(layer).__name__} strides are not finite: {values}. Training has diverged "
             "(lower the learning rate), or non-finite values were loaded into the strides.")
+    values = layer._clamp_(size, values)
+    if not layer.trainable:
+        layer._frozen_values = values  # what a compiled frozen layer plans from
     return layer._plan(size, values)
 
 

@@ -355,3 +355,25 @@ def test_1d_layer_compiles_and_autocasts():
     assert torch.allclose(y, pooling.DiffStride1d(strides=3.0)(x), atol=1e-6)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert layer(x).dtype == torch.bfloat16
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["aot_eager", "inductor"])
+def test_compiled_training_step_with_a_pooling_layer_shared_by_two_branches(backend):
+    """A residual block calls its pooling layer twice per forward; the compiled backward must
+    not see the strides modified in place between the two calls."""
+    from diffstride import resnet
+
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    model = resnet.Resnet([4, 8], [1, 2], num_output_classes=3, pooling_cls=pooling.DiffStride, num_layers=1,
+                          kernel_size=3)
+    eager = resnet.Resnet([4, 8], [1, 2], num_output_classes=3, pooling_cls=pooling.DiffStride, num_layers=1,
+                          kernel_size=3)
+    eager.load_state_dict(model.state_dict())
+    x = torch.randn(2, 3, 16, 16)
+    compiled = torch.compile(model, backend=backend)
+    compiled(x).sum().backward()
+    eager(x).sum().backward()
+    for (name, p), q in zip(model.named_parameters(), eager.parameters()):
+        assert torch.allclose(p.grad, q.grad, atol=1e-4, rtol=1e-4), name
