@@ -136,7 +136,7 @@ class _DiffStrideNd(nn.Module):
         # when the strides are frozen (no device read, so fullgraph=True works).
         self._frozen_values: Tuple[float, ...] = ()
         self.reset_parameters()
-        self.register_load_state_dict_post_hook(lambda module, keys: module._sync_frozen_values())
+        self.register_load_state_dict_post_hook(_after_load_state_dict)  # a module-level function: picklable
 
     def reset_parameters(self) -> None:
         with torch.no_grad():
@@ -219,6 +219,10 @@ class _DiffStrideNd(nn.Module):
         if self.data_format != "channels_first":
             text += f", data_format={self.data_format!r}"
         return text
+
+
+def _after_load_state_dict(module: "_DiffStrideNd", incompatible_keys) -> None:
+    module._sync_frozen_values()
 
 
 @torch.compiler.disable

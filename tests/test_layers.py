@@ -377,3 +377,13 @@ def test_compiled_training_step_with_a_pooling_layer_shared_by_two_branches(back
     eager(x).sum().backward()
     for (name, p), q in zip(model.named_parameters(), eager.parameters()):
         assert torch.allclose(p.grad, q.grad, atol=1e-4, rtol=1e-4), name
+
+
+def test_whole_layer_pickles_with_torch_save(tmp_path):
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), pooling.DiffStride(strides=(2.0, 3.0), trainable=False))
+    torch.save(model, tmp_path / "model.pt")
+    loaded = torch.load(tmp_path / "model.pt", weights_only=False)
+    x = torch.randn(1, 3, 20, 20)
+    assert torch.equal(loaded(x), model(x))
+    loaded[1].load_state_dict({"strides": torch.tensor([2.5, 2.5])})  # the post-load hook survived pickling
+    assert loaded[1]._frozen_values == (2.5, 2.5)
