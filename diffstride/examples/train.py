@@ -242,7 +242,7 @@ def train(
         correct = torch.zeros((), device=ctx.device, dtype=torch.float64)
         seen, epoch_start = 0, time.time()
         bar = _progress(len(datasets.train), f"epoch {epoch + 1}/{num_epochs}", show_progress)
-        complexity_value, diverged = None, ""
+        diverged = ""
         try:
             for images, labels in datasets.train:
                 if step == kill_at:
@@ -254,10 +254,7 @@ def train(
                 with torch.autocast(ctx.device.type, dtype=amp_dtype, enabled=mixed_precision):
                     outputs = net(images)
                     loss = loss_fn(outputs, labels)
-                total = loss
-                if complexity_weight:
-                    complexity_value = complexity_fn(model, trace=structure)
-                    total = loss + complexity_weight * complexity_value
+                total = loss + complexity_weight * complexity_fn(model, trace=structure) if complexity_weight else loss
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(total).backward()
                 scaler.step(optimizer)
@@ -318,6 +315,7 @@ def train(
                 state["scaler"] = scaler.state_dict()
             ckpt.save_checkpoint(workdir, state, keep=keep_checkpoints)
             ckpt.write_json(os.path.join(workdir, "history.json"), history)
+            ckpt.atomic_write_text(os.path.join(workdir, "operative_config.gin"), gin.operative_config_str())
         ctx.barrier()
 
     final = {"num_epochs": num_epochs, "seconds": time.time() - started, "workdir": workdir, "run": run_info,
@@ -325,7 +323,6 @@ def train(
     if writer is not None:
         writer.close()
     if workdir is not None and is_main:
-        ckpt.atomic_write_text(os.path.join(workdir, "operative_config.gin"), gin.operative_config_str())
         ckpt.write_json(os.path.join(workdir, "metrics.json"), final)
     return final
 
