@@ -55,7 +55,10 @@ def test_main_job_writes_logs_checkpoints_configs_and_metrics(tmp_path, capsys):
     assert metrics["epoch"] == 2 and metrics["step"] == 16 and 0 <= metrics["test_accuracy"] <= 1
     assert metrics["flops"] > 0 and 0 < metrics["complexity"] < 2
     assert set(metrics["pooling"]) == {"stem_pooling", "blocks.0.0.pooling"}
-    assert metrics["pooling"]["blocks.0.0.pooling"]["output_size"] == [22, 22]
+    # the logged output size is the one the logged strides give on the stem's output
+    stem, block = metrics["pooling"]["stem_pooling"], metrics["pooling"]["blocks.0.0.pooling"]
+    assert stem["output_size"] == [28, 28]
+    assert list(pooling.DiffStride(strides=block["strides"]).output_size((28, 28))) == block["output_size"]
     operative = open(os.path.join(workdir, "operative_config.gin")).read()
     assert "load_datasets.name = 'mnist'" in operative and "DiffStride" in operative
     state = torch.load(os.path.join(workdir, "ckpt-0002.pt"), weights_only=True)
