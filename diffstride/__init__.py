@@ -17,3 +17,22 @@ from diffstride.pooling import (
 )
 
 __version__ = "0.1.0"
+
+__all__ = [
+    "functional",
+    "complexity_loss",
+    "count_flops",
+    "convert",
+    "freeze",
+    "DiffStride",
+    "DiffStride1d",
+    "DiffStride2d",
+    "FixedSpectralPooling",
+    "FixedSpectralPooling1d",
+    "FixedSpectralPooling2d",
+    "SpatialPooling",
+    "SpatialPooling1d",
+    "SpatialPooling2d",
+    "param_groups",
+    "pooling_layers",
+]

@@ -3,9 +3,8 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterable, List, Optional, Tuple
 
-import torch
 from torch import nn
 
 from diffstride import pooling

@@ -6,7 +6,7 @@ configs work unchanged; the maths lives in :mod:`diffstride.functional`.
 from __future__ import annotations
 
 import math
-from typing import Callable, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Callable, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn

@@ -185,7 +185,9 @@ def test_freeze_gives_the_same_outputs_without_stride_parameters():
     with torch.no_grad():
         assert torch.allclose(frozen(x), model(x), atol=1e-6)
     frozen.load_state_dict(frozen.state_dict())
-    compiled = torch.compile(frozen, backend="eager", fullgraph=True)
+    # dynamic=False: after other compiles of the same code with other input sizes, dynamo would
+    # otherwise make the sizes symbolic, and the frozen plan is Python arithmetic on them
+    compiled = torch.compile(frozen, backend="eager", fullgraph=True, dynamic=False)
     with torch.no_grad():
         assert torch.allclose(compiled(x), model(x), atol=1e-5)
 

@@ -306,9 +306,9 @@ def test_frozen_strides_compile_fullgraph():
     torch._dynamo.reset()
     layer = pooling.DiffStride(strides=(2.0, 3.0), trainable=False)
     x = torch.randn(2, 3, 32, 32)
-    compiled = torch.compile(layer, backend="eager", fullgraph=True)
+    compiled = torch.compile(layer, backend="eager", fullgraph=True, dynamic=False)
     assert torch.allclose(compiled(x), layer(x), atol=1e-6)
-    fixed = torch.compile(pooling.FixedSpectralPooling(strides=2), backend="eager", fullgraph=True)
+    fixed = torch.compile(pooling.FixedSpectralPooling(strides=2), backend="eager", fullgraph=True, dynamic=False)
     assert torch.allclose(fixed(x), pooling.FixedSpectralPooling(strides=2)(x), atol=1e-6)
 
 

@@ -10,7 +10,7 @@ import gin
 import pytest
 import torch
 
-from diffstride import pooling, resnet
+from diffstride import pooling
 from diffstride.examples import checkpoint as ckpt
 from diffstride.examples import main as main_lib
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import bisect
 import math
-from typing import Iterable, List, Sequence, Union
+from typing import Iterable, Sequence, Union
 
 import torch
 
