@@ -46,9 +46,17 @@ class _Context:
         if cuda:
             torch.cuda.set_device(self.device)
         self.distributed = self.world_size > 1
-        if self.distributed and not dist.is_initialized():
+        self.owns_group = self.distributed and not dist.is_initialized()
+        if self.owns_group:
             dist.init_process_group(backend="nccl" if cuda else "gloo")
         self.is_main = self.rank == 0
+
+    def close(self) -> None:
+        """Destroys the process group this context made: a gloo group left to interpreter exit
+        can abort the process ("terminate called without an active exception")."""
+        if self.owns_group and dist.is_initialized():
+            dist.destroy_process_group()
+            self.owns_group = False
 
     def all_sum(self, values: List[float]) -> List[float]:
         if not self.distributed:
@@ -169,162 +177,165 @@ def train(
     if num_epochs < 0:
         raise ValueError(f"num_epochs must be >= 0, but got {num_epochs}")
     ctx = _Context(device)
-    if seed is not None:
-        torch.manual_seed(seed)
-    is_main = ctx.is_main
-    say = log if is_main else (lambda *_: None)
+    try:
+        if seed is not None:
+            torch.manual_seed(seed)
+        is_main = ctx.is_main
+        say = log if is_main else (lambda *_: None)
 
-    datasets = load_data_fn(device=ctx.device, rank=ctx.rank, world_size=ctx.world_size)
-    model = model_cls(num_output_classes=datasets.num_classes, in_channels=datasets.image_shape[0]).to(ctx.device)
-    use_cuda = ctx.device.type == "cuda"
-    channels_last = True if channels_last is None else channels_last
-    mixed_precision = use_cuda if mixed_precision is None else mixed_precision
-    memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    model = model.to(memory_format=memory_format)
-    optimizer_spec = optimizer_cls()
-    optimizer = optimizer_spec.build(l2_param_groups(model))
-    if loss_cls is None:
-        from diffstride.examples.external_configurables import CATEGORICAL_CROSSENTROPY as loss_cls
-    loss_fn = loss_cls()
-    amp_dtype = torch.float16 if (use_cuda and not torch.cuda.is_bf16_supported()) else torch.bfloat16
-    from diffstride.complexity import complexity_loss, count_flops, forward_trace
+        datasets = load_data_fn(device=ctx.device, rank=ctx.rank, world_size=ctx.world_size)
+        model = model_cls(num_output_classes=datasets.num_classes, in_channels=datasets.image_shape[0]).to(ctx.device)
+        use_cuda = ctx.device.type == "cuda"
+        channels_last = True if channels_last is None else channels_last
+        mixed_precision = use_cuda if mixed_precision is None else mixed_precision
+        memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        model = model.to(memory_format=memory_format)
+        optimizer_spec = optimizer_cls()
+        optimizer = optimizer_spec.build(l2_param_groups(model))
+        if loss_cls is None:
+            from diffstride.examples.external_configurables import CATEGORICAL_CROSSENTROPY as loss_cls
+        loss_fn = loss_cls()
+        amp_dtype = torch.float16 if (use_cuda and not torch.cuda.is_bf16_supported()) else torch.bfloat16
+        from diffstride.complexity import complexity_loss, count_flops, forward_trace
 
-    complexity_fn = complexity_fn or complexity_loss
-    structure = forward_trace(model, datasets.image_shape)  # pooling order and conv costs, once
-    run_info = {
-        "dataset": datasets.name, "seed": seed,
-        "pooling": next((type(m).__name__ for _, m in pooling.pooling_layers(model)), "strided conv"),
-        "initial_strides": [list(s) if isinstance(s, (list, tuple)) else s for s in getattr(model, "strides", [])],
-        "complexity_weight": complexity_weight,
-        "precision": str(amp_dtype).replace("torch.", "") + " autocast" if mixed_precision else "float32",
-        "memory_format": "channels_last" if channels_last else "contiguous",
-        "device": str(ctx.device), "world_size": ctx.world_size,
-    }
-    scaler = torch.amp.GradScaler("cuda", enabled=mixed_precision and use_cuda and amp_dtype == torch.float16)
-    output_sizes = _track_output_sizes(model)
-
-    start_epoch, step, history = 0, 0, []
-    writer = None
-    if workdir is not None:
-        os.makedirs(workdir, exist_ok=True)
-        found = ckpt.load_latest_checkpoint(workdir, map_location=ctx.device, log=say)
-        if found is not None:
-            state, path = found
-            try:
-                model.load_state_dict(state["model"])
-                optimizer.load_state_dict(state["optimizer"])
-            except (RuntimeError, ValueError, KeyError) as err:
-                raise TrainingError(
-                    f"the checkpoint {path} does not fit this model/optimizer ({str(err)[:300]}); "
-                    f"use another workdir or remove the checkpoints of {workdir}") from None
-            _set_rng_state(state["rng"], ctx.device)
-            if "scaler" in state and scaler.is_enabled():
-                scaler.load_state_dict(state["scaler"])
-            start_epoch, step, history = int(state["epoch"]), int(state["step"]), list(state.get("history", []))
-            say(f"resumed from {path} (epoch {start_epoch}, step {step})")
-        if is_main:
-            from torch.utils.tensorboard import SummaryWriter
-
-            writer = SummaryWriter(workdir, purge_step=step if step else None)
-            ckpt.atomic_write_text(os.path.join(workdir, "config.gin"), gin.config_str())
-
-    net = model
-    if ctx.distributed:
-        net = nn.parallel.DistributedDataParallel(model, device_ids=[ctx.device] if use_cuda else None)
-
-    kill_at = int(os.environ.get("DIFFSTRIDE_KILL_AT_STEP", "-1"))  # fault injection for the tests
-    show_progress = (sys.stderr.isatty() if progress is None else progress) and is_main
-    started = time.time()
-    metrics: Dict[str, Any] = history[-1] if history else {}
-    for epoch in range(start_epoch, num_epochs):
-        net.train()
-        loss_sum = torch.zeros((), device=ctx.device, dtype=torch.float64)
-        correct = torch.zeros((), device=ctx.device, dtype=torch.float64)
-        seen, epoch_start = 0, time.time()
-        bar = _progress(len(datasets.train), f"epoch {epoch + 1}/{num_epochs}", show_progress)
-        diverged = ""
-        try:
-            for images, labels in datasets.train:
-                if step == kill_at:
-                    os.kill(os.getpid(), signal.SIGKILL)
-                lr = optimizer_spec.learning_rate_at(step)
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
-                images = images.contiguous(memory_format=memory_format)
-                with torch.autocast(ctx.device.type, dtype=amp_dtype, enabled=mixed_precision):
-                    outputs = net(images)
-                    loss = loss_fn(outputs, labels)
-                total = loss + complexity_weight * complexity_fn(model, trace=structure) if complexity_weight else loss
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(total).backward()
-                scaler.step(optimizer)
-                scaler.update()
-                step += 1
-                loss_sum += loss.detach().double() * labels.shape[0]
-                correct += (outputs.detach().argmax(-1) == labels.argmax(-1)).sum()
-                seen += labels.shape[0]
-                if bar is not None:
-                    bar.update(1)
-                    if step % 10 == 0:
-                        bar.set_postfix(loss=f"{loss_sum.item() / seen:.4f}", acc=f"{correct.item() / seen:.3f}")
-                if step % 20 == 0 and not torch.isfinite(loss):
-                    break
-        except FloatingPointError as err:  # e.g. strides that became NaN
-            loss_sum.fill_(float("nan"))
-            diverged = str(err)
-        if bar is not None:
-            bar.close()
-        train_loss_sum, train_correct, train_seen = ctx.all_sum([loss_sum.item(), correct.item(), float(seen)])
-        train_loss = train_loss_sum / max(train_seen, 1)
-        if not math.isfinite(train_loss):
-            last = ckpt.list_checkpoints(workdir)[0][1] if workdir and ckpt.list_checkpoints(workdir) else None
-            raise TrainingError(
-                f"the training loss became non-finite ({train_loss}) in epoch {epoch + 1} (by step {step}); "
-                f"stopped without saving. Last good checkpoint: {last or 'none'}. "
-                f"Lower the learning rate, or check the data." + (f" ({diverged})" if diverged else ""))
-        seconds = time.time() - epoch_start
-        test_loss, test_acc = _evaluate(net, model, datasets.test, loss_fn, ctx, memory_format, amp_dtype, mixed_precision)
-        report = pooling_report(model, output_sizes)
-        metrics = {
-            "epoch": epoch + 1, "step": step, "learning_rate": lr if seen else optimizer_spec.learning_rate_at(step),
-            "train_loss": train_loss, "train_accuracy": train_correct / max(train_seen, 1),
-            "test_loss": test_loss, "test_accuracy": test_acc,
-            "images_per_second": train_seen / seconds if seconds > 0 else 0.0,
-            "steps_per_second": len(datasets.train) / seconds if seconds > 0 else 0.0,
-            "pooling": report,
+        complexity_fn = complexity_fn or complexity_loss
+        structure = forward_trace(model, datasets.image_shape)  # pooling order and conv costs, once
+        run_info = {
+            "dataset": datasets.name, "seed": seed,
+            "pooling": next((type(m).__name__ for _, m in pooling.pooling_layers(model)), "strided conv"),
+            "initial_strides": [list(s) if isinstance(s, (list, tuple)) else s for s in getattr(model, "strides", [])],
+            "complexity_weight": complexity_weight,
+            "precision": str(amp_dtype).replace("torch.", "") + " autocast" if mixed_precision else "float32",
+            "memory_format": "channels_last" if channels_last else "contiguous",
+            "device": str(ctx.device), "world_size": ctx.world_size,
         }
-        with torch.no_grad():
-            metrics["complexity"] = float(complexity_fn(model, trace=structure))
-        metrics["flops"] = count_flops(model, datasets.image_shape)
-        history.append(metrics)
-        say(f"epoch {epoch + 1:>3}/{num_epochs}  loss {train_loss:.4f}  acc {metrics['train_accuracy']:.4f}  "
-            f"test_loss {test_loss:.4f}  test_acc {test_acc:.4f}  lr {metrics['learning_rate']:.4g}  "
-            f"{metrics['images_per_second']:.0f} img/s  MMACs {metrics['flops'] / 1e6:.1f}"
-            + (f"  strides {_format_strides(report)}" if report else ""))
-        if writer is not None:
-            _log_tensorboard(writer, metrics, step)
-        if ctx.distributed:
-            replicas = ctx.gather_strides(model)
-            if any(r != replicas[0] for r in replicas):
-                raise TrainingError(f"the strides differ between processes after epoch {epoch + 1}: {replicas}")
-            metrics["replica_strides"] = replicas
-        if workdir is not None and is_main:
-            state = {"format": CHECKPOINT_FORMAT, "epoch": epoch + 1, "step": step, "model": model.state_dict(),
-                     "optimizer": optimizer.state_dict(), "rng": _rng_state(ctx.device), "history": history}
-            if scaler.is_enabled():
-                state["scaler"] = scaler.state_dict()
-            ckpt.save_checkpoint(workdir, state, keep=keep_checkpoints)
-            ckpt.write_json(os.path.join(workdir, "history.json"), history)
-            ckpt.atomic_write_text(os.path.join(workdir, "operative_config.gin"), gin.operative_config_str())
-        ctx.barrier()
+        scaler = torch.amp.GradScaler("cuda", enabled=mixed_precision and use_cuda and amp_dtype == torch.float16)
+        output_sizes = _track_output_sizes(model)
 
-    final = {"num_epochs": num_epochs, "seconds": time.time() - started, "workdir": workdir, "run": run_info,
-             **metrics}
-    if writer is not None:
-        writer.close()
-    if workdir is not None and is_main:
-        ckpt.write_json(os.path.join(workdir, "metrics.json"), final)
-    return final
+        start_epoch, step, history = 0, 0, []
+        writer = None
+        if workdir is not None:
+            os.makedirs(workdir, exist_ok=True)
+            found = ckpt.load_latest_checkpoint(workdir, map_location=ctx.device, log=say)
+            if found is not None:
+                state, path = found
+                try:
+                    model.load_state_dict(state["model"])
+                    optimizer.load_state_dict(state["optimizer"])
+                except (RuntimeError, ValueError, KeyError) as err:
+                    raise TrainingError(
+                        f"the checkpoint {path} does not fit this model/optimizer ({str(err)[:300]}); "
+                        f"use another workdir or remove the checkpoints of {workdir}") from None
+                _set_rng_state(state["rng"], ctx.device)
+                if "scaler" in state and scaler.is_enabled():
+                    scaler.load_state_dict(state["scaler"])
+                start_epoch, step, history = int(state["epoch"]), int(state["step"]), list(state.get("history", []))
+                say(f"resumed from {path} (epoch {start_epoch}, step {step})")
+            if is_main:
+                from torch.utils.tensorboard import SummaryWriter
+
+                writer = SummaryWriter(workdir, purge_step=step if step else None)
+                ckpt.atomic_write_text(os.path.join(workdir, "config.gin"), gin.config_str())
+
+        net = model
+        if ctx.distributed:
+            net = nn.parallel.DistributedDataParallel(model, device_ids=[ctx.device] if use_cuda else None)
+
+        kill_at = int(os.environ.get("DIFFSTRIDE_KILL_AT_STEP", "-1"))  # fault injection for the tests
+        show_progress = (sys.stderr.isatty() if progress is None else progress) and is_main
+        started = time.time()
+        metrics: Dict[str, Any] = history[-1] if history else {}
+        for epoch in range(start_epoch, num_epochs):
+            net.train()
+            loss_sum = torch.zeros((), device=ctx.device, dtype=torch.float64)
+            correct = torch.zeros((), device=ctx.device, dtype=torch.float64)
+            seen, epoch_start = 0, time.time()
+            bar = _progress(len(datasets.train), f"epoch {epoch + 1}/{num_epochs}", show_progress)
+            diverged = ""
+            try:
+                for images, labels in datasets.train:
+                    if step == kill_at:
+                        os.kill(os.getpid(), signal.SIGKILL)
+                    lr = optimizer_spec.learning_rate_at(step)
+                    for group in optimizer.param_groups:
+                        group["lr"] = lr
+                    images = images.contiguous(memory_format=memory_format)
+                    with torch.autocast(ctx.device.type, dtype=amp_dtype, enabled=mixed_precision):
+                        outputs = net(images)
+                        loss = loss_fn(outputs, labels)
+                    total = loss + complexity_weight * complexity_fn(model, trace=structure) if complexity_weight else loss
+                    optimizer.zero_grad(set_to_none=True)
+                    scaler.scale(total).backward()
+                    scaler.step(optimizer)
+                    scaler.update()
+                    step += 1
+                    loss_sum += loss.detach().double() * labels.shape[0]
+                    correct += (outputs.detach().argmax(-1) == labels.argmax(-1)).sum()
+                    seen += labels.shape[0]
+                    if bar is not None:
+                        bar.update(1)
+                        if step % 10 == 0:
+                            bar.set_postfix(loss=f"{loss_sum.item() / seen:.4f}", acc=f"{correct.item() / seen:.3f}")
+                    if step % 20 == 0 and not torch.isfinite(loss):
+                        break
+            except FloatingPointError as err:  # e.g. strides that became NaN
+                loss_sum.fill_(float("nan"))
+                diverged = str(err)
+            if bar is not None:
+                bar.close()
+            train_loss_sum, train_correct, train_seen = ctx.all_sum([loss_sum.item(), correct.item(), float(seen)])
+            train_loss = train_loss_sum / max(train_seen, 1)
+            if not math.isfinite(train_loss):
+                last = ckpt.list_checkpoints(workdir)[0][1] if workdir and ckpt.list_checkpoints(workdir) else None
+                raise TrainingError(
+                    f"the training loss became non-finite ({train_loss}) in epoch {epoch + 1} (by step {step}); "
+                    f"stopped without saving. Last good checkpoint: {last or 'none'}. "
+                    f"Lower the learning rate, or check the data." + (f" ({diverged})" if diverged else ""))
+            seconds = time.time() - epoch_start
+            test_loss, test_acc = _evaluate(net, model, datasets.test, loss_fn, ctx, memory_format, amp_dtype, mixed_precision)
+            report = pooling_report(model, output_sizes)
+            metrics = {
+                "epoch": epoch + 1, "step": step, "learning_rate": lr if seen else optimizer_spec.learning_rate_at(step),
+                "train_loss": train_loss, "train_accuracy": train_correct / max(train_seen, 1),
+                "test_loss": test_loss, "test_accuracy": test_acc,
+                "images_per_second": train_seen / seconds if seconds > 0 else 0.0,
+                "steps_per_second": len(datasets.train) / seconds if seconds > 0 else 0.0,
+                "pooling": report,
+            }
+            with torch.no_grad():
+                metrics["complexity"] = float(complexity_fn(model, trace=structure))
+            metrics["flops"] = count_flops(model, datasets.image_shape)
+            history.append(metrics)
+            say(f"epoch {epoch + 1:>3}/{num_epochs}  loss {train_loss:.4f}  acc {metrics['train_accuracy']:.4f}  "
+                f"test_loss {test_loss:.4f}  test_acc {test_acc:.4f}  lr {metrics['learning_rate']:.4g}  "
+                f"{metrics['images_per_second']:.0f} img/s  MMACs {metrics['flops'] / 1e6:.1f}"
+                + (f"  strides {_format_strides(report)}" if report else ""))
+            if writer is not None:
+                _log_tensorboard(writer, metrics, step)
+            if ctx.distributed:
+                replicas = ctx.gather_strides(model)
+                if any(r != replicas[0] for r in replicas):
+                    raise TrainingError(f"the strides differ between processes after epoch {epoch + 1}: {replicas}")
+                metrics["replica_strides"] = replicas
+            if workdir is not None and is_main:
+                state = {"format": CHECKPOINT_FORMAT, "epoch": epoch + 1, "step": step, "model": model.state_dict(),
+                         "optimizer": optimizer.state_dict(), "rng": _rng_state(ctx.device), "history": history}
+                if scaler.is_enabled():
+                    state["scaler"] = scaler.state_dict()
+                ckpt.save_checkpoint(workdir, state, keep=keep_checkpoints)
+                ckpt.write_json(os.path.join(workdir, "history.json"), history)
+                ckpt.atomic_write_text(os.path.join(workdir, "operative_config.gin"), gin.operative_config_str())
+            ctx.barrier()
+
+        final = {"num_epochs": num_epochs, "seconds": time.time() - started, "workdir": workdir, "run": run_info,
+                 **metrics}
+        if writer is not None:
+            writer.close()
+        if workdir is not None and is_main:
+            ckpt.write_json(os.path.join(workdir, "metrics.json"), final)
+        return final
+    finally:
+        ctx.close()
 
 
 @torch.no_grad()
