@@ -230,8 +230,10 @@ def spectral_mask(
     return clip_inclusive(ramp, 0.0, 1.0)
 
 
-def _mask_dtype(strides: torch.Tensor) -> torch.dtype:
-    return torch.float64 if strides.dtype == torch.float64 else torch.float32
+def _working_dtype(t: torch.Tensor) -> torch.dtype:
+    """float64 for float64 tensors, else float32: the dtype of masks (from the strides) and of
+    operators (from the input); half-precision inputs get float32 operators."""
+    return torch.float64 if t.dtype == torch.float64 else torch.float32
 
 
 def _axis_stride(
@@ -304,10 +306,6 @@ def _irfft_coefficients(cols: int, out_len: int, dtype: torch.dtype, device) -> 
     if out_len % 2 == 0 and cols - 1 == out_len // 2:
         c[cols - 1] = 1.0
     return c
-
-
-def _compute_dtype(x: torch.Tensor) -> torch.dtype:
-    return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
 # --------------------------------------------------------------------------------------------
@@ -505,7 +503,7 @@ def spectral_resample2d(
     """
     height, width = x.shape[-2:]
     h, w = plan.out_size
-    dtype = _compute_dtype(x)
+    dtype = _working_dtype(x)
     with torch.autocast(x.device.type, enabled=False):
         a_real, a_imag = spectral_operator(height, h, plan.rows, row_weights / h, dtype)
         coeffs = _irfft_coefficients(plan.cols, w, dtype, x.device)
@@ -516,7 +514,7 @@ def spectral_resample2d(
 def spectral_resample1d(x: torch.Tensor, plan: SpectralPlan, weights: torch.Tensor) -> torch.Tensor:
     """``irfft(crop(mask ⊙ rfft(x)))`` of a (N, C, L) tensor as one real matrix product."""
     (out_len,) = plan.out_size
-    dtype = _compute_dtype(x)
+    dtype = _working_dtype(x)
     with torch.autocast(x.device.type, enabled=False):
         coeffs = _irfft_coefficients(plan.cols, out_len, dtype, x.device)
         b_real, _ = spectral_operator(x.shape[-1], out_len, range(plan.cols), coeffs * weights / out_len, dtype)
@@ -531,7 +529,7 @@ def stride_values(strides: torch.Tensor) -> Tuple[float, ...]:
     """The stride values as Python floats, exactly as the mask sees them (float32, or float64).
 
     Reads the tensor (a device sync)."""
-    return tuple(float(v) for v in strides.detach().to(_mask_dtype(strides)).cpu().tolist())
+    return tuple(float(v) for v in strides.detach().to(_working_dtype(strides)).cpu().tolist())
 
 
 def diff_stride2d(
@@ -559,7 +557,7 @@ def diff_stride2d(
             (height, width), stride_values(strides), smoothness_factor, cropping,
             lower_limit_stride, upper_limit_stride, float64=strides.dtype == torch.float64,
         )
-    s = _clamped(strides.to(_mask_dtype(strides)), (height, width), smoothness_factor)
+    s = _clamped(strides.to(_working_dtype(strides)), (height, width), smoothness_factor)
     s = _axis_stride(s, lower_limit_stride, upper_limit_stride)
     s_h, s_w = (s[0], s[0]) if s.numel() == 1 else (s[0], s[1])
     positions = height_positions(height)
@@ -588,7 +586,7 @@ def diff_stride1d(
             length, stride_values(strides)[0], smoothness_factor, cropping,
             lower_limit_stride, upper_limit_stride, float64=strides.dtype == torch.float64,
         )
-    s = _clamped(strides.to(_mask_dtype(strides)), (length,), smoothness_factor)
+    s = _clamped(strides.to(_working_dtype(strides)), (length,), smoothness_factor)
     s = _axis_stride(s, lower_limit_stride, upper_limit_stride)
     weights = _axis_weights(length, s[0], range(plan.cols), smoothness_factor, True)
     return spectral_resample1d(x, plan, weights)
@@ -599,13 +597,13 @@ def fixed_spectral_pool2d(
 ) -> torch.Tensor:
     """Spectral pooling with fixed ``strides`` (S_h, S_w) of a (N, C, H, W) tensor (no mask, hard crop)."""
     plan = plan or fixed_spectral_plan(tuple(x.shape[-2:]), strides)
-    ones_r = torch.ones(len(plan.rows), dtype=_compute_dtype(x), device=x.device)
-    ones_c = torch.ones(plan.cols, dtype=_compute_dtype(x), device=x.device)
+    ones_r = torch.ones(len(plan.rows), dtype=_working_dtype(x), device=x.device)
+    ones_c = torch.ones(plan.cols, dtype=_working_dtype(x), device=x.device)
     return spectral_resample2d(x, plan, ones_r, ones_c)
 
 
 def fixed_spectral_pool1d(x: torch.Tensor, stride: float, plan: Optional[SpectralPlan] = None) -> torch.Tensor:
     """Spectral pooling with a fixed ``stride`` of a (N, C, L) tensor."""
     plan = plan or fixed_spectral_plan_1d(x.shape[-1], stride)
-    ones = torch.ones(plan.cols, dtype=_compute_dtype(x), device=x.device)
+    ones = torch.ones(plan.cols, dtype=_working_dtype(x), device=x.device)
     return spectral_resample1d(x, plan, ones)
