@@ -5,23 +5,38 @@ convolution followed by a pooling layer (``DiffStride``, ``FixedSpectralPooling`
 projecting residual layer one pooling instance is shared by the main branch and the shortcut,
 so that both are downsampled by the same learned strides.
 
+The layout is the reference's current one, checked against its own outputs
+(``tests/test_resnet_reference.py``):
+
+- residual layer: BN → ReLU → conv → pool → BN → ReLU → conv, plus the shortcut (identity, or a
+  1x1 conv → the same pool when the layer projects); no ReLU after the sum, no BN on the shortcut;
+- stem: conv (→ pool), nothing after it;
+- head: BN → ReLU → global average pool → dense.
+
+``dims=1`` builds the same network on (N, C, L) inputs (``Conv1d``, ``BatchNorm1d`` and the 1-D
+pooling layers), for time series and audio.
+
 The classes and functions are Gin-configurable under the reference's names
 (``resnet.Resnet.pooling_cls``, ``resnet.resnet18.strides``, ...).
 """
 from __future__ import annotations
 
 import math
-from typing import Callable, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Iterable, List, Optional, Sequence, Tuple, Union
 
 import gin
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["ResidualLayer", "ResnetBlock", "Resnet", "resnet18", "resnet56", "parse_strides", "l2_param_groups"]
+__all__ = [
+    "ResidualLayer", "ResnetBlock", "Resnet", "resnet18", "resnet56", "parse_strides", "l2_param_groups",
+    "load_reference_weights",
+]
 
 Number = Union[int, float]
-Stride = Union[Number, Tuple[Number, Number]]
+Stride = Union[Number, Tuple[Number, ...]]
 
 
 def parse_strides(strides: Union[str, Sequence[Stride]], name: str = "strides") -> List[Stride]:
@@ -38,42 +53,68 @@ def parse_strides(strides: Union[str, Sequence[Stride]], name: str = "strides") 
         raise TypeError(f"{name} must be a list of strides or a string like '1, 1, 2, 2, 2', but got {strides!r}") from None
 
 
-def _pair(stride: Stride, name: str = "stride") -> Tuple[Number, Number]:
-    values = tuple(stride) if isinstance(stride, (tuple, list)) else (stride, stride)
-    if len(values) != 2:
-        raise ValueError(f"{name} must be a number or a pair (S_h, S_w), but got {stride!r}")
+def _per_axis(stride: Stride, dims: int, name: str = "stride") -> Tuple[Number, ...]:
+    """A stride as one finite number >= 1 per spatial axis (a single number is used for every axis)."""
+    values = tuple(stride) if isinstance(stride, (tuple, list)) else (stride,) * dims
+    if len(values) != dims:
+        expected = "a number" if dims == 1 else f"a number or {dims} numbers"
+        raise ValueError(f"{name} must be {expected}, one per spatial axis, but got {stride!r}")
     for v in values:
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 1:
             raise ValueError(f"{name} must be finite numbers >= 1, but got {stride!r}")
     return values
 
 
-def _conv_stride(stride: Stride) -> Tuple[int, int]:
+def _conv_stride(stride: Stride, dims: int) -> Tuple[int, ...]:
     """Integer strides for a strided convolution (no pooling class)."""
-    values = _pair(stride)
+    values = _per_axis(stride, dims)
     if any(float(v) != int(v) for v in values):
         raise ValueError(
             f"strided convolutions (pooling_cls=None) need whole-number strides, but got {stride!r}; "
             "use a pooling class such as DiffStride for fractional strides")
-    return int(values[0]), int(values[1])
+    return tuple(int(v) for v in values)
 
 
-class Conv2dSame(nn.Conv2d):
+def _same_pads(sizes: Sequence[int], kernel: Sequence[int], stride: Sequence[int]) -> List[Tuple[int, int]]:
+    """TensorFlow's 'same' padding per axis: ``(before, after)``, the extra one after."""
+    pads = []
+    for size, k, s in zip(sizes, kernel, stride):
+        total = max((math.ceil(size / s) - 1) * s + k - size, 0)
+        pads.append((total // 2, total - total // 2))
+    return pads
+
+
+class _SamePadding:
+    """Forward of a convolution with TensorFlow's 'same' padding (the extra row/column after)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pads = _same_pads(x.shape[2:], self.kernel_size, self.stride)
+        if all(before == after for before, after in pads):
+            return self._conv_forward_padded(x, tuple(before for before, _ in pads))
+        flat = [p for before_after in reversed(pads) for p in before_after]  # F.pad: last axis first
+        return self._conv_forward_padded(F.pad(x, flat), (0,) * len(pads))
+
+    def _conv_forward_padded(self, x, padding):
+        conv = F.conv1d if isinstance(self, nn.Conv1d) else F.conv2d
+        return conv(x, self.weight, self.bias, self.stride, padding, self.dilation, self.groups)
+
+
+class Conv1dSame(_SamePadding, nn.Conv1d):
+    """``Conv1d`` with TensorFlow's 'same' padding."""
+
+
+class Conv2dSame(_SamePadding, nn.Conv2d):
     """``Conv2d`` with TensorFlow's 'same' padding: the extra row/column goes at the bottom/right.
 
     For stride 1 and odd kernels this is ordinary symmetric padding; for stride 2 on an even
     size, TensorFlow pads (0, 1) where PyTorch's ``padding=1`` would pad (1, 1).
     """
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        pads = []
-        for size, k, s in zip(x.shape[-2:], self.kernel_size, self.stride):
-            total = max((math.ceil(size / s) - 1) * s + k - size, 0)
-            pads.append((total // 2, total - total // 2))
-        (top, bottom), (left, right) = pads
-        if top == bottom and left == right:
-            return F.conv2d(x, self.weight, self.bias, self.stride, (top, left))
-        return F.conv2d(F.pad(x, (left, right, top, bottom)), self.weight, self.bias, self.stride)
+
+def _check_dims(dims: int) -> int:
+    if dims not in (1, 2):
+        raise ValueError(f"dims must be 1 (inputs (N, C, L)) or 2 (inputs (N, C, H, W)), but got {dims!r}")
+    return dims
 
 
 def _he_normal_(weight: torch.Tensor) -> None:
@@ -83,23 +124,36 @@ def _he_normal_(weight: torch.Tensor) -> None:
     nn.init.trunc_normal_(weight, std=sigma, a=-2 * sigma, b=2 * sigma)
 
 
-def conv2d(in_channels: int, filters: int, kernel_size: int, stride=(1, 1), padding: str = "same") -> nn.Conv2d:
-    """A bias-free convolution with He-normal init, as the reference's ``conv2d``."""
-    cls = Conv2dSame if padding == "same" else nn.Conv2d
-    conv = cls(in_channels, filters, kernel_size, stride=stride, bias=False)
-    _he_normal_(conv.weight)
-    return conv
+def conv(in_channels: int, filters: int, kernel_size: int, stride: Sequence[int] = 1, dims: int = 2) -> nn.Module:
+    """A bias-free convolution with TensorFlow's 'same' padding and He-normal init, as the reference's ``conv2d``."""
+    cls = Conv2dSame if _check_dims(dims) == 2 else Conv1dSame
+    layer = cls(in_channels, filters, kernel_size, stride=stride, bias=False)
+    _he_normal_(layer.weight)
+    return layer
 
 
 @gin.configurable
-def batch_norm(num_features: int, momentum: float = 0.9, epsilon: float = 1e-5) -> nn.BatchNorm2d:
+def batch_norm(num_features: int, momentum: float = 0.9, epsilon: float = 1e-5, dims: int = 2) -> nn.Module:
     """BatchNorm with Keras' arguments: Keras ``momentum`` m is PyTorch's ``1 - m``."""
-    return nn.BatchNorm2d(num_features, eps=epsilon, momentum=1.0 - momentum)
+    cls = nn.BatchNorm2d if _check_dims(dims) == 2 else nn.BatchNorm1d
+    return cls(num_features, eps=epsilon, momentum=1.0 - momentum)
+
+
+def _make_pooling(pooling_cls: Callable[..., nn.Module], strides: Tuple[Number, ...], dims: int) -> nn.Module:
+    layer_dims = getattr(pooling_cls, "ndim", getattr(pooling_cls, "_ndim", dims))
+    if layer_dims != dims:
+        raise ValueError(
+            f"pooling_cls {getattr(pooling_cls, '__name__', pooling_cls)!r} is a {layer_dims}-D layer, but the "
+            f"network is {dims}-D; use the {dims}-D layer (e.g. pooling.DiffStride{'1d' if dims == 1 else ''})")
+    return pooling_cls(strides=strides)
 
 
 @gin.configurable
 class ResidualLayer(nn.Module):
     """A pre-activation residual layer: identity (``project=False``) or projecting.
+
+    ``x → BN → ReLU → conv → pool → BN → ReLU → conv``, plus ``x`` (identity) or
+    ``pool(conv1x1(x))`` (projecting); the sum is the output, with no activation after it.
 
     A projecting layer downsamples with ``strides``: with a strided first convolution and a
     strided 1x1 shortcut if ``pooling_cls`` is None, otherwise with stride-1 convolutions each
@@ -112,43 +166,40 @@ class ResidualLayer(nn.Module):
         in_filters: int,
         filters: int,
         kernel_size: int = 3,
-        strides: Stride = (1, 1),
+        strides: Stride = 1,
         pooling_cls: Optional[Callable[..., nn.Module]] = None,
         project: bool = False,
         channels_first: bool = True,
         weight_decay: float = 5e-3,
+        dims: int = 2,
     ) -> None:
         super().__init__()
+        dims = _check_dims(dims)
         if not project and in_filters != filters:
             raise ValueError(f"an identity residual layer needs in_filters == filters, but got {in_filters} and {filters}")
         pooling_cls = pooling_cls if project else None
-        strides = _pair(strides, "strides") if project else (1, 1)
+        strides = _per_axis(strides, dims, "strides") if project else (1,) * dims
         self.weight_decay = weight_decay
         if pooling_cls is not None:
-            conv_strides = (1, 1)
-            self.pooling = pooling_cls(strides=strides)
+            conv_strides = (1,) * dims
+            self.pooling = _make_pooling(pooling_cls, strides, dims)
         else:
-            conv_strides = _conv_stride(strides)
+            conv_strides = _conv_stride(strides, dims)
             self.pooling = None
-        self.strided_conv = conv2d(in_filters, filters, kernel_size, conv_strides)
-        self.unstrided_conv = conv2d(filters, filters, kernel_size)
-        self.bn1, self.bn2 = batch_norm(filters), batch_norm(filters)
-        self.shortcut_conv = self.shortcut_bn = None
-        if project:
-            self.shortcut_conv = conv2d(in_filters, filters, 1, conv_strides, padding="valid")
-            self.shortcut_bn = batch_norm(filters)
+        self.bn1 = batch_norm(in_filters, dims=dims)
+        self.strided_conv = conv(in_filters, filters, kernel_size, conv_strides, dims)
+        self.bn2 = batch_norm(filters, dims=dims)
+        self.unstrided_conv = conv(filters, filters, kernel_size, 1, dims)
+        self.shortcut_conv = conv(in_filters, filters, 1, conv_strides, dims) if project else None
 
     def _pool(self, x: torch.Tensor) -> torch.Tensor:
         return x if self.pooling is None else self.pooling(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = F.relu(self.bn1(self._pool(self.strided_conv(x))))
-        y = self.bn2(self.unstrided_conv(y))
-        if self.shortcut_conv is not None:
-            shortcut = self.shortcut_bn(self._pool(self.shortcut_conv(x)))
-        else:
-            shortcut = x
-        return F.relu(y + shortcut)
+        y = self._pool(self.strided_conv(F.relu(self.bn1(x))))
+        y = self.unstrided_conv(F.relu(self.bn2(y)))
+        shortcut = x if self.shortcut_conv is None else self._pool(self.shortcut_conv(x))
+        return y + shortcut
 
 
 @gin.configurable
@@ -177,21 +228,30 @@ class Resnet(nn.Module):
 
     Args:
         filters: filters of the stem, then of each block.
-        strides: stride of the stem, then of each block's first layer; numbers or (S_h, S_w)
-            pairs, or a string like ``'1, 1, 3, 2, 3'``.
+        strides: stride of the stem, then of each block's first layer; numbers or per-axis
+            tuples, or a string like ``'1, 1, 3, 2, 3'``.
         num_output_classes: size of the dense output.
         output_activation: None (logits) or ``'softmax'`` (probabilities, as the reference's recipe).
         id_only: indices of blocks whose first layer does not project (resnet18: ``[0]``).
-        channels_first: accepted for the reference's configs; inputs are always (N, C, H, W)
+        channels_first: accepted for the reference's configs; inputs are always channels-first
             (use ``model.to(memory_format=torch.channels_last)`` for that layout).
         pooling_cls: None for strided convolutions, or a pooling class called as
-            ``pooling_cls(strides=...)``.
+            ``pooling_cls(strides=...)`` (a 1-D one, e.g. ``pooling.DiffStride1d``, when ``dims=1``).
         weight_decay: the reference's Keras L2 factor on conv and dense kernels and the dense
             bias, applied by the optimizer groups of :func:`l2_param_groups` (gradient ``2·wd·w``).
         in_channels: input channels (3 for CIFAR, 1 for MNIST).
+        dims: 2 for images (N, C, H, W), 1 for sequences (N, C, L).
+        **kwargs: passed to every :class:`ResidualLayer` (``num_layers``, ``kernel_size``).
 
     Shape:
-        (N, in_channels, H, W) → (N, num_output_classes)
+        (N, in_channels, *spatial) → (N, num_output_classes)
+
+    Examples:
+        >>> from diffstride import pooling
+        >>> model = Resnet([16, 32, 64], [1, 2, 2], num_output_classes=10, pooling_cls=pooling.DiffStride,
+        ...                num_layers=1, in_channels=1)
+        >>> model(torch.rand(2, 1, 28, 28)).shape
+        torch.Size([2, 10])
     """
 
     def __init__(
@@ -205,47 +265,48 @@ class Resnet(nn.Module):
         pooling_cls: Optional[Callable[..., nn.Module]] = None,
         weight_decay: float = 5e-3,
         in_channels: int = 3,
+        dims: int = 2,
         **kwargs,
     ) -> None:
         super().__init__()
+        self.dims = dims = _check_dims(dims)
         strides = parse_strides(strides)
         filters = list(filters)
         if len(filters) != len(strides):
             raise ValueError(f"the number of filters ({len(filters)}) must match the number of strides ({len(strides)}): "
                              f"filters={filters}, strides={strides}")
-        for i, s in enumerate(strides):
-            _pair(s, f"strides[{i}]")
+        strides = [_per_axis(s, dims, f"strides[{i}]") for i, s in enumerate(strides)]
         if output_activation not in (None, "softmax", "linear"):
             raise ValueError(f"output_activation must be None or 'softmax', but got {output_activation!r}")
         self.output_activation = output_activation
         self.weight_decay = weight_decay
         self.strides = strides
         if pooling_cls is None:
-            self.stem_conv = nn.Conv2d(in_channels, filters[0], 3, stride=_conv_stride(strides[0]), padding=1, bias=False)
+            self.stem_conv = conv(in_channels, filters[0], 3, _conv_stride(strides[0], dims), dims)
             self.stem_pooling = None
         else:
-            self.stem_conv = nn.Conv2d(in_channels, filters[0], 3, padding=1, bias=False)
-            self.stem_pooling = pooling_cls(strides=_pair(strides[0]))
-        _he_normal_(self.stem_conv.weight)
-        self.stem_bn = batch_norm(filters[0])
+            self.stem_conv = conv(in_channels, filters[0], 3, 1, dims)
+            self.stem_pooling = _make_pooling(pooling_cls, strides[0], dims)
         blocks = []
         for i, (in_f, f, s) in enumerate(zip(filters[:-1], filters[1:], strides[1:])):
             blocks.append(ResnetBlock(in_f, filters=f, strides=s, project_first=i not in id_only,
-                                      pooling_cls=pooling_cls, weight_decay=weight_decay, **kwargs))
+                                      pooling_cls=pooling_cls, weight_decay=weight_decay, dims=dims, **kwargs))
         self.blocks = nn.Sequential(*blocks)
+        self.head_bn = batch_norm(filters[-1], dims=dims)
         self.fc = nn.Linear(filters[-1], num_output_classes)
         _he_normal_(self.fc.weight)
         nn.init.zeros_(self.fc.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() != 4:
-            raise ValueError(f"Resnet expects an (N, C, H, W) input, but got shape {tuple(x.shape)}")
+        if x.dim() != self.dims + 2:
+            layout = "(N, C, H, W)" if self.dims == 2 else "(N, C, L)"
+            raise ValueError(f"this {self.dims}-D Resnet expects an {layout} input, but got shape {tuple(x.shape)}")
         x = self.stem_conv(x)
         if self.stem_pooling is not None:
             x = self.stem_pooling(x)
-        x = F.relu(self.stem_bn(x))
         x = self.blocks(x)
-        logits = self.fc(x.mean(dim=(2, 3)))
+        x = F.relu(self.head_bn(x))
+        logits = self.fc(x.mean(dim=tuple(range(2, x.dim()))))
         return logits.softmax(dim=-1) if self.output_activation == "softmax" else logits
 
 
@@ -273,5 +334,151 @@ def l2_param_groups(model: nn.Module, weight_decay: Optional[float] = None) -> L
     from diffstride.pooling import param_groups
 
     wd = getattr(model, "weight_decay", 0.0) if weight_decay is None else weight_decay
-    decayed = lambda module, name, p: isinstance(module, (nn.Conv2d, nn.Linear))  # noqa: E731
+    decayed = lambda module, name, p: isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Linear))  # noqa: E731
     return param_groups(model, 2.0 * wd, decay=decayed)
+
+
+# --------------------------------------------------------------------------------------------
+# The reference's Keras weights.
+
+
+class _Slot:
+    """One Keras weight as our model expects it: its kind, Keras shape, and where it goes."""
+
+    def __init__(self, kind: str, module: nn.Module, attr: str, where: str, keras_shape: Tuple[int, ...],
+                 to_torch: Callable[[np.ndarray], np.ndarray] = lambda a: a) -> None:
+        self.kind, self.module, self.attr, self.where = kind, module, attr, where
+        self.keras_shape, self.to_torch = keras_shape, to_torch
+
+
+def _kernel_slot(name: str, layer: nn.Module) -> _Slot:
+    w = layer.weight  # torch (out, in, *k); Keras (*k, in, out)
+    nk = w.dim() - 2
+    keras_shape = tuple(w.shape[2:]) + (w.shape[1], w.shape[0])
+    order = (nk + 1, nk) + tuple(range(nk))
+    return _Slot("kernel", layer, "weight", f"{name}.weight", keras_shape, lambda a: np.transpose(a, order))
+
+
+def _bn_slots(name: str, bn: nn.Module) -> Tuple[List[_Slot], List[_Slot]]:
+    n = (bn.num_features,)
+    trainable = [_Slot("gamma", bn, "weight", f"{name}.weight", n), _Slot("beta", bn, "bias", f"{name}.bias", n)]
+    frozen = [_Slot("moving_mean", bn, "running_mean", f"{name}.running_mean", n),
+              _Slot("moving_variance", bn, "running_var", f"{name}.running_var", n)]
+    return trainable, frozen
+
+
+def _pooling_slots(name: str, layer: Optional[nn.Module]) -> Tuple[List[_Slot], List[_Slot]]:
+    """The reference's DiffStride has a (trainable or not) ``strides`` weight, its
+    FixedSpectralPooling a non-trainable one, its SpatialPooling none."""
+    strides = getattr(layer, "strides", None)
+    if layer is None or strides is None or type(layer).__name__.startswith("SpatialPooling"):
+        return [], []
+    if isinstance(strides, torch.Tensor):
+        slot = _Slot("strides", layer, "strides", f"{name}.strides", tuple(strides.shape))
+        return ([slot], []) if strides.requires_grad else ([], [slot])
+    return [], [_Slot("strides", layer, "strides", f"{name}.strides", (len(strides),))]
+
+
+def _reference_slots(model: "Resnet") -> List[_Slot]:
+    """Our model's tensors in the order of the reference Keras model's ``model.weights``.
+
+    Keras lists the weights of each top-level layer in turn; a layer that is not a model (the
+    residual layer) lists all its trainable weights, then all its non-trainable ones, each in
+    the order its sub-layers were assigned (pooling, strided conv, unstrided conv, the two
+    batch norms, shortcut conv).
+    """
+    slots = [_kernel_slot("stem_conv", model.stem_conv)]
+    stem_trainable, stem_frozen = _pooling_slots("stem_pooling", model.stem_pooling)
+    slots += stem_trainable + stem_frozen
+    for b, block in enumerate(model.blocks):
+        for i, layer in enumerate(block):
+            prefix = f"blocks.{b}.{i}"
+            trainable, frozen = _pooling_slots(f"{prefix}.pooling", layer.pooling)
+            trainable += [_kernel_slot(f"{prefix}.strided_conv", layer.strided_conv),
+                          _kernel_slot(f"{prefix}.unstrided_conv", layer.unstrided_conv)]
+            for bn_name in ("bn1", "bn2"):
+                bn_trainable, bn_frozen = _bn_slots(f"{prefix}.{bn_name}", getattr(layer, bn_name))
+                trainable += bn_trainable
+                frozen += bn_frozen
+            if layer.shortcut_conv is not None:
+                trainable.append(_kernel_slot(f"{prefix}.shortcut_conv", layer.shortcut_conv))
+            slots += trainable + frozen
+    head_trainable, head_frozen = _bn_slots("head_bn", model.head_bn)
+    slots += head_trainable + head_frozen
+    fc = model.fc
+    slots.append(_Slot("kernel", fc, "weight", "fc.weight", (fc.in_features, fc.out_features), np.transpose))
+    slots.append(_Slot("bias", fc, "bias", "fc.bias", (fc.out_features,)))
+    return slots
+
+
+def _named_arrays(weights) -> List[Tuple[str, np.ndarray]]:
+    pairs = []
+    for i, item in enumerate(weights):
+        if hasattr(item, "numpy") and hasattr(item, "name"):  # a tf.Variable from keras_model.weights
+            name, value = item.name, item.numpy()
+        else:
+            try:
+                name, value = item
+            except (TypeError, ValueError):
+                raise TypeError(f"weights[{i}] must be a (name, array) pair or a tf.Variable, but got {type(item).__name__}") from None
+        pairs.append((str(name), np.asarray(value)))
+    return pairs
+
+
+def _kind(name: str) -> str:
+    return name.rsplit("/", 1)[-1].split(":", 1)[0]
+
+
+def load_reference_weights(model: "Resnet", weights: Iterable) -> None:
+    """Loads the weights of the reference's Keras ResNet (google-research/diffstride) into ``model``.
+
+    Args:
+        model: a :class:`Resnet` built with the same arguments as the Keras model.
+        weights: the Keras model's ``model.weights`` (tf.Variables), or the same as an ordered
+            list of ``(name, array)`` pairs, e.g. ``[(v.name, v.numpy()) for v in keras_model.weights]``.
+
+    Kernels are converted to PyTorch's layouts, BatchNorm moving statistics go to the running
+    statistics, and pooling strides to the pooling layers. Everything is checked before
+    anything is written: the count, and for each weight its kind (from the name's last part:
+    ``kernel``, ``strides``, ``gamma``, ...) and shape; the first mismatch is named in a
+    ``ValueError`` and the model is left unchanged.
+
+    Examples:
+        >>> # in TensorFlow: pairs = [(v.name, v.numpy()) for v in keras_model.weights]
+        >>> model = Resnet([4, 8], [1, 2], num_output_classes=3, num_layers=1, in_channels=1)
+        >>> pairs = [(f"w{i}/{s.kind}:0", np.zeros(s.keras_shape, np.float32))
+        ...          for i, s in enumerate(_reference_slots(model))]
+        >>> load_reference_weights(model, pairs)
+        >>> float(model.fc.weight.abs().sum())
+        0.0
+    """
+    if not isinstance(model, Resnet):
+        raise TypeError(f"load_reference_weights expects a diffstride.resnet.Resnet, but got {type(model).__name__}")
+    pairs = _named_arrays(weights)
+    slots = _reference_slots(model)
+    for i, ((name, value), slot) in enumerate(zip(pairs, slots)):
+        if _kind(name) != slot.kind:
+            raise ValueError(
+                f"reference weight {i} {name!r} is a {_kind(name)!r}, but this model expects the {slot.kind!r} of "
+                f"{slot.where} there; build the model with the reference model's arguments")
+        if tuple(value.shape) != slot.keras_shape:
+            raise ValueError(
+                f"reference weight {i} {name!r} has shape {tuple(value.shape)}, but {slot.where} needs "
+                f"{slot.keras_shape} (Keras layout); build the model with the reference model's arguments")
+    if len(pairs) != len(slots):
+        raise ValueError(
+            f"the reference model has {len(pairs)} weights, but this model expects {len(slots)}"
+            + (f"; the first extra one is {pairs[len(slots)][0]!r}" if len(pairs) > len(slots)
+               else f"; the first missing one is the {slots[len(pairs)].kind!r} of {slots[len(pairs)].where}"))
+    with torch.no_grad():
+        for (_, value), slot in zip(pairs, slots):
+            array = np.ascontiguousarray(slot.to_torch(value))
+            target = getattr(slot.module, slot.attr)
+            if isinstance(target, torch.Tensor):
+                target.copy_(torch.from_numpy(array).to(target.dtype))
+            else:  # FixedSpectralPooling keeps its fixed strides as Python floats
+                setattr(slot.module, slot.attr, tuple(float(v) for v in array))
+    for _, layer in model.named_modules():
+        sync = getattr(layer, "_sync_frozen_values", None)
+        if sync is not None:
+            sync()

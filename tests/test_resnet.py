@@ -155,3 +155,68 @@ def test_channels_last_model_gives_the_same_output():
         ref = model(x)
         out = model.to(memory_format=torch.channels_last)(x.contiguous(memory_format=torch.channels_last))
     assert torch.allclose(ref, out, atol=1e-4)
+
+
+def test_an_identity_layer_adds_its_branch_to_the_raw_input():
+    """Pre-activation: with the last convolution zeroed, a layer returns its input unchanged,
+    negative values included (a post-activation layer would apply ReLU after the sum)."""
+    layer = resnet.ResidualLayer(4, 4)
+    nn.init.zeros_(layer.unstrided_conv.weight)
+    x = torch.randn(2, 4, 8, 8)
+    assert (x < 0).any() and torch.equal(layer(x), x)
+
+
+def test_projecting_shortcut_is_the_1x1_conv_then_the_shared_pooling_without_batch_norm():
+    layer = resnet.ResidualLayer(4, 6, strides=2, pooling_cls=pooling.DiffStride, project=True)
+    nn.init.zeros_(layer.unstrided_conv.weight)
+    x = torch.randn(2, 4, 16, 16)
+    assert torch.allclose(layer(x), layer.pooling(layer.shortcut_conv(x)), atol=1e-6)
+    assert [n for n, m in layer.named_modules() if isinstance(m, nn.BatchNorm2d)] == ["bn1", "bn2"]
+    assert layer.bn1.num_features == 4 and layer.bn2.num_features == 6  # bn1 normalises the layer's input
+
+
+def test_head_is_batch_norm_relu_average_dense():
+    model = resnet.Resnet([4, 8], [1, 2], num_output_classes=3, num_layers=1, in_channels=1).eval()
+    x = torch.randn(2, 1, 12, 12)
+    with torch.no_grad():
+        features = model.blocks(model.stem_conv(x))
+        expected = model.fc(F.relu(model.head_bn(features)).mean(dim=(2, 3)))
+        assert torch.allclose(model(x), expected, atol=1e-6)
+
+
+def test_one_dimensional_resnet_shares_the_pooling_and_downsamples_sequences():
+    model = resnet.Resnet([8, 16, 32], [2, 2, 2], num_output_classes=5, pooling_cls=pooling.DiffStride1d,
+                          num_layers=1, in_channels=3, dims=1)
+    sizes = _pooling_outputs(model, torch.randn(2, 3, 400))
+    expected, n = [], 400
+    for layer in [model.stem_pooling, model.blocks[0][0].pooling, model.blocks[1][0].pooling]:
+        n = layer.output_size(n)[0]
+        expected += [n] if layer is model.stem_pooling else [n, n]  # main branch and shortcut
+    assert [s for _, s in sizes] == [(n,) for n in expected]
+    assert all(isinstance(m, (nn.Conv1d, nn.BatchNorm1d)) for m in model.modules()
+               if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.BatchNorm1d, nn.BatchNorm2d)))
+    out = model(torch.randn(2, 3, 400))
+    out.sum().backward()
+    assert out.shape == (2, 5) and all(layer.strides.grad is not None for _, layer in pooling.pooling_layers(model))
+    strided = resnet.Resnet([8, 16], [1, 3], num_output_classes=5, num_layers=1, in_channels=3, dims=1)
+    strided.blocks.register_forward_hook(lambda m, i, o: sizes.append(o.shape))
+    strided(torch.randn(2, 3, 100))
+    assert sizes[-1] == (2, 16, 34)  # TF 'same': ceil(100 / 3)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"dims": 1, "pooling_cls": pooling.DiffStride}, r"'DiffStride' is a 2-D layer, but the network is 1-D; use the 1-D layer"),
+    ({"dims": 2, "pooling_cls": pooling.DiffStride1d}, r"'DiffStride1d' is a 1-D layer, but the network is 2-D"),
+    ({"dims": 3}, r"dims must be 1 \(inputs \(N, C, L\)\) or 2"),
+    ({"dims": 1, "strides": [1, (2, 2)]}, r"strides\[1\] must be a number, one per spatial axis, but got \(2, 2\)"),
+])
+def test_dimension_errors(kwargs, match):
+    kwargs = {"strides": [1, 2], **kwargs}
+    with pytest.raises(ValueError, match=match):
+        resnet.Resnet([4, 8], num_output_classes=3, num_layers=1, **kwargs)
+
+
+def test_a_1d_model_refuses_an_image():
+    model = resnet.Resnet([4, 8], [1, 2], num_output_classes=3, num_layers=1, dims=1)
+    with pytest.raises(ValueError, match=r"this 1-D Resnet expects an \(N, C, L\) input, but got shape \(2, 3, 8, 8\)"):
+        model(torch.randn(2, 3, 8, 8))
