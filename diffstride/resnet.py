@@ -275,12 +275,12 @@ class Resnet(nn.Module):
         if len(filters) != len(strides):
             raise ValueError(f"the number of filters ({len(filters)}) must match the number of strides ({len(strides)}): "
                              f"filters={filters}, strides={strides}")
+        self.strides = strides  # as given: what the run's metrics and reports show
         strides = [_per_axis(s, dims, f"strides[{i}]") for i, s in enumerate(strides)]
         if output_activation not in (None, "softmax", "linear"):
             raise ValueError(f"output_activation must be None or 'softmax', but got {output_activation!r}")
         self.output_activation = output_activation
         self.weight_decay = weight_decay
-        self.strides = strides
         if pooling_cls is None:
             self.stem_conv = conv(in_channels, filters[0], 3, _conv_stride(strides[0], dims), dims)
             self.stem_pooling = None

@@ -16,7 +16,7 @@ from typing import List, Optional, Sequence
 
 import gin
 
-CONFIGS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
+from diffstride.examples import CONFIGS_DIR
 
 
 class UsageError(Exception):

@@ -140,7 +140,7 @@ def train(
     optimizer_cls: Callable[[], optim.SGD] = optim.SGD,
     loss_cls: Optional[Callable[[], Callable]] = None,
     num_epochs: int = 200,
-    workdir: Optional[str] = "/tmp/diffstride/",
+    workdir: Optional[str] = "/tmp/diffstride-runs/",
     keep_checkpoints: int = 3,
     complexity_weight: float = 0.0,
     complexity_fn: Optional[Callable] = None,
