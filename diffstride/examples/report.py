@@ -9,7 +9,14 @@ and writes to ``DIR``:
   column per dataset and initial strides, as the reference's README table;
 - ``strides.png``: each pooling layer's strides over training steps, one panel per run;
 - ``accuracy.png``: train and test accuracy over steps, every run;
-- ``output_sizes.png``: each pooling layer's output height over steps, one panel per run.
+- ``output_sizes.png``: each pooling layer's output height over steps, one panel per run;
+- ``accuracy_vs_macs.png``: final test accuracy against multiply-adds per example, every run.
+
+With runs at several initial strides of one dataset, ``results.md`` also gives the robustness
+analysis: the drop of each pooling's mean accuracy from the reference strides (``--reference_strides``,
+default the first column) to each other strides, with a 95% Welch t-interval; the interaction (the
+strided convolutions' drop minus DiffStride's) with its interval; and the learned strides (mean
+over seeds) and final feature sizes of every pooling layer.
 """
 from __future__ import annotations
 
@@ -21,7 +28,8 @@ import statistics
 import sys
 from typing import Dict, List, Optional, Sequence
 
-__all__ = ["load_run", "results_table", "write_report", "main"]
+__all__ = ["load_run", "results_table", "robustness_analysis", "strides_table", "contrast", "t975", "write_report",
+           "main"]
 
 
 def load_run(workdir: str) -> Dict:
@@ -35,8 +43,13 @@ def load_run(workdir: str) -> Dict:
     with open(paths["history"]) as f:
         history = json.load(f)
     run = metrics.get("run", {})
+    pooling = run.get("pooling", "?")
+    if pooling[-2:] in ("1d", "2d", "3d"):  # one row per method, whatever the dimensionality
+        pooling = pooling[:-2]
+    weight = run.get("complexity_weight") or 0.0
     return {"workdir": workdir, "metrics": metrics, "history": history,
-            "dataset": run.get("dataset", "?"), "pooling": run.get("pooling", "?"),
+            "dataset": run.get("dataset", "?"), "base_pooling": pooling, "complexity_weight": weight,
+            "pooling": pooling + (f" (complexity weight {weight:g})" if weight else ""),
             "strides": ", ".join(_fmt_stride(s) for s in run.get("initial_strides", [])),
             "seed": run.get("seed")}
 
@@ -66,6 +79,130 @@ def results_table(runs: Sequence[Dict]) -> str:
                 cells.append(f"{statistics.mean(accs):.2f} ± {statistics.stdev(accs):.2f} ({len(accs)} runs)")
         lines.append(f"| {pool} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+# Two-sided 95% quantiles of Student's t for 1..30 degrees of freedom; above 30, the normal's
+# 1.96 (within 4% of t). Non-integer Welch degrees of freedom are rounded down (conservative).
+_T975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
+         2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048,
+         2.045, 2.042]
+
+
+def t975(df: float) -> float:
+    """The 97.5% quantile of Student's t with ``df`` degrees of freedom (rounded down)."""
+    if not df >= 1:
+        return math.inf
+    return _T975[int(df) - 1] if df < 31 else 1.96
+
+
+def contrast(groups: Sequence[Sequence[float]], weights: Sequence[float]):
+    """``Σ w_i · mean_i`` with its 95% Welch interval: ``(estimate, half_width)``.
+
+    The standard error is ``sqrt(Σ w_i² s_i² / n_i)``, the degrees of freedom Welch-Satterthwaite's.
+    Every group needs two or more values; otherwise the half-width is NaN.
+    """
+    estimate = sum(w * statistics.mean(g) for g, w in zip(groups, weights))
+    if any(len(g) < 2 for g in groups):
+        return estimate, math.nan
+    terms = [w * w * statistics.variance(g) / len(g) for g, w in zip(groups, weights)]
+    se2 = sum(terms)
+    if se2 == 0:
+        return estimate, 0.0
+    df = se2 ** 2 / sum(t * t / (len(g) - 1) for t, g in zip(terms, groups))
+    return estimate, t975(df) * math.sqrt(se2)
+
+
+def _accuracies(runs, dataset, pooling, strides) -> List[float]:
+    return [100 * r["metrics"]["test_accuracy"] for r in runs
+            if (r["dataset"], r["pooling"], r["strides"]) == (dataset, pooling, strides)]
+
+
+def _interval(estimate: float, half: float) -> str:
+    return f"{estimate:+.2f} pp" + ("" if math.isnan(half) else f" [{estimate - half:+.2f}, {estimate + half:+.2f}]")
+
+
+def robustness_analysis(runs: Sequence[Dict], reference_strides: Optional[str] = None) -> str:
+    """Markdown: per dataset with several initial strides, the drops from the reference strides
+    with 95% intervals, and the interaction (strided conv's drop minus DiffStride's)."""
+    lines = []
+    for dataset in sorted({r["dataset"] for r in runs}):
+        mine = [r for r in runs if r["dataset"] == dataset]
+        columns = list(dict.fromkeys(r["strides"] for r in mine))
+        if len(columns) < 2:
+            continue
+        ref = reference_strides if reference_strides in columns else columns[0]
+        others = [c for c in columns if c != ref]
+        lines += [f"### {dataset}: drop from strides {ref} (mean, 95% Welch interval)", "",
+                  "| pooling | " + " | ".join(f"→ strides {c}" for c in others) + " |",
+                  "|---|" + "---|" * len(others)]
+        poolings = sorted({r["pooling"] for r in mine})
+        for pool in poolings:
+            cells = []
+            for c in others:
+                a, b = _accuracies(mine, dataset, pool, ref), _accuracies(mine, dataset, pool, c)
+                cells.append(_interval(*contrast([b, a], [1, -1])) if a and b else "–")
+            lines.append(f"| {pool} | " + " | ".join(cells) + " |")
+        if "strided conv" in poolings and "DiffStride" in poolings:
+            lines += ["", "Interaction, the strided convolutions' drop minus DiffStride's (negative: DiffStride "
+                      "loses less):", ""]
+            for c in others:
+                groups = [_accuracies(mine, dataset, p, s) for p in ("strided conv", "DiffStride") for s in (c, ref)]
+                if all(groups):
+                    lines.append(f"- strides {ref} → {c}: " + _interval(*contrast(groups, [1, -1, -1, 1])))
+        lines.append("")
+    return "\n".join(lines)
+
+
+def strides_table(runs: Sequence[Dict]) -> str:
+    """Markdown: per (dataset, pooling, initial strides), each pooling layer's learned strides
+    (mean over runs) and final output size, and the MACs per example."""
+    lines = ["| dataset | pooling | initial strides | runs | learned strides (mean over runs) | output sizes | M MACs |",
+             "|---|---|---|---:|---|---|---:|"]
+    keys = sorted({(r["dataset"], r["pooling"], r["strides"]) for r in runs})
+    for dataset, pool, strides in keys:
+        group = [r for r in runs if (r["dataset"], r["pooling"], r["strides"]) == (dataset, pool, strides)]
+        layers = list(group[0]["metrics"].get("pooling", {}))
+        learned, sizes = [], []
+        for name in layers:
+            values = [r["metrics"]["pooling"][name]["strides"] for r in group if name in r["metrics"]["pooling"]]
+            mean = [statistics.mean(v[i] for v in values) for i in range(len(values[0]))]
+            learned.append(f"{name} (" + ", ".join(f"{v:.2f}" for v in mean) + ")")
+            out = group[0]["metrics"]["pooling"][name].get("output_size") or []
+            sizes.append("x".join(str(v) for v in out) or "?")
+        macs = statistics.mean(r["metrics"].get("flops", 0) for r in group) / 1e6
+        lines.append(f"| {dataset} | {pool} | {strides} | {len(group)} | {'; '.join(learned) or '–'} | "
+                     f"{', '.join(sizes) or '–'} | {macs:.1f} |")
+    return "\n".join(lines) + "\n"
+
+
+def _accuracy_macs_plot(runs, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5.5))
+    markers = {"DiffStride": "o", "FixedSpectralPooling": "s", "strided conv": "^", "SpatialPooling": "D"}
+    columns = list(dict.fromkeys(r["strides"] for r in runs))
+    seen = set()
+    for r in runs:
+        key = (r["pooling"], r["strides"])
+        color = f"C{columns.index(r['strides']) % 10}"
+        filled = not r["complexity_weight"]
+        label = f"{r['pooling']}, strides {r['strides']}" if key not in seen else None
+        seen.add(key)
+        ax.scatter(r["metrics"].get("flops", 0) / 1e6, 100 * r["metrics"]["test_accuracy"],
+                   marker=markers.get(r["base_pooling"], "x"), s=60, label=label,
+                   facecolors=color if filled else "none", edgecolors=color)
+    ax.set_xscale("log")
+    ax.set_xlabel("multiply-adds per example (millions, at the final strides; log scale)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title("Accuracy for compute: every run (hollow: trained with a complexity weight)")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def _label(run: Dict) -> str:
@@ -140,13 +277,23 @@ def _nth(values: Optional[List], index: int):
     return values[index] if values and len(values) > index else None
 
 
-def write_report(workdirs: Sequence[str], out: str) -> List[str]:
-    """Writes results.md and the PNG plots for ``workdirs`` into ``out``; returns the paths written."""
+def write_report(workdirs: Sequence[str], out: str, reference_strides: Optional[str] = None) -> List[str]:
+    """Writes results.md and the PNG plots for ``workdirs`` into ``out``; returns the paths written.
+
+    ``reference_strides`` (e.g. ``'1, 2, 2'``) is the column the drops are measured from
+    (default: the first initial strides met).
+    """
     runs = [load_run(w) for w in workdirs]
     os.makedirs(out, exist_ok=True)
-    paths = {name: os.path.join(out, name) for name in ("results.md", "strides.png", "accuracy.png", "output_sizes.png")}
+    names = ("results.md", "strides.png", "accuracy.png", "output_sizes.png", "accuracy_vs_macs.png")
+    paths = {name: os.path.join(out, name) for name in names}
     with open(paths["results.md"], "w") as f:
         f.write("Test accuracy (%), mean ± std over runs.\n\n" + results_table(runs))
+        analysis = robustness_analysis(runs, reference_strides)
+        if analysis:
+            f.write("\n" + analysis)
+        f.write("\nLearned strides and final feature sizes.\n\n" + strides_table(runs))
+    _accuracy_macs_plot(runs, paths["accuracy_vs_macs.png"])
     _per_layer_plot(runs, paths["strides.png"], lambda info, i: _nth(info.get("strides"), i), "stride",
                     "Strides of each pooling layer (solid: height, dashed: width)")
     _accuracy_plot(runs, paths["accuracy.png"])
@@ -159,9 +306,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python3 -m diffstride.examples.report", description=__doc__.splitlines()[0])
     parser.add_argument("workdirs", nargs="+", help="work directories of finished runs")
     parser.add_argument("--out", required=True, help="where to write results.md and the PNG plots")
+    parser.add_argument("--reference_strides", default=None,
+                        help="initial strides the drops are measured from, as in the table (e.g. '1, 2, 2')")
     args = parser.parse_args(argv)
     try:
-        paths = write_report(args.workdirs, args.out)
+        paths = write_report(args.workdirs, args.out, args.reference_strides)
     except (FileNotFoundError, json.JSONDecodeError, KeyError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -186,7 +186,8 @@ def train(
         datasets = load_data_fn(device=ctx.device, rank=ctx.rank, world_size=ctx.world_size)
         model = model_cls(num_output_classes=datasets.num_classes, in_channels=datasets.image_shape[0]).to(ctx.device)
         use_cuda = ctx.device.type == "cuda"
-        channels_last = True if channels_last is None else channels_last
+        # channels_last is a layout of 4-D tensors: images only, never 1-D series
+        channels_last = (True if channels_last is None else channels_last) and len(datasets.image_shape) == 3
         mixed_precision = use_cuda if mixed_precision is None else mixed_precision
         memory_format = torch.channels_last if channels_last else torch.contiguous_format
         model = model.to(memory_format=memory_format)

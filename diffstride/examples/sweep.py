@@ -1,0 +1,197 @@
+r"""A grid of training runs: poolings x initial strides x seeds (x complexity weights), resumable.
+
+    python3 -m diffstride.examples.sweep --gin_config=translated_mnist.gin \
+        --poolings DiffStride FixedSpectralPooling None --strides 1,2,2 4,2,2 --seeds 1 2 3 \
+        --root /tmp/diffstride-runs/sweep --jobs 2
+
+Each cell is one run of ``python3 -m diffstride.examples.main`` with the sweep's configs and
+bindings plus the cell's pooling class, initial strides, seed and complexity weight, in its own
+work directory under ``--root`` (its output in ``log.txt`` there). ``--jobs`` cells run at once,
+the CPU threads split between them. Running the same command again skips finished cells (those
+with a ``metrics.json``) and resumes unfinished ones from their newest checkpoint. At the end
+the report (:mod:`diffstride.examples.report`) is written to ``ROOT/report``: the robustness
+table with intervals, the learned strides and feature sizes, and accuracy against MACs.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from typing import Dict, List, Optional, Sequence
+
+__all__ = ["Cell", "grid", "main"]
+
+POOLINGS = ("DiffStride", "FixedSpectralPooling", "SpatialPooling", "DiffStride1d", "FixedSpectralPooling1d",
+            "SpatialPooling1d", "None")
+
+
+@dataclasses.dataclass(frozen=True)
+class Cell:
+    """One run of the grid."""
+
+    pooling: str
+    strides: str  # as given: '1,2,2'
+    seed: int
+    complexity_weight: float = 0.0
+
+    @property
+    def name(self) -> str:
+        pooling = "strided" if self.pooling == "None" else self.pooling
+        name = f"{pooling}-strides{self.strides.replace(',', '_')}-seed{self.seed}"
+        return name + (f"-cw{self.complexity_weight:g}" if self.complexity_weight else "")
+
+    def bindings(self, strides_binding: str) -> List[str]:
+        pooling = "None" if self.pooling == "None" else f"@pooling.{self.pooling}"
+        out = [f"resnet.Resnet.pooling_cls = {pooling}", f"{strides_binding} = [{self.strides}]"]
+        if self.complexity_weight:
+            out.append(f"train.train.complexity_weight = {self.complexity_weight!r}")
+        return out
+
+
+def grid(poolings: Sequence[str], strides: Sequence[str], seeds: Sequence[int],
+         complexity_weights: Sequence[float] = (0.0,)) -> List[Cell]:
+    """Every combination, in the order given (pooling outermost, seed innermost)."""
+    for p in poolings:
+        if p not in POOLINGS:
+            raise ValueError(f"unknown pooling {p!r}; expected one of {list(POOLINGS)} (None: strided convolutions)")
+    for s in strides:
+        try:
+            values = [float(v) for v in s.split(",")]
+        except ValueError:
+            values = []
+        if not values or any(v < 1 for v in values):
+            raise ValueError(f"strides must be numbers >= 1 separated by commas, like 1,2,2, but got {s!r}")
+    return [Cell(p, s, seed, cw) for p in poolings for s in strides for cw in complexity_weights for seed in seeds]
+
+
+def _is_done(workdir: str) -> bool:
+    return os.path.exists(os.path.join(workdir, "metrics.json"))
+
+
+def _command(args: argparse.Namespace, cell: Cell, workdir: str) -> List[str]:
+    cmd = [sys.executable, "-m", "diffstride.examples.main"]
+    cmd += [f"--gin_config={c}" for c in args.gin_config]
+    cmd += [f"--gin_bindings={b}" for b in list(args.gin_bindings) + cell.bindings(args.strides_binding)]
+    return cmd + [f"--workdir={workdir}", f"--seed={cell.seed}"]
+
+
+def _threads(args: argparse.Namespace) -> int:
+    if args.threads:
+        return args.threads
+    return max(1, (os.cpu_count() or 1) // args.jobs)
+
+
+def _summary(workdir: str) -> str:
+    with open(os.path.join(workdir, "metrics.json")) as f:
+        m = json.load(f)
+    return f"test accuracy {100 * m['test_accuracy']:.2f}%, {m.get('flops', 0) / 1e6:.1f} M MACs, {m.get('seconds', 0):.0f} s"
+
+
+def run_grid(args: argparse.Namespace, cells: Sequence[Cell], log=print) -> List[Cell]:
+    """Runs the unfinished cells, ``args.jobs`` at a time; returns the cells that failed."""
+    os.makedirs(args.root, exist_ok=True)
+    todo = [c for c in cells if not _is_done(os.path.join(args.root, c.name))]
+    done, failed = len(cells) - len(todo), []
+    log(f"sweep: {len(cells)} cells, {done} already finished, {len(todo)} to run, {args.jobs} at a time, "
+        f"{_threads(args)} thread(s) each; results under {args.root}")
+    env = dict(os.environ, OMP_NUM_THREADS=str(_threads(args)), MKL_NUM_THREADS=str(_threads(args)))
+    running: Dict[subprocess.Popen, tuple] = {}
+    started = time.time()
+    try:
+        while todo or running:
+            while todo and len(running) < args.jobs:
+                cell = todo.pop(0)
+                workdir = os.path.join(args.root, cell.name)
+                os.makedirs(workdir, exist_ok=True)
+                out = open(os.path.join(workdir, "log.txt"), "a")
+                resumed = " (resuming)" if any(f.startswith("ckpt-") for f in os.listdir(workdir)) else ""
+                proc = subprocess.Popen(_command(args, cell, workdir), stdout=out, stderr=subprocess.STDOUT, env=env,
+                                        stdin=subprocess.DEVNULL)
+                running[proc] = (cell, workdir, out, time.time())
+                log(f"[{done}/{len(cells)} done, {len(running)} running] start {cell.name}{resumed}")
+            time.sleep(0.5)
+            for proc in [p for p in running if p.poll() is not None]:
+                cell, workdir, out, t0 = running.pop(proc)
+                out.close()
+                if proc.returncode == 0 and _is_done(workdir):
+                    done += 1
+                    log(f"[{done}/{len(cells)} done, {len(running)} running] {cell.name}: {_summary(workdir)}; "
+                        f"{(time.time() - started) / 60:.1f} min since the sweep started")
+                else:
+                    failed.append(cell)
+                    log(f"[{done}/{len(cells)} done] {cell.name} FAILED (exit {proc.returncode}); "
+                        f"see {os.path.join(workdir, 'log.txt')}")
+    except KeyboardInterrupt:
+        for proc in running:
+            proc.send_signal(signal.SIGINT)  # each run saves nothing partial; its last checkpoint stays
+        for proc, (_, _, out, _) in running.items():
+            proc.wait()
+            out.close()
+        raise
+    return failed
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python3 -m diffstride.examples.sweep",
+                                     description=__doc__.splitlines()[0])
+    parser.add_argument("--gin_config", action="append", default=[], help="as main: a packaged name or a path; repeatable")
+    parser.add_argument("--gin_bindings", action="append", default=[], help="as main; applied to every cell; repeatable")
+    parser.add_argument("--poolings", nargs="+", default=["DiffStride", "FixedSpectralPooling", "None"],
+                        help=f"pooling classes among {list(POOLINGS)}; None is strided convolutions")
+    parser.add_argument("--strides", nargs="+", required=True,
+                        help="initial strides per cell, e.g. 1,2,2 4,2,2; the first is the reference for the drops")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
+    parser.add_argument("--complexity_weights", nargs="+", type=float, default=[0.0],
+                        help="train.train.complexity_weight values (default 0 only)")
+    parser.add_argument("--strides_binding", default="resnet.Resnet.strides",
+                        help="the Gin parameter the strides go to (resnet.resnet18.strides for cifar10.gin)")
+    parser.add_argument("--root", required=True, help="one work directory per cell under it, and the report")
+    parser.add_argument("--jobs", type=int, default=1, help="cells at once (default 1)")
+    parser.add_argument("--threads", type=int, default=0, help="threads per cell (default: cores / jobs)")
+    args = parser.parse_args(argv)
+    if not args.gin_config:
+        parser.error("give at least one --gin_config")
+    if args.jobs < 1 or args.threads < 0:
+        parser.error(f"--jobs must be >= 1 and --threads >= 0, but got {args.jobs} and {args.threads}")
+    return args
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    from diffstride.examples.main import UsageError, resolve_config
+
+    args = parse_args(argv)
+    try:
+        cells = grid(args.poolings, args.strides, args.seeds, args.complexity_weights)
+        for name in args.gin_config:
+            resolve_config(name)
+    except (ValueError, UsageError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    started = time.time()
+    try:
+        failed = run_grid(args, cells)
+    except KeyboardInterrupt:
+        print("interrupted; run the same command again to resume the unfinished cells", file=sys.stderr)
+        return 130
+    from diffstride.examples import report
+
+    finished = [os.path.join(args.root, c.name) for c in cells if _is_done(os.path.join(args.root, c.name))]
+    if finished:
+        reference = ", ".join(v.strip() for v in args.strides[0].split(","))
+        paths = report.write_report(finished, os.path.join(args.root, "report"), reference_strides=reference)
+        print(f"sweep: {len(finished)}/{len(cells)} cells finished ({(time.time() - started) / 60:.1f} min this "
+              f"invocation); report: " + ", ".join(paths))
+    if failed:
+        print("error: these cells failed (rerun the same command to retry them): "
+              + ", ".join(c.name for c in failed), file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
