@@ -163,13 +163,14 @@ def test_sweep_runs_the_grid_and_writes_the_report(tmp_path):
 
 
 @pytest.mark.slow
-def test_an_interrupted_sweep_resumes_where_it_stopped(tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_an_interrupted_sweep_resumes_where_it_stopped(tmp_path, sig):
     proc = subprocess.Popen([sys.executable, "-m", "diffstride.examples.sweep", *_sweep_args(tmp_path, jobs=1, seeds=("1",))],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     for line in proc.stdout:
         if "test accuracy" in line:  # the first cell finished
             break
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 130 and "run the same command again to resume" in err
     finished = [d for d in os.listdir(tmp_path) if os.path.exists(tmp_path / d / "metrics.json")]

@@ -128,12 +128,16 @@ def run_grid(args: argparse.Namespace, cells: Sequence[Cell], log=print) -> List
                         f"see {os.path.join(workdir, 'log.txt')}")
     except KeyboardInterrupt:
         for proc in running:
-            proc.send_signal(signal.SIGINT)  # each run saves nothing partial; its last checkpoint stays
+            proc.terminate()  # a run ends between checkpoints: its newest checkpoint stays and resumes it
         for proc, (_, _, out, _) in running.items():
             proc.wait()
             out.close()
         raise
     return failed
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -173,6 +177,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     started = time.time()
+    signal.signal(signal.SIGTERM, _interrupt)  # `kill` as Ctrl-C (a background job may ignore SIGINT)
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, _interrupt)
     try:
         failed = run_grid(args, cells)
     except KeyboardInterrupt:
