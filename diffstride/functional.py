@@ -32,16 +32,23 @@ __all__ = [
     "min_stride",
     "diffstride_plan",
     "diffstride_plan_1d",
+    "diffstride_plan_3d",
     "fixed_spectral_plan",
     "fixed_spectral_plan_1d",
+    "fixed_spectral_plan_3d",
+    "ALGORITHMS",
+    "choose_algorithm",
     "spectral_mask",
     "spectral_operator",
     "spectral_resample2d",
     "spectral_resample1d",
+    "spectral_resample3d",
     "diff_stride2d",
     "diff_stride1d",
+    "diff_stride3d",
     "fixed_spectral_pool2d",
     "fixed_spectral_pool1d",
+    "fixed_spectral_pool3d",
 ]
 
 
@@ -97,6 +104,7 @@ class SpectralPlan:
     Attributes:
         rows: kept FFT rows (height bins, in FFT order) of the input, in the order in which
             they are laid out in the output spectrum. Empty for 1-D plans.
+        depth_rows: the same for the depth axis of 3-D plans (empty otherwise).
         cols: number of kept rfft bins along the width (bins ``0 .. cols - 1``).
         out_size: output spatial size, ``(h, w)`` in 2-D or ``(l,)`` in 1-D.
     """
@@ -104,6 +112,12 @@ class SpectralPlan:
     rows: Tuple[int, ...]
     cols: int
     out_size: Tuple[int, ...]
+    depth_rows: Tuple[int, ...] = ()  # 3-D only: kept bins of the depth axis (FFT order)
+
+    def centred_rows(self) -> Tuple[Tuple[int, ...], ...]:
+        """Kept bins of every centred (complex-FFT) axis, outermost first: () in 1-D, (rows,) in
+        2-D, (depth_rows, rows) in 3-D."""
+        return tuple(r for r in (self.depth_rows, self.rows) if r) if len(self.out_size) > 1 else ()
 
 
 def height_positions(height: int) -> list:
@@ -205,17 +219,56 @@ def diffstride_plan_1d(
 
 def fixed_spectral_plan(size: Tuple[int, int], strides: Sequence[float]) -> SpectralPlan:
     """FixedSpectralPooling: ``h = floor(H/S_h)`` rounded down to even, ``w = floor(W/S_w)``, both >= 2."""
-    height, width = size
-    h = max(2 * (int(math.floor(height / strides[0])) // 2), 2)
-    w = max(int(math.floor(width / strides[1])), 2)
-    rows = list(range(h // 2)) + list(range(height - h // 2, height))
-    return SpectralPlan(tuple(rows), w // 2 + 1, (h, w))
+    rows, h = _fixed_centred(size[0], strides[0])
+    w = max(int(math.floor(size[1] / strides[1])), 2)
+    return SpectralPlan(rows, w // 2 + 1, (h, w))
 
 
 def fixed_spectral_plan_1d(length: int, stride: float) -> SpectralPlan:
     """1-D FixedSpectralPooling: keeps bins ``[0, l//2 + 1)`` and inverts to ``l = floor(L/S)`` (>= 2)."""
     out = max(int(math.floor(length / stride)), 2)
     return SpectralPlan((), out // 2 + 1, (out,))
+
+
+def diffstride_plan_3d(
+    size: Tuple[int, int, int],
+    strides: Sequence[float],
+    smoothness_factor: float = 4.0,
+    cropping: bool = True,
+    lower_limit_stride: Optional[float] = None,
+    upper_limit_stride: Optional[float] = None,
+    float64: bool = False,
+) -> SpectralPlan:
+    """3-D version of :func:`diffstride_plan` for (D, H, W): depth and height follow the height
+    rule (centred positions), width the rfft rule; ``strides`` is one shared value or three."""
+    rnd = _f64 if float64 else _f32
+    mins = [min_stride(n, smoothness_factor) for n in size]
+    if len(strides) == 1:
+        shared = _effective_stride(max([strides[0]] + mins), 0.0, lower_limit_stride, upper_limit_stride, rnd)
+        effective = [shared] * 3
+    else:
+        effective = [_effective_stride(v, m, lower_limit_stride, upper_limit_stride, rnd) for v, m in zip(strides, mins)]
+    depth, height, width = size
+    if cropping:
+        kept = [tuple(_kept(height_positions(n), _threshold(n, st, False, rnd), smoothness_factor, rnd))
+                for n, st in zip((depth, height), effective[:2])]
+        cols = len(_kept(range(width // 2 + 1), _threshold(width, effective[2], True, rnd), smoothness_factor, rnd))
+    else:
+        kept, cols = [tuple(range(depth)), tuple(range(height))], width // 2 + 1
+    return SpectralPlan(kept[1], cols, (len(kept[0]), len(kept[1]), 2 * (cols - 1)), depth_rows=kept[0])
+
+
+def _fixed_centred(n: int, stride: float) -> Tuple[Tuple[int, ...], int]:
+    """Kept bins of a centred axis of FixedSpectralPooling: ``floor(n/S)`` rounded down to even, >= 2."""
+    out = max(2 * (int(math.floor(n / stride)) // 2), 2)
+    return tuple(range(out // 2)) + tuple(range(n - out // 2, n)), out
+
+
+def fixed_spectral_plan_3d(size: Tuple[int, int, int], strides: Sequence[float]) -> SpectralPlan:
+    """3-D FixedSpectralPooling: depth and height as the 2-D height, width as the 2-D width."""
+    (depth_rows, d), (rows, h) = _fixed_centred(size[0], strides[0]), _fixed_centred(size[1], strides[1])
+    w = max(int(math.floor(size[2] / strides[2])), 2)
+    return SpectralPlan(rows, w // 2 + 1, (d, h, w), depth_rows=depth_rows)
 
 
 # --------------------------------------------------------------------------------------------
@@ -280,23 +333,35 @@ def spectral_operator(
     """Real and imaginary parts of ``M[p, m] = Σ_k w_k exp(2πi (k·p/n_out − f_k·m/n_in))``.
 
     ``M`` (n_out × n_in) maps a signal to the inverse DFT of length ``n_out`` of its DFT bins
-    ``freqs_in`` weighted by ``weights`` and laid out at output bins ``0 .. K-1``. Angles are
-    reduced modulo the period in integers first, so that they stay exact before the cosine.
+    ``freqs_in`` weighted by ``weights`` and laid out at output bins ``0 .. K-1`` (``K <= n_out``).
+    Large operators are built as ``n_out · ifft_k(w_k exp(−2πi f_k m / n_in))``:
+    ``O(n_out · n_in · log n_out)`` work, not the ``K``-long inner product per entry. Small ones
+    (``K · n_out · n_in <= DIRECT_OPERATOR_MAX``), and every one inside ``torch.compile`` or an
+    export (no complex tensors in the graph, so that ONNX export works), use the direct real
+    products. Angles are reduced modulo the period in integers first, so that they stay exact
+    before the cosine.
     """
+    if len(freqs_in) > n_out:
+        raise ValueError(f"spectral_operator lays out {len(freqs_in)} bins in an output of length {n_out}")
     device = weights.device
-    k = torch.arange(len(freqs_in), device=device)
-    p = torch.arange(n_out, device=device)
     m = torch.arange(n_in, device=device)
-    f = torch.tensor(list(freqs_in), device=device)
-    angle_out = (p[:, None] * k[None, :] % n_out).to(dtype) * (2 * math.pi / n_out)
+    f = torch.tensor(list(freqs_in), device=device, dtype=torch.long)
     angle_in = (f[:, None] * m[None, :] % n_in).to(dtype) * (2 * math.pi / n_in)
-    cos_out, sin_out = torch.cos(angle_out), torch.sin(angle_out)
     cos_in, sin_in = torch.cos(angle_in), torch.sin(angle_in)
     w = weights.to(dtype)
-    wc, ws = cos_out * w, sin_out * w
-    real = wc @ cos_in + ws @ sin_in
-    imag = ws @ cos_in - wc @ sin_in
-    return real, imag
+    if len(freqs_in) * n_out * n_in <= DIRECT_OPERATOR_MAX or torch.compiler.is_compiling():
+        k = torch.arange(len(freqs_in), device=device)
+        p = torch.arange(n_out, device=device)
+        angle_out = (p[:, None] * k[None, :] % n_out).to(dtype) * (2 * math.pi / n_out)
+        wc, ws = torch.cos(angle_out) * w, torch.sin(angle_out) * w
+        return wc @ cos_in + ws @ sin_in, ws @ cos_in - wc @ sin_in
+    z = torch.complex(w[:, None] * cos_in, -w[:, None] * sin_in)  # (K, n_in)
+    op = torch.fft.ifft(z, n=n_out, dim=0, norm="forward")  # Σ_k z[k, m] e^{2πi k p / n_out}
+    return op.real, op.imag
+
+
+# Operators up to this many multiply-adds (K · n_out · n_in) are built by direct products.
+DIRECT_OPERATOR_MAX = 1 << 22
 
 
 def _irfft_coefficients(cols: int, out_len: int, dtype: torch.dtype, device) -> torch.Tensor:
@@ -329,6 +394,8 @@ def _autocast_dtype(x: torch.Tensor) -> torch.dtype:
 def _memory_format(x: torch.Tensor) -> torch.memory_format:
     if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
         return torch.channels_last
+    if x.dim() == 5 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last_3d):
+        return torch.channels_last_3d
     return torch.contiguous_format
 
 
@@ -490,17 +557,110 @@ def _apply_1d(x: torch.Tensor, b_real: torch.Tensor) -> torch.Tensor:
     return y.view(n, c, -1)
 
 
+# --------------------------------------------------------------------------------------------
+# The FFT form, and the choice between the two forms.
+
+ALGORITHMS = ("auto", "matmul", "fft")
+
+# The matrix form costs (multiply-adds per sample and channel) about
+#   1-D: L·l            2-D: 2·h·H·W + 2·h·W·w
+# and the FFT form about  n·log2(n) + m·log2(m)  (n, m: input and output pixels). 'auto' takes
+# the FFT form when the matrix form's count exceeds FFT_COST_WEIGHT times the FFT's, or when its
+# operators would hold more elements than the input itself (memory stays linear in the input).
+# Measured by `python benchmarks/algorithm.py` on a 2-core AMD EPYC (AVX-512), float32, fwd+bwd
+# (2026-11-22): see that script's docstring for the table. CUDA: not measured (no GPU here); the
+# CPU value is used.
+FFT_COST_WEIGHT = {"cpu": 16.0, "cuda": 16.0}
+
+
+def _check_algorithm(algorithm: str) -> str:
+    if algorithm not in ALGORITHMS:
+        raise ValueError(f"algorithm must be one of {ALGORITHMS}, but got {algorithm!r}")
+    return algorithm
+
+
+def matmul_cost(size: Sequence[int], out_size: Sequence[int]) -> float:
+    """Multiply-adds per (sample, channel) of the matrix form (``inf`` in 3-D, where it does not exist)."""
+    if len(size) == 1:
+        return float(size[0] * out_size[0])
+    if len(size) == 2:
+        (height, width), (h, w) = size, out_size
+        return float(2 * h * height * width + 2 * h * width * w)
+    return math.inf
+
+
+def fft_cost(size: Sequence[int], out_size: Sequence[int]) -> float:
+    """Operation count per (sample, channel) of the FFT form, in the same units as :func:`matmul_cost`."""
+    n, m = math.prod(size), math.prod(out_size)
+    return n * math.log2(max(n, 2)) + m * math.log2(max(m, 2))
+
+
+def operator_elements(size: Sequence[int], out_size: Sequence[int]) -> int:
+    """Elements of the matrix form's operators (real and imaginary parts)."""
+    return sum(2 * n * m for n, m in zip(size, out_size))
+
+
+def choose_algorithm(x: torch.Tensor, plan: SpectralPlan, algorithm: str = "auto") -> str:
+    """``'matmul'`` or ``'fft'`` for ``x`` (N, C, *spatial) and ``plan``: ``algorithm`` itself
+    unless it is ``'auto'``, then the cheaper form by the cost model above."""
+    if _check_algorithm(algorithm) != "auto":
+        return algorithm
+    size, out_size = tuple(x.shape[2:]), plan.out_size
+    if len(size) == 3:
+        return "fft"
+    if math.prod(size) <= KRONECKER_MAX_PIXELS:
+        return "matmul"
+    per_image = x.shape[0] * x.shape[1] * math.prod(size)
+    if operator_elements(size, out_size) > per_image:
+        return "fft"
+    weight = FFT_COST_WEIGHT.get(x.device.type, FFT_COST_WEIGHT["cpu"])
+    return "fft" if matmul_cost(size, out_size) > weight * fft_cost(size, out_size) else "matmul"
+
+
+def _fft_resample(x: torch.Tensor, plan: SpectralPlan, centred_weights: Sequence[torch.Tensor],
+                  col_weights: torch.Tensor) -> torch.Tensor:
+    """``irfftn(crop(mask ⊙ rfftn(x)))`` with torch.fft over the spatial axes of (N, C, *spatial).
+
+    The kept bins are taken by index (the plan's Python lists), the separable mask multiplies
+    the kept block, and the inverse has the plan's output size. Runs in float32 (float64 for
+    float64 inputs) with autocast off: FFT libraries have no bfloat16; under autocast the output
+    is returned in the autocast dtype, as the matrix form's. The output keeps a channels_last
+    input's format.
+    """
+    nd = x.dim() - 2
+    dims = tuple(range(2, nd + 2))
+    fmt = _memory_format(x)
+    dtype = _working_dtype(x)
+    out_dtype = _autocast_dtype(x)
+    with torch.autocast(x.device.type, enabled=False):
+        spectrum = torch.fft.rfftn(x.to(dtype), dim=dims)[..., :plan.cols]
+        mask = col_weights.to(dtype)
+        for axis, (rows, weights) in enumerate(zip(plan.centred_rows(), centred_weights)):
+            if len(rows) != x.shape[2 + axis] or list(rows) != list(range(len(rows))):
+                spectrum = spectrum.index_select(2 + axis, torch.tensor(rows, device=x.device))
+            shape = [1] * nd
+            shape[axis] = -1
+            mask = mask * weights.to(dtype).view(shape)
+        y = torch.fft.irfftn(spectrum * mask, s=plan.out_size, dim=dims).to(out_dtype)
+    return y if fmt == torch.contiguous_format else y.contiguous(memory_format=fmt)
+
+
 def spectral_resample2d(
     x: torch.Tensor,
     plan: SpectralPlan,
     row_weights: torch.Tensor,
     col_weights: torch.Tensor,
+    algorithm: str = "auto",
 ) -> torch.Tensor:
-    """``irfft2(crop(mask ⊙ rfft2(x)))`` of a (N, C, H, W) tensor as two real matrix products.
+    """``irfft2(crop(mask ⊙ rfft2(x)))`` of a (N, C, H, W) tensor.
 
     ``row_weights`` (len(plan.rows)) and ``col_weights`` (plan.cols) are the mask values of the
     kept rows and rfft columns; gradients flow to them, and so to whatever they were built from.
+    ``algorithm``: ``'matmul'`` (two real matrix products), ``'fft'`` (torch.fft), or
+    ``'auto'`` (:func:`choose_algorithm`).
     """
+    if choose_algorithm(x, plan, algorithm) == "fft":
+        return _fft_resample(x, plan, [row_weights], col_weights)
     height, width = x.shape[-2:]
     h, w = plan.out_size
     dtype = _working_dtype(x)
@@ -511,14 +671,25 @@ def spectral_resample2d(
     return _apply_2d(x, a_real, a_imag, b_real, b_imag)
 
 
-def spectral_resample1d(x: torch.Tensor, plan: SpectralPlan, weights: torch.Tensor) -> torch.Tensor:
-    """``irfft(crop(mask ⊙ rfft(x)))`` of a (N, C, L) tensor as one real matrix product."""
+def spectral_resample1d(x: torch.Tensor, plan: SpectralPlan, weights: torch.Tensor, algorithm: str = "auto") -> torch.Tensor:
+    """``irfft(crop(mask ⊙ rfft(x)))`` of a (N, C, L) tensor: one real matrix product, or torch.fft."""
+    if choose_algorithm(x, plan, algorithm) == "fft":
+        return _fft_resample(x, plan, [], weights)
     (out_len,) = plan.out_size
     dtype = _working_dtype(x)
     with torch.autocast(x.device.type, enabled=False):
         coeffs = _irfft_coefficients(plan.cols, out_len, dtype, x.device)
         b_real, _ = spectral_operator(x.shape[-1], out_len, range(plan.cols), coeffs * weights / out_len, dtype)
     return _apply_1d(x, b_real)
+
+
+def spectral_resample3d(x: torch.Tensor, plan: SpectralPlan, depth_weights: torch.Tensor, row_weights: torch.Tensor,
+                        col_weights: torch.Tensor, algorithm: str = "auto") -> torch.Tensor:
+    """``irfftn(crop(mask ⊙ rfftn(x)))`` of a (N, C, D, H, W) tensor, by torch.fft (the only 3-D form)."""
+    if _check_algorithm(algorithm) == "matmul":
+        raise ValueError("algorithm='matmul' is not available for 3-D inputs (their only form is 'fft'); "
+                         "use algorithm='auto' or 'fft'")
+    return _fft_resample(x, plan, [depth_weights, row_weights], col_weights)
 
 
 # --------------------------------------------------------------------------------------------
@@ -540,13 +711,15 @@ def diff_stride2d(
     lower_limit_stride: Optional[float] = None,
     upper_limit_stride: Optional[float] = None,
     plan: Optional[SpectralPlan] = None,
+    algorithm: str = "auto",
 ) -> torch.Tensor:
     """DiffStride on a (N, C, H, W) tensor with learnable ``strides`` ((2,) or shared (1,)).
 
     Same values and gradients as the reference's layer after its in-place clamp, which is
     applied here out of place (value clamped, gradient passed through, as the reference's read
     of the assigned variable). ``plan`` may be given when already known (it is computed from
-    the stride values otherwise, which reads them from the device).
+    the stride values otherwise, which reads them from the device). ``algorithm``: ``'auto'``
+    (by size, :func:`choose_algorithm`), ``'matmul'`` or ``'fft'``; same values and gradients.
 
     Shape:
         x: (N, C, H, W) → (N, C, h, w), ``(h, w) = plan.out_size``.
@@ -563,7 +736,7 @@ def diff_stride2d(
     positions = height_positions(height)
     row_weights = _axis_weights(height, s_h, [positions[r] for r in plan.rows], smoothness_factor, False)
     col_weights = _axis_weights(width, s_w, range(plan.cols), smoothness_factor, True)
-    return spectral_resample2d(x, plan, row_weights, col_weights)
+    return spectral_resample2d(x, plan, row_weights, col_weights, algorithm)
 
 
 def diff_stride1d(
@@ -574,8 +747,10 @@ def diff_stride1d(
     lower_limit_stride: Optional[float] = None,
     upper_limit_stride: Optional[float] = None,
     plan: Optional[SpectralPlan] = None,
+    algorithm: str = "auto",
 ) -> torch.Tensor:
-    """DiffStride on a (N, C, L) tensor with a learnable stride of shape (1,).
+    """DiffStride on a (N, C, L) tensor with a learnable stride of shape (1,); ``algorithm`` as
+    :func:`diff_stride2d` (the FFT form wins from lengths of a few hundred on).
 
     Shape:
         x: (N, C, L) → (N, C, l), ``l = 2 * (kept bins - 1)``.
@@ -589,21 +764,65 @@ def diff_stride1d(
     s = _clamped(strides.to(_working_dtype(strides)), (length,), smoothness_factor)
     s = _axis_stride(s, lower_limit_stride, upper_limit_stride)
     weights = _axis_weights(length, s[0], range(plan.cols), smoothness_factor, True)
-    return spectral_resample1d(x, plan, weights)
+    return spectral_resample1d(x, plan, weights, algorithm)
+
+
+def diff_stride3d(
+    x: torch.Tensor,
+    strides: torch.Tensor,
+    smoothness_factor: float = 4.0,
+    cropping: bool = True,
+    lower_limit_stride: Optional[float] = None,
+    upper_limit_stride: Optional[float] = None,
+    plan: Optional[SpectralPlan] = None,
+    algorithm: str = "auto",
+) -> torch.Tensor:
+    """DiffStride on a (N, C, D, H, W) tensor with learnable ``strides`` ((3,) or shared (1,)).
+
+    The reference's 2-D rules per axis: depth and height centred (as the 2-D height), width the
+    real-FFT axis; computed with torch.fft (``algorithm`` 'auto' or 'fft').
+
+    Shape:
+        x: (N, C, D, H, W) → (N, C, d, h, w), ``(d, h, w) = plan.out_size``.
+    """
+    size = tuple(x.shape[-3:])
+    if plan is None:
+        plan = diffstride_plan_3d(size, stride_values(strides), smoothness_factor, cropping,
+                                  lower_limit_stride, upper_limit_stride, float64=strides.dtype == torch.float64)
+    s = _clamped(strides.to(_working_dtype(strides)), size, smoothness_factor)
+    s = _axis_stride(s, lower_limit_stride, upper_limit_stride)
+    s_d, s_h, s_w = (s[0], s[0], s[0]) if s.numel() == 1 else (s[0], s[1], s[2])
+    depth_pos, height_pos = height_positions(size[0]), height_positions(size[1])
+    depth_weights = _axis_weights(size[0], s_d, [depth_pos[r] for r in plan.depth_rows], smoothness_factor, False)
+    row_weights = _axis_weights(size[1], s_h, [height_pos[r] for r in plan.rows], smoothness_factor, False)
+    col_weights = _axis_weights(size[2], s_w, range(plan.cols), smoothness_factor, True)
+    return spectral_resample3d(x, plan, depth_weights, row_weights, col_weights, algorithm)
+
+
+def _ones(n: int, x: torch.Tensor) -> torch.Tensor:
+    return torch.ones(n, dtype=_working_dtype(x), device=x.device)
 
 
 def fixed_spectral_pool2d(
-    x: torch.Tensor, strides: Sequence[float], plan: Optional[SpectralPlan] = None
+    x: torch.Tensor, strides: Sequence[float], plan: Optional[SpectralPlan] = None, algorithm: str = "auto"
 ) -> torch.Tensor:
     """Spectral pooling with fixed ``strides`` (S_h, S_w) of a (N, C, H, W) tensor (no mask, hard crop)."""
     plan = plan or fixed_spectral_plan(tuple(x.shape[-2:]), strides)
-    ones_r = torch.ones(len(plan.rows), dtype=_working_dtype(x), device=x.device)
-    ones_c = torch.ones(plan.cols, dtype=_working_dtype(x), device=x.device)
-    return spectral_resample2d(x, plan, ones_r, ones_c)
+    return spectral_resample2d(x, plan, _ones(len(plan.rows), x), _ones(plan.cols, x), algorithm)
 
 
-def fixed_spectral_pool1d(x: torch.Tensor, stride: float, plan: Optional[SpectralPlan] = None) -> torch.Tensor:
+def fixed_spectral_pool1d(
+    x: torch.Tensor, stride: float, plan: Optional[SpectralPlan] = None, algorithm: str = "auto"
+) -> torch.Tensor:
     """Spectral pooling with a fixed ``stride`` of a (N, C, L) tensor."""
     plan = plan or fixed_spectral_plan_1d(x.shape[-1], stride)
-    ones = torch.ones(plan.cols, dtype=_working_dtype(x), device=x.device)
-    return spectral_resample1d(x, plan, ones)
+    return spectral_resample1d(x, plan, _ones(plan.cols, x), algorithm)
+
+
+def fixed_spectral_pool3d(
+    x: torch.Tensor, strides: Sequence[float], plan: Optional[SpectralPlan] = None, algorithm: str = "auto"
+) -> torch.Tensor:
+    """Spectral pooling with fixed ``strides`` (S_d, S_h, S_w) of a (N, C, D, H, W) tensor."""
+    plan = plan or fixed_spectral_plan_3d(tuple(x.shape[-3:]), strides)
+    return spectral_resample3d(x, plan, _ones(len(plan.depth_rows), x), _ones(len(plan.rows), x),
+                               _ones(plan.cols, x), algorithm)

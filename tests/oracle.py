@@ -89,3 +89,50 @@ def fixed_spectral_fft(x, strides):
     spectrum = torch.fft.rfft2(x)
     spectrum = torch.cat([spectrum[..., : h // 2, :], spectrum[..., height - h // 2:, :]], dim=-2)
     return torch.fft.irfft2(spectrum[..., : w // 2 + 1], s=(h, w))
+
+
+def diffstride_fft_3d(x, strides, smoothness_factor=4.0, cropping=True):
+    """DiffStride 3-D on (N, C, D, H, W), ``strides`` a tensor (3,) or shared (1,): depth and
+    height masked as the 2-D height (centred positions), width as the 2-D width (DESIGN.md §3)."""
+    dtype, device = strides.dtype, strides.device
+    sizes = x.shape[-3:]
+    mins = [_min_stride(n, smoothness_factor, dtype, device) for n in sizes]
+    if strides.numel() == 1:
+        floor = torch.maximum(torch.maximum(mins[0], mins[1]), mins[2])
+        s = strides[0] + (torch.maximum(strides[0], floor) - strides[0]).detach()
+        per_axis = [s, s, s]
+    else:
+        per_axis = [strides[i] + (torch.maximum(strides[i], mins[i]) - strides[i]).detach() for i in range(3)]
+    spectrum = torch.fft.rfftn(x, dim=(-3, -2, -1))
+    masks = []
+    for axis, (n, s) in enumerate(zip(sizes, per_axis)):
+        s = _clip(s, 1.0, None)
+        star = _maximum(torch.full_like(s, n) / s, 2.0)
+        if axis == 2:
+            m = _mask(star / 2 + 1, smoothness_factor, torch.arange(n // 2 + 1, dtype=dtype, device=device))
+        else:
+            m = _mask(star / 2, smoothness_factor, _height_positions(n, dtype, device))
+        shape = [1, 1, 1]
+        shape[axis] = -1
+        spectrum = spectrum * m.to(spectrum.dtype).view(shape)
+        masks.append(m)
+    if cropping:
+        for axis, m in enumerate(masks):
+            spectrum = spectrum.index_select(axis - 3, torch.nonzero(m.detach() > 0)[:, 0])
+    return torch.fft.irfftn(spectrum, s=(spectrum.shape[-3], spectrum.shape[-2], 2 * (spectrum.shape[-1] - 1)),
+                            dim=(-3, -2, -1))
+
+
+def fixed_spectral_fft_3d(x, strides):
+    """FixedSpectralPooling 3-D on (N, C, D, H, W)."""
+    sizes = x.shape[-3:]
+    spectrum = torch.fft.rfftn(x, dim=(-3, -2, -1))
+    out = []
+    for axis in range(2):
+        n = sizes[axis]
+        k = max(2 * (int(math.floor(n / strides[axis])) // 2), 2)
+        index = torch.tensor(list(range(k // 2)) + list(range(n - k // 2, n)))
+        spectrum = spectrum.index_select(axis - 3, index)
+        out.append(k)
+    w = max(int(math.floor(sizes[2] / strides[2])), 2)
+    return torch.fft.irfftn(spectrum[..., : w // 2 + 1], s=(out[0], out[1], w), dim=(-3, -2, -1))

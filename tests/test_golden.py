@@ -3,6 +3,7 @@ gradients, stride gradients and strides after the forward.
 
 Tolerances (max|ours - ref| / max|ref|, float32): 1e-5 for outputs and input gradients, 2e-4
 for stride gradients (the reference's own float32 stride gradients are within 5e-5 of float64).
+Every case runs with the matrix form forced, the FFT form forced, and the automatic choice.
 """
 import pytest
 import torch
@@ -22,8 +23,10 @@ def _case_id(case):
     return f"{case['index']}-{case['layer']}-{case['data_format']}-{'x'.join(map(str, case['input_shape']))}-S{case['strides']}{opts}"
 
 
-def _build(case):
+def _build(case, algorithm="auto"):
     kwargs = {"strides": case["strides"], "data_format": case["data_format"]}
+    if case["layer"] != "SpatialPooling":
+        kwargs["algorithm"] = algorithm
     if case["layer"] == "DiffStride":
         for key in ("smoothness_factor", "cropping", "shared_stride", "trainable", "lower_limit_stride", "upper_limit_stride"):
             kwargs[key] = case[key]
@@ -35,10 +38,12 @@ def test_golden_data_is_complete():
     assert {c["layer"] for c in CASES} == {"DiffStride", "FixedSpectralPooling", "SpatialPooling"}
 
 
+@pytest.mark.parametrize("algorithm", ["auto", "matmul", "fft"])
 @pytest.mark.parametrize("case", CASES, ids=_case_id)
-def test_matches_reference(case):
+def test_matches_reference(case, algorithm):
+    """Each form of the layer, forced, and the automatic choice."""
     arr = lambda key: torch.from_numpy(ARRAYS[f"case{case['index']}_{key}"])  # noqa: E731
-    layer = _build(case)
+    layer = _build(case, algorithm)
     if f"case{case['index']}_strides_init" in case["keys"] and case["layer"] == "DiffStride":
         assert torch.equal(layer.strides.detach(), arr("strides_init"))
     x = arr("x").clone().requires_grad_(True)

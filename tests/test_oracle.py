@@ -10,7 +10,7 @@ import torch
 from diffstride import functional as F
 from diffstride import pooling
 
-from .oracle import diffstride_fft, fixed_spectral_fft
+from .oracle import diffstride_fft, diffstride_fft_3d, fixed_spectral_fft, fixed_spectral_fft_3d
 
 
 def _random_config(rng, one_d=False):
@@ -25,8 +25,8 @@ def _random_config(rng, one_d=False):
     return dict(size=sizes, strides=strides, smoothness=smoothness, cropping=rng.random() < 0.7)
 
 
-def _run(layer_cls, cfg, dtype, x):
-    kwargs = dict(smoothness_factor=cfg["smoothness"], cropping=cfg["cropping"], dtype=dtype)
+def _run(layer_cls, cfg, dtype, x, algorithm="auto"):
+    kwargs = dict(smoothness_factor=cfg["smoothness"], cropping=cfg["cropping"], dtype=dtype, algorithm=algorithm)
     if layer_cls is pooling.DiffStride:
         kwargs["shared_stride"] = len(cfg["strides"]) == 1
         strides = cfg["strides"] * (2 if len(cfg["strides"]) == 1 else 1)
@@ -57,9 +57,10 @@ def _rel(a, b):
     return ((a.double() - b.double()).abs().max() / b.double().abs().max().clamp_min(1e-12)).item()
 
 
+@pytest.mark.parametrize("algorithm", ["matmul", "fft"])
 @pytest.mark.parametrize("seed", range(40))
 @pytest.mark.parametrize("one_d", [False, True], ids=["2d", "1d"])
-def test_random_configs_match_fft_oracle_float64(seed, one_d):
+def test_random_configs_match_fft_oracle_float64(seed, one_d, algorithm):
     rng = random.Random(seed * 2 + one_d)
     cfg = _random_config(rng, one_d)
     if seed % 5 == 0:  # stride limits, inside the graph
@@ -69,7 +70,7 @@ def test_random_configs_match_fft_oracle_float64(seed, one_d):
     shape = (2, 3) + cfg["size"]
     x = torch.randn(shape, dtype=torch.float64)
     layer_cls = pooling.DiffStride1d if one_d else pooling.DiffStride
-    y, gx, gs, _, w = _run(layer_cls, cfg, torch.float64, x)
+    y, gx, gs, _, w = _run(layer_cls, cfg, torch.float64, x, algorithm)
     y_ref, gx_ref, gs_ref = _oracle(cfg, x, w)
     assert y.shape == y_ref.shape, cfg
     assert _rel(y, y_ref) < 1e-10, cfg
@@ -77,12 +78,13 @@ def test_random_configs_match_fft_oracle_float64(seed, one_d):
     assert torch.allclose(gs, gs_ref, rtol=1e-8, atol=1e-8 * gs_ref.abs().max().item() + 1e-12), (cfg, gs, gs_ref)
 
 
+@pytest.mark.parametrize("algorithm", ["matmul", "fft"])
 @pytest.mark.parametrize("seed", range(10))
-def test_float32_matches_fft_oracle(seed):
+def test_float32_matches_fft_oracle(seed, algorithm):
     rng = random.Random(1000 + seed)
     cfg = _random_config(rng)
     x = torch.randn((2, 4) + cfg["size"])
-    y, gx, gs, _, w = _run(pooling.DiffStride, cfg, torch.float32, x)
+    y, gx, gs, _, w = _run(pooling.DiffStride, cfg, torch.float32, x, algorithm)
     # Float32 strides and mask as the reference (edges land where float32 puts them); FFT in float64.
     y_ref, gx_ref, gs_ref = _oracle(cfg, x, w, mask_dtype=torch.float32)
     assert y.shape == y_ref.shape
@@ -109,25 +111,76 @@ def test_plan_matches_float32_mask_on_a_dense_sweep():
                 assert plan1d.out_size == tuple(ref1d.shape[-1:])
 
 
+@pytest.mark.parametrize("algorithm", ["matmul", "fft"])
 @pytest.mark.parametrize("size", [(9, 10), (11, 7), (8, 8)])
 @pytest.mark.parametrize("cropping", [True, False])
 @pytest.mark.parametrize("shared", [False, True])
-def test_gradcheck_float64(size, cropping, shared):
+def test_gradcheck_float64(size, cropping, shared, algorithm):
     # Away from the mask's kinks (non-integer thresholds), where finite differences are valid.
     strides = [1.73] if shared else [1.73, 2.31]
     s = torch.tensor(strides, dtype=torch.float64, requires_grad=True)
     x = torch.randn((2, 2) + size, dtype=torch.float64, requires_grad=True)
-    fn = lambda x, s: F.diff_stride2d(x, s, smoothness_factor=2.5, cropping=cropping)  # noqa: E731
+    fn = lambda x, s: F.diff_stride2d(x, s, smoothness_factor=2.5, cropping=cropping, algorithm=algorithm)  # noqa: E731
     assert torch.autograd.gradcheck(fn, (x, s))
 
 
-def test_gradcheck_float64_1d_and_fixed_pooling():
+@pytest.mark.parametrize("algorithm", ["matmul", "fft"])
+def test_gradcheck_float64_1d_and_fixed_pooling(algorithm):
     s = torch.tensor([1.83], dtype=torch.float64, requires_grad=True)
     x = torch.randn(2, 3, 13, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(lambda x, s: F.diff_stride1d(x, s, smoothness_factor=2.5), (x, s))
+    assert torch.autograd.gradcheck(lambda x, s: F.diff_stride1d(x, s, smoothness_factor=2.5, algorithm=algorithm), (x, s))
     x2 = torch.randn(2, 2, 9, 12, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(lambda x: F.fixed_spectral_pool2d(x, (1.7, 2.5)), (x2,))
-    assert torch.autograd.gradcheck(lambda x: F.fixed_spectral_pool1d(x, 2.5), (x,))
+    assert torch.autograd.gradcheck(lambda x: F.fixed_spectral_pool2d(x, (1.7, 2.5), algorithm=algorithm), (x2,))
+    assert torch.autograd.gradcheck(lambda x: F.fixed_spectral_pool1d(x, 2.5, algorithm=algorithm), (x,))
+
+
+# ------------------------------------------------------------------------------------------
+# 3-D (the FFT form only)
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_3d_random_configs_match_fft_oracle_float64(seed):
+    rng = random.Random(5000 + seed)
+    smoothness = rng.choice([1.0, 2.0, 4.0])
+    size = tuple(rng.randint(int(smoothness) + 1, 17) for _ in range(3))
+    shared = rng.random() < 0.25
+    strides = [rng.choice([1.0, 2.0, round(rng.uniform(1.0, 3.5), 3)]) for _ in range(1 if shared else 3)]
+    cropping = rng.random() < 0.75
+    layer = pooling.DiffStride3d(strides=strides * (3 if shared else 1), shared_stride=shared,
+                                 smoothness_factor=smoothness, cropping=cropping, dtype=torch.float64)
+    x = torch.randn((2, 2) + size, dtype=torch.float64, requires_grad=True)
+    y = layer(x)
+    w = torch.randn(y.shape, dtype=torch.float64)
+    (y * w).sum().backward()
+    s_ref = torch.tensor(strides, dtype=torch.float64, requires_grad=True)
+    x_ref = x.detach().clone().requires_grad_(True)
+    y_ref = diffstride_fft_3d(x_ref, s_ref, smoothness, cropping)
+    assert y.shape == y_ref.shape, (size, strides, smoothness, cropping)
+    assert tuple(y.shape[2:]) == layer.output_size(size)
+    (y_ref * w).sum().backward()
+    assert _rel(y, y_ref) < 1e-10 and _rel(x.grad, x_ref.grad) < 1e-10
+    assert torch.allclose(layer.strides.grad, s_ref.grad, rtol=1e-8, atol=1e-8 * s_ref.grad.abs().max().item() + 1e-12)
+
+
+def test_3d_gradcheck_float64():
+    s = torch.tensor([1.73, 2.31, 1.4], dtype=torch.float64, requires_grad=True)
+    x = torch.randn(1, 2, 7, 9, 10, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x, s: F.diff_stride3d(x, s, smoothness_factor=2.5), (x, s))
+    assert torch.autograd.gradcheck(lambda x: F.fixed_spectral_pool3d(x, (1.7, 2.5, 1.5)), (x,))
+
+
+@pytest.mark.parametrize("size", [(8, 16, 16), (7, 9, 11), (2, 4, 3)])
+@pytest.mark.parametrize("strides", [(2.0, 2.0, 2.0), (1.0, 1.5, 3.3)])
+def test_3d_fixed_spectral_pooling_and_subsampling(size, strides):
+    x = torch.randn((2, 3) + size, dtype=torch.float64)
+    layer = pooling.FixedSpectralPooling3d(strides=strides)
+    y = layer(x)
+    ref = fixed_spectral_fft_3d(x, strides)
+    assert y.shape == ref.shape and tuple(y.shape[2:]) == layer.output_size(size)
+    assert _rel(y, ref) < 1e-10
+    whole = tuple(int(s) for s in strides) if all(float(s).is_integer() for s in strides) else (2, 1, 3)
+    sub = pooling.SpatialPooling3d(strides=whole)(x)
+    assert torch.equal(sub, x[:, :, ::whole[0], ::whole[1], ::whole[2]])
 
 
 @pytest.mark.parametrize("size", [(32, 32), (31, 17), (33, 32), (8, 8), (7, 2), (2, 9)])
