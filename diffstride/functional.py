@@ -565,12 +565,14 @@ ALGORITHMS = ("auto", "matmul", "fft")
 # The matrix form costs (multiply-adds per sample and channel) about
 #   1-D: L·l            2-D: 2·h·H·W + 2·h·W·w
 # and the FFT form about  n·log2(n) + m·log2(m)  (n, m: input and output pixels). 'auto' takes
-# the FFT form when the matrix form's count exceeds FFT_COST_WEIGHT times the FFT's, or when its
-# operators would hold more elements than the input itself (memory stays linear in the input).
-# Measured by `python benchmarks/algorithm.py` on a 2-core AMD EPYC (AVX-512), float32, fwd+bwd
-# (2026-11-22): see that script's docstring for the table. CUDA: not measured (no GPU here); the
-# CPU value is used.
-FFT_COST_WEIGHT = {"cpu": 16.0, "cuda": 16.0}
+# the FFT form when the matrix form's count exceeds FFT_COST_WEIGHT[ndim] times the FFT's, or
+# when its operators would hold more elements than the input itself (memory stays linear in
+# the input). Set from one run of `python benchmarks/algorithm.py` (2 threads of an AMD EPYC
+# with AVX-512, float32, forward+backward, 2026-11-22; the table is in the README): the 1-D
+# matrix form (one GEMM) won up to cost ratio 11.6 and lost from 35; the 2-D one (a layout copy
+# and two GEMMs) was within ±25% of the FFT form up to 11.5 and lost from 18.8 (1.7x at
+# 224x224, 4.6x at 512x512). CUDA could not be measured here: the CPU values are used there too.
+FFT_COST_WEIGHT = {1: 16.0, 2: 15.0}
 
 
 def _check_algorithm(algorithm: str) -> str:
@@ -613,8 +615,7 @@ def choose_algorithm(x: torch.Tensor, plan: SpectralPlan, algorithm: str = "auto
     per_image = x.shape[0] * x.shape[1] * math.prod(size)
     if operator_elements(size, out_size) > per_image:
         return "fft"
-    weight = FFT_COST_WEIGHT.get(x.device.type, FFT_COST_WEIGHT["cpu"])
-    return "fft" if matmul_cost(size, out_size) > weight * fft_cost(size, out_size) else "matmul"
+    return "fft" if matmul_cost(size, out_size) > FFT_COST_WEIGHT[len(size)] * fft_cost(size, out_size) else "matmul"
 
 
 def _fft_resample(x: torch.Tensor, plan: SpectralPlan, centred_weights: Sequence[torch.Tensor],

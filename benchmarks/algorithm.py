@@ -1,0 +1,75 @@
+"""Calibrates diffstride.functional.FFT_COST_WEIGHT: the matrix form against the FFT form.
+
+    python benchmarks/algorithm.py [--threads 2] [--repeats 7] [--quick]
+
+For DiffStride (stride 2, float32, forward+backward) at 1-D and 2-D sizes, both forms forced
+and timed in turns, prints the cost model's ratio matmul_cost / fft_cost and the measured time
+ratio t_matmul / t_fft. The FFT form should win exactly where the cost ratio exceeds
+FFT_COST_WEIGHT: the crossover is where the time ratio passes 1, and the weight to set is the
+cost ratio there (the script prints the interval it lies in).
+
+The constants in diffstride/functional.py come from one run of this script (see the README).
+"""
+import argparse
+import os
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from benchmarks.common import interleaved_medians, machine_header  # noqa: E402
+from diffstride import functional as F  # noqa: E402
+from diffstride import pooling  # noqa: E402
+
+# (batch, channels, spatial size): inputs of 2-16 MB, channel counts as in real networks
+SIZES = [(64, 64, (64,)), (64, 64, (256,)), (32, 32, (1000,)), (8, 32, (4000,)), (4, 8, (16000,)),
+         (32, 64, (16, 16)), (32, 64, (32, 32)), (8, 64, (56, 56)), (8, 32, (112, 112)), (4, 16, (224, 224)),
+         (2, 3, (512, 512))]
+QUICK = [(64, 64, (256,)), (32, 32, (1000,)), (32, 64, (32, 32)), (8, 32, (112, 112)), (2, 3, (512, 512))]
+
+
+def _step(size, batch, channels, algorithm):
+    cls = pooling.DiffStride1d if len(size) == 1 else pooling.DiffStride
+    layer = cls(strides=2.0, algorithm=algorithm)
+    x = torch.randn((batch, channels) + size, requires_grad=True)
+    grad = torch.randn_like(layer(x))
+
+    def step():
+        layer(x).backward(grad)
+        x.grad = layer.strides.grad = None
+
+    return layer, step
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--quick", action="store_true", help="five sizes, three repeats (about a minute)")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    repeats = 3 if args.quick else args.repeats
+    print(machine_header(torch.device("cpu"), args.threads), flush=True)
+    print("| input | output | cost ratio (matmul/fft) | matmul ms | fft ms | t_matmul / t_fft | auto takes |", flush=True)
+    print("|---|---|---:|---:|---:|---:|---|", flush=True)
+    wins = {}
+    for batch, channels, size in QUICK if args.quick else SIZES:
+        layer, matmul = _step(size, batch, channels, "matmul")
+        _, fft = _step(size, batch, channels, "fft")
+        t_matmul, t_fft = interleaved_medians([matmul, fft], repeats, warmup=1)
+        out = layer.output_size(size)
+        ratio = F.matmul_cost(size, out) / F.fft_cost(size, out)
+        x = torch.empty((batch, channels) + size)
+        auto = F.choose_algorithm(x, layer._plan(size, F.stride_values(layer.strides)))
+        wins.setdefault(len(size), []).append((ratio, t_matmul / t_fft))
+        print(f"| {'x'.join(map(str, (batch, channels) + size))} | {'x'.join(map(str, out))} | {ratio:.1f} | "
+              f"{t_matmul:.2f} | {t_fft:.2f} | {t_matmul / t_fft:.2f} | {auto} |", flush=True)
+    for ndim, pairs in sorted(wins.items()):
+        low = max((r for r, t in pairs if t < 1), default=0.0)
+        high = min((r for r, t in pairs if t >= 1 and r > low), default=float("inf"))
+        print(f"{ndim}-D: the matrix form is faster up to cost ratio {low:.1f}, the FFT form from {high:.1f}; "
+              f"FFT_COST_WEIGHT[{ndim}] = {F.FFT_COST_WEIGHT[ndim]:g} should lie between")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,135 @@
+"""The two forms of the spectral layers (matrix products and torch.fft), the automatic choice
+between them, and the FFT form under autocast, channels_last, compile and ONNX export.
+
+Values against the float64 FFT oracle (tests/oracle.py) with stated tolerances; the golden
+reference cases and gradcheck for both forms are in test_golden.py and test_oracle.py."""
+import pytest
+import torch
+
+import diffstride
+from diffstride import functional as F
+from diffstride import pooling
+
+from .oracle import diffstride_fft
+
+
+def _choice(shape, strides=2.0):
+    layer = {3: pooling.DiffStride1d, 4: pooling.DiffStride, 5: pooling.DiffStride3d}[len(shape)](strides=strides)
+    x = torch.empty(shape)
+    plan = layer._plan(tuple(shape[2:]), F.stride_values(layer.strides))
+    return F.choose_algorithm(x, plan)
+
+
+@pytest.mark.parametrize("shape, expected", [
+    ((32, 64, 32, 32), "matmul"),     # ResNet-18 on CIFAR: the GEMMs win
+    ((32, 512, 8, 8), "matmul"),      # at most 64 pixels: one Kronecker GEMM
+    ((8, 64, 56, 56), "matmul"),
+    ((2, 3, 512, 512), "fft"),        # large images
+    ((4, 1, 16000), "fft"),           # one second of 16 kHz audio
+    ((8, 32, 4000), "fft"),
+    ((1, 1, 200), "fft"),             # operators larger than the input itself
+    ((2, 3, 8, 16, 16), "fft"),       # 3-D has only the FFT form
+])
+def test_auto_choice_at_clear_sizes(shape, expected):
+    assert _choice(shape) == expected
+
+
+def test_forced_algorithm_is_kept_and_bad_names_are_refused():
+    x = torch.empty(1, 1, 16000)
+    plan = F.diffstride_plan_1d(16000, 2.0)
+    assert F.choose_algorithm(x, plan, "matmul") == "matmul"
+    with pytest.raises(ValueError, match=r"algorithm must be one of \('auto', 'matmul', 'fft'\), but got 'FFT'"):
+        F.choose_algorithm(x, plan, "FFT")
+    with pytest.raises(ValueError, match=r"algorithm='matmul' is not available for 3-D layers"):
+        pooling.FixedSpectralPooling3d(strides=2, algorithm="matmul")
+    with pytest.raises(ValueError, match=r"algorithm='matmul' is not available for 3-D inputs"):
+        F.diff_stride3d(torch.randn(1, 1, 8, 8, 8), torch.tensor([2.0, 2.0, 2.0]), algorithm="matmul")
+
+
+def test_a_million_samples_forward_and_backward():
+    """1-D, B=1, C=1, L=1,000,000: the matrix form's operator alone would be 2 x 500k x 1M floats
+    (4 TB); 'auto' takes the FFT form and the whole step stays linear in the length."""
+    layer = pooling.DiffStride1d(strides=2.0)
+    x = torch.randn(1, 1, 1_000_000, requires_grad=True)
+    y = layer(x)
+    y.square().mean().backward()
+    assert y.shape == (1, 1, 500_008) and x.grad.shape == x.shape and layer.strides.grad is not None
+    # the same values as the oracle on a slice of the problem size (float64 oracle, float32 layer)
+    small = torch.randn(2, 3, 20_000)
+    ref = diffstride_fft(small.double(), torch.tensor([2.0], dtype=torch.float32).double())
+    assert ((layer(small).double() - ref).abs().max() / ref.abs().max()).item() < 1e-5
+
+
+@pytest.mark.parametrize("dtype, tol", [(torch.bfloat16, 2e-2), (torch.float16, 2e-3)])
+def test_fft_form_under_autocast_runs_in_float32_and_returns_the_autocast_dtype(dtype, tol):
+    layer = pooling.DiffStride(strides=(2.0, 3.0), algorithm="fft")
+    x = torch.randn(2, 3, 40, 36)
+    with torch.autocast("cpu", dtype=dtype):
+        y = layer(x)
+    ref = diffstride_fft(x.double(), torch.tensor([2.0, 3.0]).double())
+    assert y.dtype == dtype
+    assert ((y.double() - ref).abs().max() / ref.abs().max()).item() < tol
+
+
+@pytest.mark.parametrize("cls, shape, fmt", [
+    (pooling.DiffStride, (2, 3, 40, 36), torch.channels_last),
+    (pooling.FixedSpectralPooling, (2, 3, 40, 36), torch.channels_last),
+    (pooling.DiffStride3d, (2, 3, 10, 12, 14), torch.channels_last_3d),
+])
+def test_fft_form_keeps_channels_last(cls, shape, fmt):
+    kwargs = {"algorithm": "fft"}
+    layer = cls(strides=2.0, **kwargs)
+    x = torch.randn(shape)
+    y_ref = layer(x)
+    y = layer(x.contiguous(memory_format=fmt))
+    assert y.is_contiguous(memory_format=fmt) and torch.allclose(y, y_ref, atol=1e-5)
+
+
+def test_fft_form_compiles_with_the_same_values_and_gradients():
+    torch._dynamo.reset()
+    layer = pooling.DiffStride(strides=(2.2, 1.7), algorithm="fft")
+    x = torch.randn(2, 3, 48, 40, requires_grad=True)
+    eager = layer(x)
+    (eager * eager).sum().backward()
+    g_x, g_s = x.grad.clone(), layer.strides.grad.clone()
+    x.grad = layer.strides.grad = None
+    compiled = torch.compile(layer, backend="aot_eager")(x)
+    (compiled * compiled).sum().backward()
+    assert torch.allclose(compiled, eager, atol=1e-5)
+    assert torch.allclose(x.grad, g_x, atol=1e-4) and torch.allclose(layer.strides.grad, g_s, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.slow
+def test_frozen_fft_form_exports_to_onnx():
+    """A frozen layer exports with either form: the FFT form becomes ONNX DFT ops. onnxruntime's
+    DFT is less accurate than torch's (measured relative 7e-5 at L=500, 5e-4 at L=4,000)."""
+    ort = pytest.importorskip("onnxruntime")
+    import io
+
+    model = diffstride.freeze(torch.nn.Sequential(pooling.DiffStride1d(strides=2.0, algorithm="fft"))).eval()
+    x = torch.randn(1, 2, 500)
+    ref = model(x)
+    buffer = io.BytesIO()
+    torch.onnx.export(model, (x,), dynamo=True).save(buffer)  # noqa: the ONNX program writes to a file-like
+    session = ort.InferenceSession(buffer.getvalue())
+    out = torch.from_numpy(session.run(None, {session.get_inputs()[0].name: x.numpy()})[0])
+    assert ((out - ref).abs().max() / ref.abs().max()).item() < 1e-3
+
+
+def test_large_operators_are_built_by_fft_and_match_the_direct_build():
+    """Above DIRECT_OPERATOR_MAX the operator comes from an inverse FFT (no cubic inner product);
+    it equals the direct products' operator."""
+    weights = torch.rand(130, dtype=torch.float64)
+    n_in, n_out = 700, 258
+    assert 130 * n_out * n_in > F.DIRECT_OPERATOR_MAX
+    fast = F.spectral_operator(n_in, n_out, range(130), weights, torch.float64)
+    small = F.spectral_operator(n_in // 7, n_out // 2, range(60), weights[:60], torch.float64)  # direct
+    # direct formula, written out, for both
+    for (real, imag), (nin, nout, k) in ((fast, (n_in, n_out, 130)), (small, (n_in // 7, n_out // 2, 60))):
+        p = torch.arange(nout, dtype=torch.float64)[:, None, None]
+        m = torch.arange(nin, dtype=torch.float64)[None, :, None]
+        kk = torch.arange(k, dtype=torch.float64)[None, None, :]
+        angle = 2 * torch.pi * (kk * p / nout - kk * m / nin)
+        expected_r = (weights[:k] * torch.cos(angle)).sum(-1)
+        expected_i = (weights[:k] * torch.sin(angle)).sum(-1)
+        assert torch.allclose(real, expected_r, atol=1e-9) and torch.allclose(imag, expected_i, atol=1e-9)
