@@ -1,14 +1,19 @@
 """ResNet-18 training-step speed and memory on CIFAR shapes (a benchmark, not a test).
 
-    python benchmarks/train_step.py [--batch 32] [--threads 2] [--repeats 10]
+    python benchmarks/train_step.py [--batch 32] [--threads 2] [--repeats 10] [--no-memory] [--quick]
 
-Prints, for DiffStride, FixedSpectralPooling and strided convolutions: milliseconds per training
-step (forward, backward, SGD update; median after warm-up) and the peak memory of one step
-(benchmarks/memory.py), in float32 (contiguous and channels_last) and under bfloat16 autocast
-(channels_last), with the TensorFlow reference's float32 time measured on this machine; the
-share of the DiffStride step spent in its pooling layers (each pooling layer timed alone,
-forward and backward, on the inputs it sees in the step); and the images/s of the data
-pipeline alone (normalise, pad-crop-flip, pairwise Mixup on device tensors).
+Prints the machine, then a line per measurement as it goes: for DiffStride,
+FixedSpectralPooling and strided convolutions, milliseconds per training step (forward,
+backward, SGD update; the three poolings timed in turns, median after warm-up) and the peak
+memory of one step (benchmarks/memory.py), in float32 (contiguous and channels_last) and under
+bfloat16 / float16 autocast where the CPU runs them natively (AVX-512 BF16 / AMX; elsewhere
+they are emulated and slower than float32, and the rows are skipped with a line saying so).
+Each row's ratio is against the strided-convolution step of the same variant, measured in the
+same run. Then the share of the DiffStride step spent in its pooling layers (each timed alone
+on the inputs it sees in the step) and the images/s of the data pipeline alone. ``--quick``
+(float32 channels_last only, 3 repeats) finishes in well under 3 minutes on 2 cores.
+
+The TensorFlow reference, timed in the same run, is benchmarks/reference_tf.py.
 """
 import argparse
 import os
@@ -20,12 +25,12 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from benchmarks.common import interleaved_medians, machine_header, native_low_precision  # noqa: E402
 from benchmarks.memory import peak_mib  # noqa: E402
-from benchmarks.pooling import _time  # noqa: E402
 from diffstride import pooling, resnet  # noqa: E402
 from diffstride.examples import data  # noqa: E402
 
-REFERENCE_MS = {"DiffStride": 3269, "FixedSpectralPooling": 739, "strided conv": 334}
+POOLINGS = ("DiffStride", "FixedSpectralPooling", "strided conv")
 
 
 def _model(name):
@@ -38,6 +43,7 @@ VARIANTS = {  # label: (memory format, autocast dtype)
     "float32": ("contiguous", None),
     "float32 channels_last": ("channels_last", None),
     "bf16 autocast channels_last": ("channels_last", "bfloat16"),
+    "fp16 autocast channels_last": ("channels_last", "float16"),
 }
 
 
@@ -83,7 +89,7 @@ def pooling_ms(model, x, repeats):
             layer(inp).backward(grad)
             inp.grad = None
 
-        total += _time(run, repeats)
+        total += interleaved_medians([run], repeats)[0]
     return total, len(inputs)
 
 
@@ -108,31 +114,44 @@ def main():
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--no-memory", dest="memory", action="store_false", help="skip the peak-memory runs")
+    parser.add_argument("--quick", action="store_true", help="float32 channels_last only, 3 repeats, no memory")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    rows = []
-    share = None
-    for name in ("DiffStride", "FixedSpectralPooling", "strided conv"):
-        for variant in VARIANTS:
+    log = lambda line: print(line, flush=True)  # noqa: E731
+    log(machine_header(torch.device("cpu"), args.threads))
+    log(f"ResNet-18, CIFAR 32x32, batch {args.batch}, CPU; the three poolings timed in turns")
+    native = native_low_precision(torch.device("cpu"))
+    variants = ["float32 channels_last"] if args.quick else list(VARIANTS)
+    repeats = 3 if args.quick else args.repeats
+    memory = args.memory and not args.quick
+    log("| pooling | precision, layout | ms / step | peak MiB | this / strided conv (same variant) |")
+    log("|---|---|---:|---:|---:|")
+    float32_diffstride = None
+    for variant in variants:
+        amp = VARIANTS[variant][1]
+        if amp is not None and getattr(torch, amp) not in native:
+            log(f"| (skipped) | {variant} | – | – | this CPU has no native {amp} (AVX-512 BF16/FP16 or AMX): "
+                f"emulated, it is slower than float32 |")
+            continue
+        steps, models = [], []
+        for name in POOLINGS:
             torch.manual_seed(0)
             model = _model(name)
             step, x = step_fn(model, args.batch, variant)
-            ms = _time(step, args.repeats)
-            peak = peak_mib("benchmarks.train_step", "make_step", name, args.batch, variant) if args.memory else float("nan")
-            rows.append((name, variant, ms, peak))
-            if name == "DiffStride" and variant == "float32":
-                pool_ms, calls = pooling_ms(model, x, args.repeats)
-                share = (pool_ms, calls, ms)
-    print(f"ResNet-18, CIFAR 32x32, batch {args.batch}, {args.threads} threads, CPU, torch {torch.__version__}")
-    print("| pooling | precision, layout | ms / step | peak MiB | TF reference ms (float32) | reference / this |")
-    print("|---|---|---:|---:|---:|---:|")
-    for name, variant, ms, peak in rows:
-        print(f"| {name} | {variant} | {ms:.0f} | {peak:.0f} | {REFERENCE_MS[name]} | {REFERENCE_MS[name] / ms:.2f}x |")
-    pool_ms, calls, step_ms = share
-    print(f"\nDiffStride pooling layers ({calls} calls, each timed alone, fwd+bwd, float32): {pool_ms:.1f} ms "
-          f"= {100 * pool_ms / step_ms:.1f}% of the {step_ms:.0f} ms float32 step")
-    print(f"data pipeline alone (batch {args.batch}, augment + Mixup 0.2): "
-          f"{pipeline_images_per_second(args.batch, 50):.0f} images/s")
+            steps.append(step)
+            models.append((model, x))
+        times = interleaved_medians(steps, repeats, warmup=1)
+        for name, ms in zip(POOLINGS, times):
+            peak = peak_mib("benchmarks.train_step", "make_step", name, args.batch, variant) if memory else float("nan")
+            log(f"| {name} | {variant} | {ms:.0f} | {peak:.0f} | {ms / times[-1]:.2f}x |")
+        if variant.startswith("float32"):
+            float32_diffstride = (models[0], times[0], variant)
+    model, step_ms, variant = float32_diffstride
+    pool_ms, calls = pooling_ms(*model, repeats)
+    log(f"DiffStride pooling layers ({calls} calls, each timed alone, fwd+bwd, {variant}): {pool_ms:.1f} ms "
+        f"= {100 * pool_ms / step_ms:.1f}% of the {step_ms:.0f} ms step")
+    log(f"data pipeline alone (batch {args.batch}, augment + Mixup 0.2): "
+        f"{pipeline_images_per_second(args.batch, 50):.0f} images/s")
 
 
 if __name__ == "__main__":
