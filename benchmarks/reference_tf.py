@@ -44,6 +44,14 @@ def main():
     args = parser.parse_args()
     os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")  # the reference is written for tf.keras 2
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    # torch (and what diffstride imports of it, dynamo and triton) before tensorflow: the other
+    # order segfaults while triton loads (torch 2.14.1, tensorflow 2.21)
+    import torch
+    import torch.nn.functional as F
+
+    from benchmarks.common import interleaved_medians, machine_header
+    from diffstride import pooling, resnet
+
     try:
         import tensorflow as tf
         import tf_keras  # noqa: F401
@@ -55,12 +63,6 @@ def main():
     missing = [p for p in files.values() if not os.path.exists(p)]
     if missing:
         _skip(f"{', '.join(missing)} not found: --reference must be the root of a google-research/diffstride checkout")
-
-    import torch
-    import torch.nn.functional as F
-
-    from benchmarks.common import interleaved_medians, machine_header
-    from diffstride import pooling, resnet
 
     torch.set_num_threads(args.threads)
     tf.config.threading.set_intra_op_parallelism_threads(args.threads)
