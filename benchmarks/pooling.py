@@ -41,7 +41,7 @@ CANDIDATES = [
 
 
 class FFTDiffStride(torch.nn.Module):
-    """The direct torch.fft form of DESIGN.md §2 with a learnable stride parameter."""
+    """The direct torch.fft form of the reference (tests/oracle.py) with a learnable stride parameter."""
 
     def __init__(self, strides):
         super().__init__()

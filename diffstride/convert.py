@@ -102,8 +102,11 @@ def convert(
         ``(model, changes)``: the converted model and one :class:`Change` per replaced layer.
 
     Example:
+        >>> import torchvision
         >>> model, changes = convert(torchvision.models.resnet18(weights=None))
-        >>> print(*changes, sep="\\n")
+        >>> print(*changes[:2], sep="\\n")
+        conv1: conv stride (2, 2) -> stride 1 + conv1.1
+        maxpool: maxpool stride (2, 2) -> stride 1 + maxpool.1
     """
     layers = tuple(layers)
     unknown = [k for k in layers if k not in _KINDS]

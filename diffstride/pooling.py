@@ -529,7 +529,11 @@ def param_groups(
     choose otherwise (strides are never decayed). Parameters shared between modules appear once.
 
     Example:
-        >>> opt = torch.optim.SGD(param_groups(model, 5e-4), lr=0.1, momentum=0.9)
+        >>> model = nn.Sequential(nn.Conv2d(3, 8, 3), DiffStride(strides=2.0), nn.BatchNorm2d(8))
+        >>> decayed, not_decayed = param_groups(model, 5e-4)
+        >>> [tuple(p.shape) for p in decayed["params"]]
+        [(8, 3, 3, 3)]
+        >>> opt = torch.optim.SGD([decayed, not_decayed], lr=0.1, momentum=0.9)
     """
     decayed, not_decayed, seen = [], [], set()
     for module in model.modules():

@@ -1,4 +1,4 @@
-"""The slow, obvious oracle: the reference's layers written directly with torch.fft (DESIGN.md §2).
+"""The slow, obvious oracle: the reference's layers written directly with torch.fft (google-research/diffstride's pooling.py).
 
 Independent of ``diffstride.functional`` on purpose: FFT, mask, crop by ``nonzero``, inverse FFT,
 exactly in the order the reference computes them. Used in float64 by the tests and in float32
@@ -93,7 +93,7 @@ def fixed_spectral_fft(x, strides):
 
 def diffstride_fft_3d(x, strides, smoothness_factor=4.0, cropping=True):
     """DiffStride 3-D on (N, C, D, H, W), ``strides`` a tensor (3,) or shared (1,): depth and
-    height masked as the 2-D height (centred positions), width as the 2-D width (DESIGN.md §3)."""
+    height masked as the 2-D height (centred positions), width as the 2-D width (the README's 3-D rule)."""
     dtype, device = strides.dtype, strides.device
     sizes = x.shape[-3:]
     mins = [_min_stride(n, smoothness_factor, dtype, device) for n in sizes]

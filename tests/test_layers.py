@@ -257,9 +257,9 @@ def test_param_groups_exclude_strides_norms_and_biases():
     ids = lambda ps: {id(p) for p in ps}  # noqa: E731
     assert ids(decay["params"]) == {id(net[0].weight), id(net[4].weight)}
     assert ids(no_decay["params"]) == {id(net[0].bias), id(net[1].weight), id(net[1].bias), id(net[2].strides), id(net[4].bias)}
-    # a custom rule, e.g. the reference's (linear bias decayed too); strides never decayed
-    decay, _ = pooling.param_groups(net, 1e-3, decay=lambda m, n, p: isinstance(m, (nn.Conv2d, nn.Linear)) or True)
-    assert id(net[2].strides) not in ids(decay["params"])
+    # a custom rule that decays everything: the biases follow it, the strides never do
+    decay, _ = pooling.param_groups(net, 1e-3, decay=lambda m, n, p: True)
+    assert id(net[2].strides) not in ids(decay["params"]) and id(net[4].bias) in ids(decay["params"])
     torch.optim.SGD(pooling.param_groups(net, 5e-4), lr=0.1)  # accepted by an optimizer
 
 

@@ -1,4 +1,4 @@
-"""The Pre-Act ResNets against the reference's semantics (DESIGN.md §2)."""
+"""The Pre-Act ResNets against the reference's semantics (google-research/diffstride's resnet.py)."""
 import math
 
 import pytest

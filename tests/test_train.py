@@ -2,6 +2,7 @@
 
 Everything runs the real entry point on a tiny ResNet and a slice of the offline MNIST digits."""
 import json
+import math
 import os
 import subprocess
 import sys
@@ -52,7 +53,12 @@ def test_main_job_writes_logs_checkpoints_configs_and_metrics(tmp_path, capsys):
     files = set(os.listdir(workdir))
     assert {"ckpt-0001.pt", "ckpt-0002.pt", "metrics.json", "history.json", "config.gin", "operative_config.gin"} <= files
     metrics = _metrics(workdir)
-    assert metrics["epoch"] == 2 and metrics["step"] == 16 and 0 <= metrics["test_accuracy"] <= 1
+    assert metrics["epoch"] == 2 and metrics["step"] == 16
+    # a count of correct answers among the 128 test digits, the one printed and the last epoch's
+    correct = metrics["test_accuracy"] * 128
+    assert abs(correct - round(correct)) < 1e-9 and f"final test accuracy {metrics['test_accuracy']:.4f}" in out
+    with open(os.path.join(workdir, "history.json")) as f:
+        assert json.load(f)[-1]["test_accuracy"] == metrics["test_accuracy"]
     assert metrics["flops"] > 0 and 0 < metrics["complexity"] < 2
     assert set(metrics["pooling"]) == {"stem_pooling", "blocks.0.0.pooling"}
     # the logged output size is the one the logged strides give on the stem's output
@@ -213,7 +219,7 @@ def _reference_surface_model(bindings):
 
 
 def test_the_reference_gin_names_bind():
-    """DESIGN.md §4: the bindings users bring from the reference."""
+    """The bindings users bring from the reference's README and configs."""
     model, name, mixup = _reference_surface_model([
         "data.load_datasets.name = 'cifar100'", "data.load_datasets.mixup_alpha = 0.0",
         "resnet.resnet18.strides = [1, 1, 3, 2, 3]", "pooling.DiffStride.smoothness_factor = 2.0",
@@ -271,5 +277,6 @@ def test_bf16_mixed_precision_training_on_cpu(tmp_path, capsys):
     assert main_lib.main(_args(workdir, epochs=1, extra=["train.train.mixed_precision = True"])) == 0
     metrics = _metrics(workdir)
     assert metrics["run"]["precision"] == "bfloat16 autocast"
-    assert 0 <= metrics["test_accuracy"] <= 1 and all(
-        v == v for info in metrics["pooling"].values() for v in info["strides"])  # finite, not NaN
+    correct = metrics["test_accuracy"] * 128  # a count of correct answers among the 128 test digits
+    assert abs(correct - round(correct)) < 1e-9 and math.isfinite(metrics["train_loss"])
+    assert all(math.isfinite(v) for info in metrics["pooling"].values() for v in info["strides"])

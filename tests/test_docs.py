@@ -1,0 +1,23 @@
+"""Every docstring example of the package runs and prints what it shows (doctest)."""
+import doctest
+import importlib
+
+import pytest
+import torch
+
+MODULES = ["diffstride.pooling", "diffstride.functional", "diffstride.resnet", "diffstride.complexity",
+           "diffstride.convert", "diffstride.examples.data", "diffstride.examples.report"]
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_docstring_examples(name):
+    module = importlib.import_module(name)
+    torch.manual_seed(0)
+    result = doctest.testmod(module, extraglobs={"torch": torch}, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+    assert result.failed == 0, f"{result.failed} of {result.attempted} docstring examples of {name} failed"
+
+
+def test_the_package_has_docstring_examples_to_run():
+    attempted = sum(doctest.testmod(importlib.import_module(n), extraglobs={"torch": torch}, report=False).attempted
+                    for n in ("diffstride.pooling", "diffstride.resnet"))
+    assert attempted >= 10
