@@ -9,8 +9,10 @@ bindings plus the cell's pooling class, initial strides, seed and complexity wei
 work directory under ``--root`` (its output in ``log.txt`` there). ``--jobs`` cells run at once,
 the CPU threads split between them. Running the same command again skips finished cells (those
 with a ``metrics.json``) and resumes unfinished ones from their newest checkpoint. At the end
-the report (:mod:`diffstride.examples.report`) is written to ``ROOT/report``: the robustness
-table with intervals, the learned strides and feature sizes, and accuracy against MACs.
+the report (:mod:`diffstride.examples.report`) of every finished run under the root (so a grid
+extended by another invocation, e.g. with ``--complexity_weights 1.0``, is reported whole) is
+written to ``ROOT/report``: the robustness table with intervals, the learned strides and feature
+sizes, and accuracy against MACs.
 """
 from __future__ import annotations
 
@@ -187,7 +189,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 130
     from diffstride.examples import report
 
-    finished = [os.path.join(args.root, c.name) for c in cells if _is_done(os.path.join(args.root, c.name))]
+    # every finished run under the root: a grid extended by later invocations is reported whole
+    finished = sorted(os.path.join(args.root, d) for d in os.listdir(args.root) if _is_done(os.path.join(args.root, d)))
     if finished:
         reference = ", ".join(v.strip() for v in args.strides[0].split(","))
         paths = report.write_report(finished, os.path.join(args.root, "report"), reference_strides=reference)
