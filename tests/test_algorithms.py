@@ -133,3 +133,15 @@ def test_large_operators_are_built_by_fft_and_match_the_direct_build():
         expected_r = (weights[:k] * torch.cos(angle)).sum(-1)
         expected_i = (weights[:k] * torch.sin(angle)).sum(-1)
         assert torch.allclose(real, expected_r, atol=1e-9) and torch.allclose(imag, expected_i, atol=1e-9)
+
+
+def test_3d_layer_compiles_and_trains_in_a_network():
+    torch._dynamo.reset()
+    net = torch.nn.Sequential(torch.nn.Conv3d(2, 4, 3, padding=1), pooling.DiffStride3d(strides=(1.5, 2.0, 2.0)),
+                              torch.nn.BatchNorm3d(4))
+    x = torch.randn(2, 2, 10, 16, 16)
+    eager = net(x)
+    compiled = torch.compile(net, backend="aot_eager")(x)
+    assert torch.allclose(compiled, eager, atol=1e-5)
+    compiled.square().mean().backward()
+    assert net[1].strides.grad is not None and torch.isfinite(net[1].strides.grad).all()

@@ -25,7 +25,7 @@ def test_mnist_offline_split_is_deterministic_and_stratified(mnist):
 
 
 def test_unknown_dataset_name():
-    with pytest.raises(ValueError, match=r"unknown dataset name 'imagenet'; expected one of \['cifar10', 'cifar100', 'mnist'\]"):
+    with pytest.raises(ValueError, match=r"unknown dataset name 'imagenet'; expected one of \['acsf1', 'cifar10', 'cifar100', 'gunpoint', 'mnist', 'osuleaf', 'translated_mnist'\]"):
         data.load_datasets("imagenet")
 
 

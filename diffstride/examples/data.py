@@ -11,6 +11,8 @@ import dataclasses
 import os
 from typing import Callable, Iterator, Optional, Tuple
 
+from diffstride.examples.workdir import check_int
+
 import gin
 import numpy as np
 import torch
@@ -176,7 +178,7 @@ DATASETS = {
     "cifar10": (lambda d, dl: _load_cifar("cifar10", d, dl), CIFAR_MEAN, CIFAR_STD),
     "cifar100": (lambda d, dl: _load_cifar("cifar100", d, dl), CIFAR_MEAN, CIFAR_STD),
     "mnist": (_load_mnist, MNIST_MEAN, MNIST_STD),
-    "translatedmnist": (lambda d, dl: _load_translated_mnist(d, dl), MNIST_MEAN, MNIST_STD),
+    "translated_mnist": (lambda d, dl: _load_translated_mnist(d, dl), MNIST_MEAN, MNIST_STD),
     # UCR series are z-normalised per series in the archive: no further normalisation
     **{key: (lambda d, dl, key=key: _load_ucr(key, d, dl), (0.0,), (1.0,)) for key in UCR_DATASETS},
 }
@@ -340,11 +342,15 @@ def load_datasets(
         device: where the splits live (the training device).
         rank, world_size: this process's shard (set by the training loop under torchrun).
     """
-    key = str(name).lower().replace("-", "").replace("_", "")
-    if key not in DATASETS:
+    plain = lambda text: str(text).lower().replace("-", "").replace("_", "")  # noqa: E731 ('CIFAR-10' is 'cifar10')
+    key = next((k for k in DATASETS if plain(k) == plain(name)), None)
+    if key is None:
         raise ValueError(f"unknown dataset name {name!r}; expected one of {sorted(DATASETS)}")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, but got {batch_size}")
+    check_int(batch_size, "data.load_datasets.batch_size", minimum=1)
+    check_int(train_examples, "data.load_datasets.train_examples", minimum=1, allow_none=True)
+    check_int(test_examples, "data.load_datasets.test_examples", minimum=1, allow_none=True)
+    if isinstance(mixup_alpha, bool) or not isinstance(mixup_alpha, (int, float)):
+        raise TypeError(f"data.load_datasets.mixup_alpha must be a number, but got {mixup_alpha!r} ({type(mixup_alpha).__name__})")
     if mixup_alpha < 0:
         raise ValueError(f"mixup_alpha must be >= 0, but got {mixup_alpha}")
     loader, mean, std = DATASETS[key]
@@ -353,6 +359,9 @@ def load_datasets(
         train = Split(train.images[:train_examples], train.labels[:train_examples])
     if test_examples is not None:
         test = Split(test.images[:test_examples], test.labels[:test_examples])
+    for label, split in (("training", train), ("test", test)):
+        if len(split) == 0:
+            raise ValueError(f"the {label} split of {name!r} is empty; check data.load_datasets.*_examples")
     device = torch.device(device or "cpu")
     train, test = train.to(device), test.to(device)
     normalize = _Normalize(mean, std, device, train.images.dtype, train.images.dim() - 2)

@@ -68,7 +68,20 @@ def configure(args: argparse.Namespace) -> None:
         raise UsageError(f"bad gin configuration: {err}") from None
 
 
+def _without_gin_context(err: BaseException) -> str:
+    """The message without the lines Gin appends ("In call to configurable 'train' ...")."""
+    return str(err).split("\n  In call to configurable")[0]
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:  # Ctrl-C at any moment: no traceback
+        print("interrupted; the newest checkpoint in the work directory (if any) resumes the run", file=sys.stderr)
+        return 130
+
+
+def _main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
     try:
         configure(args)
@@ -77,21 +90,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
     from diffstride.examples import train as train_lib
     from diffstride.examples.data import DatasetUnavailable
+    from diffstride.examples.workdir import WorkdirError
 
     overrides = {"seed": args.seed}
     if args.workdir is not None:
         overrides["workdir"] = args.workdir
     try:
         metrics = train_lib.train(**overrides)
-    except (ValueError, TypeError, DatasetUnavailable) as err:
-        print(f"error: {err}", file=sys.stderr)
+    except (ValueError, TypeError, DatasetUnavailable, WorkdirError) as err:
+        print(f"error: {_without_gin_context(err)}", file=sys.stderr)
         return 2
     except train_lib.TrainingError as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {_without_gin_context(err)}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print("interrupted; the newest checkpoint in the work directory resumes the run", file=sys.stderr)
-        return 130
     workdir = metrics.get("workdir")
     if int(os.environ.get("RANK", "0")) == 0:
         if "test_accuracy" in metrics:

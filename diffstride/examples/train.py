@@ -4,6 +4,7 @@ Gin-configurable as ``train.train`` (``train.workdir``, ``train.train.num_epochs
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import signal
@@ -19,6 +20,7 @@ from torch import nn
 from diffstride import pooling
 from diffstride.examples import checkpoint as ckpt
 from diffstride.examples import optim
+from diffstride.examples.workdir import RunLock, check_int, prepare, remove_orphans
 from diffstride.resnet import l2_param_groups
 
 __all__ = ["train", "TrainingError", "pooling_report"]
@@ -174,14 +176,22 @@ def train(
         progress: a progress bar (None: when the output is a terminal).
         log: where the per-epoch lines go.
     """
-    if num_epochs < 0:
-        raise ValueError(f"num_epochs must be >= 0, but got {num_epochs}")
+    check_int(num_epochs, "train.train.num_epochs", minimum=0)
+    check_int(keep_checkpoints, "train.train.keep_checkpoints (checkpoints kept; 1 or more, or nothing could resume)",
+              minimum=1)
     ctx = _Context(device)
+    stack = contextlib.ExitStack()
     try:
         if seed is not None:
             torch.manual_seed(seed)
         is_main = ctx.is_main
         say = log if is_main else (lambda *_: None)
+        if workdir is not None and is_main:
+            # before any data or model work: a bad directory or a second run stops at once
+            prepare(workdir)
+            stack.enter_context(RunLock(workdir))
+            for path in remove_orphans(workdir):
+                say(f"removed {path}, left by an interrupted run")
 
         datasets = load_data_fn(device=ctx.device, rank=ctx.rank, world_size=ctx.world_size)
         model = model_cls(num_output_classes=datasets.num_classes, in_channels=datasets.image_shape[0]).to(ctx.device)
@@ -216,7 +226,6 @@ def train(
         start_epoch, step, history = 0, 0, []
         writer = None
         if workdir is not None:
-            os.makedirs(workdir, exist_ok=True)
             found = ckpt.load_latest_checkpoint(workdir, map_location=ctx.device, log=say)
             if found is not None:
                 state, path = found
@@ -231,6 +240,10 @@ def train(
                 if "scaler" in state and scaler.is_enabled():
                     scaler.load_state_dict(state["scaler"])
                 start_epoch, step, history = int(state["epoch"]), int(state["step"]), list(state.get("history", []))
+                if start_epoch > num_epochs:
+                    raise ValueError(
+                        f"the run in {workdir} has done {start_epoch} epochs, more than train.train.num_epochs = "
+                        f"{num_epochs}; raise num_epochs to extend it, or choose another --workdir")
                 say(f"resumed from {path} (epoch {start_epoch}, step {step})")
             if is_main:
                 from torch.utils.tensorboard import SummaryWriter
@@ -336,6 +349,7 @@ def train(
             ckpt.write_json(os.path.join(workdir, "metrics.json"), final)
         return final
     finally:
+        stack.close()
         ctx.close()
 
 
