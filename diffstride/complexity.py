@@ -13,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 from typing import Dict, List, Optional, Sequence, Tuple
 
-import gin
 import torch
 from torch import nn
 
@@ -114,7 +113,6 @@ def count_flops(model: nn.Module, input_size: Sequence[int]) -> int:
     return int(round(sum(macs * pixels for macs, pixels, _, _ in trace.convs)))
 
 
-@gin.configurable
 def complexity_loss(
     model: nn.Module,
     input_size: Optional[Sequence[int]] = None,

@@ -16,23 +16,24 @@ The layout is the reference's current one, checked against its own outputs
 ``dims=1`` builds the same network on (N, C, L) inputs (``Conv1d``, ``BatchNorm1d`` and the 1-D
 pooling layers), for time series and audio.
 
-The classes and functions are Gin-configurable under the reference's names
-(``resnet.Resnet.pooling_cls``, ``resnet.resnet18.strides``, ...).
+This module imports only torch and numpy; the training example registers the reference's Gin
+names for it (``resnet.Resnet.pooling_cls``, ``resnet.resnet18.strides``, ``batch_norm.momentum``,
+...) in :mod:`diffstride.examples.external_configurables`.
 """
 from __future__ import annotations
 
 import math
 from typing import Callable, Iterable, List, Optional, Sequence, Tuple, Union
 
-import gin
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 __all__ = [
-    "ResidualLayer", "ResnetBlock", "Resnet", "resnet18", "resnet56", "parse_strides", "l2_param_groups",
-    "load_reference_weights",
+    "ResidualLayer", "ResnetBlock", "Resnet", "resnet18", "resnet56", "RESNET18", "RESNET18_STRIDES", "RESNET56",
+    "RESNET56_STRIDES", "batch_norm",
+    "parse_strides", "l2_param_groups", "load_reference_weights",
 ]
 
 Number = Union[int, float]
@@ -132,7 +133,6 @@ def conv(in_channels: int, filters: int, kernel_size: int, stride: Sequence[int]
     return layer
 
 
-@gin.configurable
 def batch_norm(num_features: int, momentum: float = 0.9, epsilon: float = 1e-5, dims: int = 2) -> nn.Module:
     """BatchNorm with Keras' arguments: Keras ``momentum`` m is PyTorch's ``1 - m``."""
     cls = nn.BatchNorm2d if _check_dims(dims) == 2 else nn.BatchNorm1d
@@ -148,7 +148,6 @@ def _make_pooling(pooling_cls: Callable[..., nn.Module], strides: Tuple[Number, 
     return pooling_cls(strides=strides)
 
 
-@gin.configurable
 class ResidualLayer(nn.Module):
     """A pre-activation residual layer: identity (``project=False``) or projecting.
 
@@ -172,6 +171,7 @@ class ResidualLayer(nn.Module):
         channels_first: bool = True,
         weight_decay: float = 5e-3,
         dims: int = 2,
+        norm_layer: Callable[..., nn.Module] = batch_norm,
     ) -> None:
         super().__init__()
         dims = _check_dims(dims)
@@ -186,9 +186,9 @@ class ResidualLayer(nn.Module):
         else:
             conv_strides = _conv_stride(strides, dims)
             self.pooling = None
-        self.bn1 = batch_norm(in_filters, dims=dims)
+        self.bn1 = norm_layer(in_filters, dims=dims)
         self.strided_conv = conv(in_filters, filters, kernel_size, conv_strides, dims)
-        self.bn2 = batch_norm(filters, dims=dims)
+        self.bn2 = norm_layer(filters, dims=dims)
         self.unstrided_conv = conv(filters, filters, kernel_size, 1, dims)
         self.shortcut_conv = conv(in_filters, filters, 1, conv_strides, dims) if project else None
 
@@ -202,15 +202,14 @@ class ResidualLayer(nn.Module):
         return y + shortcut
 
 
-@gin.configurable
 class ResnetBlock(nn.Sequential):
     """Residual layers sharing a number of filters; only the first may project (and downsample)."""
 
     def __init__(
         self,
         in_filters: int,
-        filters: int = gin.REQUIRED,
-        strides: Stride = gin.REQUIRED,
+        filters: int,
+        strides: Stride,
         num_layers: int = 2,
         project_first: bool = True,
         **kwargs,
@@ -222,7 +221,6 @@ class ResnetBlock(nn.Sequential):
         super().__init__(*layers)
 
 
-@gin.configurable
 class Resnet(nn.Module):
     """A generic pre-activation ResNet: stem, one block per (filters, stride), head.
 
@@ -241,6 +239,8 @@ class Resnet(nn.Module):
             bias, applied by the optimizer groups of :func:`l2_param_groups` (gradient ``2·wd·w``).
         in_channels: input channels (3 for CIFAR, 1 for MNIST).
         dims: 2 for images (N, C, H, W), 1 for sequences (N, C, L).
+        norm_layer: builds each normalisation as ``norm_layer(num_features, dims=dims)``; default
+            :func:`batch_norm` (the recipe's momentum and epsilon).
         **kwargs: passed to every :class:`ResidualLayer` (``num_layers``, ``kernel_size``).
 
     Shape:
@@ -258,7 +258,7 @@ class Resnet(nn.Module):
         self,
         filters: Sequence[int],
         strides: Union[str, Sequence[Stride]],
-        num_output_classes: int = gin.REQUIRED,
+        num_output_classes: int,
         output_activation: Optional[str] = None,
         id_only: Sequence[int] = (),
         channels_first: bool = True,
@@ -266,6 +266,7 @@ class Resnet(nn.Module):
         weight_decay: float = 5e-3,
         in_channels: int = 3,
         dims: int = 2,
+        norm_layer: Callable[..., nn.Module] = batch_norm,
         **kwargs,
     ) -> None:
         super().__init__()
@@ -290,9 +291,10 @@ class Resnet(nn.Module):
         blocks = []
         for i, (in_f, f, s) in enumerate(zip(filters[:-1], filters[1:], strides[1:])):
             blocks.append(ResnetBlock(in_f, filters=f, strides=s, project_first=i not in id_only,
-                                      pooling_cls=pooling_cls, weight_decay=weight_decay, dims=dims, **kwargs))
+                                      pooling_cls=pooling_cls, weight_decay=weight_decay, dims=dims,
+                                      norm_layer=norm_layer, **kwargs))
         self.blocks = nn.Sequential(*blocks)
-        self.head_bn = batch_norm(filters[-1], dims=dims)
+        self.head_bn = norm_layer(filters[-1], dims=dims)
         self.fc = nn.Linear(filters[-1], num_output_classes)
         _he_normal_(self.fc.weight)
         nn.init.zeros_(self.fc.bias)
@@ -310,18 +312,21 @@ class Resnet(nn.Module):
         return logits.softmax(dim=-1) if self.output_activation == "softmax" else logits
 
 
-@gin.configurable
+# The reference's two networks, as data: Resnet(strides=..., **RESNET18, **kwargs).
+RESNET18 = dict(filters=[64, 64, 128, 256, 512], id_only=[0], num_layers=2, kernel_size=3)
+RESNET18_STRIDES = [1, 1, 2, 2, 2]
+RESNET56 = dict(filters=[16, 16, 32, 64], num_layers=9, kernel_size=3)
+RESNET56_STRIDES = [1, 1, 2, 2]
+
+
 def resnet18(strides: Optional[Union[str, Sequence[Stride]]] = None, **kwargs) -> Resnet:
     """ResNet-18 of the reference: filters [64, 64, 128, 256, 512], strides [1, 1, 2, 2, 2], 2 layers a block."""
-    strides = [1, 1, 2, 2, 2] if strides is None else strides
-    return Resnet([64, 64, 128, 256, 512], strides, id_only=[0], num_layers=2, kernel_size=3, **kwargs)
+    return Resnet(strides=RESNET18_STRIDES if strides is None else strides, **RESNET18, **kwargs)
 
 
-@gin.configurable
 def resnet56(strides: Optional[Union[str, Sequence[Stride]]] = None, **kwargs) -> Resnet:
     """ResNet-56 of the reference: filters [16, 16, 32, 64], strides [1, 1, 2, 2], 9 layers a block."""
-    strides = [1, 1, 2, 2] if strides is None else strides
-    return Resnet([16, 16, 32, 64], strides, num_layers=9, kernel_size=3, **kwargs)
+    return Resnet(strides=RESNET56_STRIDES if strides is None else strides, **RESNET56, **kwargs)
 
 
 def l2_param_groups(model: nn.Module, weight_decay: Optional[float] = None) -> List[dict]:

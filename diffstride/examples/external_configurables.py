@@ -1,8 +1,14 @@
-"""Registers the Gin names that the reference's configs use.
+"""Registers the Gin names that the reference's configs use (the library itself has no Gin).
 
 Importing this module (the reference's configs start with
 ``import diffstride.examples.external_configurables``) makes available:
 
+- ``@resnet.Resnet``, ``@resnet.resnet18``, ``@resnet.resnet56`` and ``batch_norm``: the
+  bindings ``resnet.Resnet.*`` apply to every network, also when built through ``resnet18`` /
+  ``resnet56``, and ``batch_norm.momentum`` / ``.epsilon`` to every BatchNorm of it (the
+  reference's ``ResidualLayer`` / ``ResnetBlock`` names are not registered: nothing in its
+  configs binds them);
+- ``complexity_loss`` (``complexity_loss.weighting = 'flops'``);
 - ``@pooling.DiffStride``, ``@pooling.FixedSpectralPooling``, ``@pooling.SpatialPooling`` (and
   the 1-D layers), so that ``pooling.DiffStride.smoothness_factor = ...`` binds their arguments;
 - ``@tf.keras.optimizers.SGD``, ``@tf.keras.optimizers.schedules.PiecewiseConstantDecay``,
@@ -11,18 +17,41 @@ Importing this module (the reference's configs start with
 """
 import gin
 
-from diffstride import pooling
+from diffstride import complexity, pooling, resnet
 from diffstride.examples import optim
 
 _REGISTERED = False
 CATEGORICAL_CROSSENTROPY = optim.CategoricalCrossentropy  # replaced by its Gin-configurable version
+COMPLEXITY_LOSS = complexity.complexity_loss  # likewise
+
+BATCH_NORM = gin.external_configurable(resnet.batch_norm, name="batch_norm", module="diffstride.resnet")
+
+
+@gin.configurable("Resnet", module="diffstride.resnet")
+def _resnet(filters, strides, num_output_classes=gin.REQUIRED, **kwargs):
+    """``resnet.Resnet`` with the Gin-configured ``batch_norm`` (see :class:`diffstride.resnet.Resnet`)."""
+    kwargs.setdefault("norm_layer", BATCH_NORM)
+    return resnet.Resnet(filters, strides, num_output_classes, **kwargs)
+
+
+@gin.configurable("resnet18", module="diffstride.resnet")
+def _resnet18(strides=None, **kwargs):
+    """``resnet.resnet18``: the reference's ResNet-18 through the Gin-configured ``resnet.Resnet``."""
+    return _resnet(strides=resnet.RESNET18_STRIDES if strides is None else strides, **resnet.RESNET18, **kwargs)
+
+
+@gin.configurable("resnet56", module="diffstride.resnet")
+def _resnet56(strides=None, **kwargs):
+    """``resnet.resnet56``: the reference's ResNet-56 through the Gin-configured ``resnet.Resnet``."""
+    return _resnet(strides=resnet.RESNET56_STRIDES if strides is None else strides, **resnet.RESNET56, **kwargs)
 
 
 def register() -> None:
     """Registers every name once (safe to call again)."""
-    global _REGISTERED, CATEGORICAL_CROSSENTROPY
+    global _REGISTERED, CATEGORICAL_CROSSENTROPY, COMPLEXITY_LOSS
     if _REGISTERED:
         return
+    COMPLEXITY_LOSS = gin.external_configurable(complexity.complexity_loss, module="diffstride.complexity")
     for cls in (pooling.DiffStride, pooling.DiffStride1d, pooling.FixedSpectralPooling, pooling.FixedSpectralPooling1d,
                 pooling.SpatialPooling, pooling.SpatialPooling1d):
         gin.external_configurable(cls, module="diffstride.pooling")

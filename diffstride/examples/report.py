@@ -161,7 +161,8 @@ def strides_table(runs: Sequence[Dict]) -> str:
     keys = sorted({(r["dataset"], r["pooling"], r["strides"]) for r in runs})
     for dataset, pool, strides in keys:
         group = [r for r in runs if (r["dataset"], r["pooling"], r["strides"]) == (dataset, pool, strides)]
-        layers = list(group[0]["metrics"].get("pooling", {}))
+        # forward order: the stem first (metrics.json stores the layers sorted by name)
+        layers = sorted(group[0]["metrics"].get("pooling", {}), key=lambda n: (not n.startswith("stem"), n))
         learned, sizes = [], []
         for name in layers:
             values = [r["metrics"]["pooling"][name]["strides"] for r in group if name in r["metrics"]["pooling"]]

@@ -207,9 +207,10 @@ def train(
             from diffstride.examples.external_configurables import CATEGORICAL_CROSSENTROPY as loss_cls
         loss_fn = loss_cls()
         amp_dtype = torch.float16 if (use_cuda and not torch.cuda.is_bf16_supported()) else torch.bfloat16
-        from diffstride.complexity import complexity_loss, count_flops, forward_trace
+        from diffstride.complexity import count_flops, forward_trace
+        from diffstride.examples.external_configurables import COMPLEXITY_LOSS
 
-        complexity_fn = complexity_fn or complexity_loss
+        complexity_fn = complexity_fn or COMPLEXITY_LOSS  # complexity_loss.weighting binds
         structure = forward_trace(model, datasets.image_shape)  # pooling order and conv costs, once
         run_info = {
             "dataset": datasets.name, "seed": seed,
