@@ -148,11 +148,15 @@ def _threshold(size: int, stride: float, width_rule: bool, rnd=_f32) -> float:
     return rnd(threshold + 1.0) if width_rule else threshold
 
 
-def _kept(positions: Sequence[int], threshold: float, smoothness_factor: float, rnd=_f32) -> list:
+def _kept(positions: Sequence[int], threshold: float, smoothness_factor: float, rnd=_f32) -> Sequence[int]:
     """Indices whose mask ``(1/R) * (R + t - pos)`` is > 0 in the mask's arithmetic."""
     edge = rnd(rnd(smoothness_factor) + threshold)
     # (1/R) * (edge - pos) > 0 exactly when edge > pos: both factors are positive and the
     # product of two positive float32 values of this size cannot underflow.
+    if isinstance(positions, range) and positions.start == 0 and positions.step == 1:
+        # the rfft axis: positions 0 .. n-1 are their indices; the integers below ``edge`` (exact:
+        # ``edge`` is a float32 value and the positions integers below 2^24), without a Python loop
+        return range(min(len(positions), max(0, math.ceil(edge))))
     return [i for i, pos in enumerate(positions) if edge - pos > 0]
 
 
@@ -310,7 +314,10 @@ def _axis_weights(
     threshold = cropped / 2.0
     if width_rule:
         threshold = threshold + 1.0
-    pos = torch.tensor(positions, dtype=stride.dtype, device=stride.device)
+    if isinstance(positions, range):
+        pos = torch.arange(positions.start, positions.stop, positions.step, dtype=stride.dtype, device=stride.device)
+    else:
+        pos = torch.tensor(positions, dtype=stride.dtype, device=stride.device)
     return spectral_mask(pos, threshold, smoothness_factor)
 
 
@@ -570,9 +577,10 @@ ALGORITHMS = ("auto", "matmul", "fft")
 # the input). Set from one run of `python benchmarks/algorithm.py` (2 threads of an AMD EPYC
 # with AVX-512, float32, forward+backward, 2026-11-22; the table is in the README): the 1-D
 # matrix form (one GEMM) won up to cost ratio 11.6 and lost from 35; the 2-D one (a layout copy
-# and two GEMMs) was within ±25% of the FFT form up to 11.5 and lost from 18.8 (1.7x at
-# 224x224, 4.6x at 512x512). CUDA could not be measured here: the CPU values are used there too.
-FFT_COST_WEIGHT = {1: 16.0, 2: 15.0}
+# and two GEMMs) was within ±25% of the FFT form up to 11.5 (112x112, where runs disagreed on
+# the winner) and lost from 18.8 (1.7x at 224x224, 4.6x at 512x512); 10 sends 112x112 to the
+# FFT form. CUDA could not be measured here: the CPU values are used there too.
+FFT_COST_WEIGHT = {1: 16.0, 2: 10.0}
 
 
 def _check_algorithm(algorithm: str) -> str:
