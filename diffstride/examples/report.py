@@ -156,7 +156,7 @@ def robustness_analysis(runs: Sequence[Dict], reference_strides: Optional[str] =
 def strides_table(runs: Sequence[Dict]) -> str:
     """Markdown: per (dataset, pooling, initial strides), each pooling layer's learned strides
     (mean over runs) and final output size, and the MACs per example."""
-    lines = ["| dataset | pooling | initial strides | runs | learned strides (mean over runs) | output sizes | M MACs |",
+    lines = ["| dataset | pooling | initial strides | runs | learned strides (mean over runs) | output sizes (first run) | M MACs (mean) |",
              "|---|---|---|---:|---|---|---:|"]
     keys = sorted({(r["dataset"], r["pooling"], r["strides"]) for r in runs})
     for dataset, pool, strides in keys:
