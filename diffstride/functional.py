@@ -705,6 +705,13 @@ def spectral_resample3d(x: torch.Tensor, plan: SpectralPlan, depth_weights: torc
 # The layers' maths.
 
 
+def _mask_strides(strides: torch.Tensor, size: Sequence[int], smoothness_factor: float,
+                  lower: Optional[float], upper: Optional[float]) -> torch.Tensor:
+    """The strides the masks see: the reference's in-place clamp (value only), then the limits' clip."""
+    s = _clamped(strides.to(_working_dtype(strides)), size, smoothness_factor)
+    return _axis_stride(s, lower, upper)
+
+
 def stride_values(strides: torch.Tensor) -> Tuple[float, ...]:
     """The stride values as Python floats, exactly as the mask sees them (float32, or float64).
 
@@ -739,8 +746,7 @@ def diff_stride2d(
             (height, width), stride_values(strides), smoothness_factor, cropping,
             lower_limit_stride, upper_limit_stride, float64=strides.dtype == torch.float64,
         )
-    s = _clamped(strides.to(_working_dtype(strides)), (height, width), smoothness_factor)
-    s = _axis_stride(s, lower_limit_stride, upper_limit_stride)
+    s = _mask_strides(strides, (height, width), smoothness_factor, lower_limit_stride, upper_limit_stride)
     s_h, s_w = (s[0], s[0]) if s.numel() == 1 else (s[0], s[1])
     positions = height_positions(height)
     row_weights = _axis_weights(height, s_h, [positions[r] for r in plan.rows], smoothness_factor, False)
@@ -770,8 +776,7 @@ def diff_stride1d(
             length, stride_values(strides)[0], smoothness_factor, cropping,
             lower_limit_stride, upper_limit_stride, float64=strides.dtype == torch.float64,
         )
-    s = _clamped(strides.to(_working_dtype(strides)), (length,), smoothness_factor)
-    s = _axis_stride(s, lower_limit_stride, upper_limit_stride)
+    s = _mask_strides(strides, (length,), smoothness_factor, lower_limit_stride, upper_limit_stride)
     weights = _axis_weights(length, s[0], range(plan.cols), smoothness_factor, True)
     return spectral_resample1d(x, plan, weights, algorithm)
 
@@ -798,8 +803,7 @@ def diff_stride3d(
     if plan is None:
         plan = diffstride_plan_3d(size, stride_values(strides), smoothness_factor, cropping,
                                   lower_limit_stride, upper_limit_stride, float64=strides.dtype == torch.float64)
-    s = _clamped(strides.to(_working_dtype(strides)), size, smoothness_factor)
-    s = _axis_stride(s, lower_limit_stride, upper_limit_stride)
+    s = _mask_strides(strides, size, smoothness_factor, lower_limit_stride, upper_limit_stride)
     s_d, s_h, s_w = (s[0], s[0], s[0]) if s.numel() == 1 else (s[0], s[1], s[2])
     depth_pos, height_pos = height_positions(size[0]), height_positions(size[1])
     depth_weights = _axis_weights(size[0], s_d, [depth_pos[r] for r in plan.depth_rows], smoothness_factor, False)
