@@ -620,8 +620,8 @@ def choose_algorithm(x: torch.Tensor, plan: SpectralPlan, algorithm: str = "auto
         return "fft"
     if math.prod(size) <= KRONECKER_MAX_PIXELS:
         return "matmul"
-    per_image = x.shape[0] * x.shape[1] * math.prod(size)
-    if operator_elements(size, out_size) > per_image:
+    input_elements = x.shape[0] * x.shape[1] * math.prod(size)
+    if operator_elements(size, out_size) > input_elements:
         return "fft"
     return "fft" if matmul_cost(size, out_size) > FFT_COST_WEIGHT[len(size)] * fft_cost(size, out_size) else "matmul"
 

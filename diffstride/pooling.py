@@ -60,8 +60,7 @@ _AXIS_NAMES = {1: ("length",), 2: ("height", "width"), 3: ("depth", "height", "w
 
 
 def _check_algorithm(algorithm: str, ndim: int) -> str:
-    if algorithm not in F.ALGORITHMS:
-        raise ValueError(f"algorithm must be one of {F.ALGORITHMS}, but got {algorithm!r}")
+    F._check_algorithm(algorithm)  # one of F.ALGORITHMS
     if ndim == 3 and algorithm == "matmul":
         raise ValueError("algorithm='matmul' is not available for 3-D layers (their only form is 'fft'); "
                          "use 'auto' or 'fft'")
