@@ -69,8 +69,7 @@ def results_table(runs: Sequence[Dict]) -> str:
     for pool in rows:
         cells = []
         for dataset, strides in columns:
-            accs = [100 * r["metrics"]["test_accuracy"] for r in runs
-                    if (r["pooling"], r["dataset"], r["strides"]) == (pool, dataset, strides)]
+            accs = _accuracies(runs, dataset, pool, strides)
             if not accs:
                 cells.append("–")
             elif len(accs) == 1:
