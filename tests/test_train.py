@@ -67,7 +67,7 @@ def test_main_job_writes_logs_checkpoints_configs_and_metrics(tmp_path, capsys):
     assert list(pooling.DiffStride(strides=block["strides"]).output_size((28, 28))) == block["output_size"]
     operative = open(os.path.join(workdir, "operative_config.gin")).read()
     assert "load_datasets.name = 'mnist'" in operative and "DiffStride" in operative
-    state = torch.load(os.path.join(workdir, "ckpt-0002.pt"), weights_only=True)
+    state = ckpt.load_checkpoint(os.path.join(workdir, "ckpt-0002.pt"))
     assert state["epoch"] == 2 and "blocks.0.0.pooling.strides" in state["model"]
     # TensorBoard: losses, accuracies, learning rate, speed, and per pooling layer strides and sizes
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -96,12 +96,24 @@ def test_running_again_resumes_from_the_latest_checkpoint(tmp_path, capsys):
     assert len(json.load(open(os.path.join(workdir, "history.json")))) == 2
 
 
+def _run_killed_at(args, event, step):
+    """The real command in a fresh process that SIGKILLs itself at the hook ``event`` of ``step``."""
+    code = ("import os, signal, sys\n"
+            "from diffstride.examples import main\n"
+            "def hook(event, state):\n"
+            f"    if event == {event!r} and state.step == {step}:\n"
+            "        os.kill(os.getpid(), signal.SIGKILL)\n"
+            "sys.exit(main.main(sys.argv[1:], hooks=[hook]))\n")
+    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True,
+                          env=dict(os.environ, OMP_NUM_THREADS="1"), timeout=300)
+
+
 @pytest.mark.slow
 def test_sigkill_mid_epoch_then_rerun_equals_an_uninterrupted_run(tmp_path):
     clean, killed = str(tmp_path / "clean"), str(tmp_path / "killed")
     args_clean, args_killed = _args(clean, epochs=3), _args(killed, epochs=3)
     assert _run(args_clean).returncode == 0
-    first = _run(args_killed, env={"DIFFSTRIDE_KILL_AT_STEP": "12"})  # mid-epoch 2 (8 steps an epoch)
+    first = _run_killed_at(args_killed, "step", 12)  # mid-epoch 2 (8 steps an epoch)
     assert first.returncode == -9
     assert [e for e, _ in ckpt.list_checkpoints(killed)] == [1]
     second = _run(args_killed)
@@ -112,32 +124,33 @@ def test_sigkill_mid_epoch_then_rerun_equals_an_uninterrupted_run(tmp_path):
         assert a[key] == b[key], key
 
 
-def test_corrupted_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, capsys):
+def _state(epoch):
     model = torch.nn.Linear(2, 2)
+    return {"format": 2, "epoch": epoch, "step": epoch * 10, "model": model.state_dict(), "optimizer": {},
+            "rng": {"torch": torch.get_rng_state()}}
+
+
+def test_unreadable_checkpoints_are_refused_and_the_newest_verified_one_is_found(tmp_path):
     for epoch in (1, 2, 3):
-        state = {"format": 1, "epoch": epoch, "step": epoch * 10, "model": model.state_dict(), "optimizer": {},
-                 "rng": {"torch": torch.get_rng_state()}}
-        ckpt.save_checkpoint(str(tmp_path), state)
+        ckpt.save_checkpoint(str(tmp_path), _state(epoch))
     path3 = tmp_path / "ckpt-0003.pt"
     path3.write_bytes(path3.read_bytes()[:100])  # truncated
     path2 = tmp_path / "ckpt-0002.pt"
     raw = bytearray(path2.read_bytes())
     raw[len(raw) // 2: len(raw) // 2 + 64] = b"\x00" * 64  # corrupted bytes
     path2.write_bytes(bytes(raw))
-    messages = []
-    state, path = ckpt.load_latest_checkpoint(str(tmp_path), log=messages.append)
+    (state, path), refused = ckpt.find_usable(str(tmp_path))
     assert state["epoch"] == 1 and path.endswith("ckpt-0001.pt")
-    assert "ckpt-0003.pt is unreadable" in messages[0] and "ckpt-0002.pt is unreadable" in messages[1]
-    assert "SHA-256" in messages[1]
-    assert path3.exists() and path2.exists()  # nothing deleted
+    assert [os.path.basename(r.path) for r in refused] == ["ckpt-0003.pt", "ckpt-0002.pt"]
+    assert all(r.reason for r in refused)
+    assert path3.exists() and path2.exists()  # finding deletes nothing
 
 
-def test_checkpoints_are_written_atomically_and_pruned(tmp_path):
-    for epoch in range(1, 6):
-        ckpt.save_checkpoint(str(tmp_path), {"epoch": epoch, "x": torch.ones(3)}, keep=3)
-    names = ["ckpt-0003.pt", "ckpt-0003.pt.sha256", "ckpt-0004.pt", "ckpt-0004.pt.sha256", "ckpt-0005.pt",
-             "ckpt-0005.pt.sha256"]
-    assert sorted(os.listdir(tmp_path)) == names  # no temporary left
+def test_checkpoints_are_written_atomically(tmp_path):
+    for epoch in range(1, 4):
+        ckpt.save_checkpoint(str(tmp_path), _state(epoch))
+    names = ["ckpt-0001.pt", "ckpt-0002.pt", "ckpt-0003.pt"]
+    assert sorted(os.listdir(tmp_path)) == names  # no temporary, no sidecar left
 
     class Boom(Exception):
         pass
@@ -147,8 +160,8 @@ def test_checkpoints_are_written_atomically_and_pruned(tmp_path):
         raise Boom()
 
     with pytest.raises(Boom):
-        ckpt._atomic_replace(failing, str(tmp_path / "ckpt-0005.pt"))
-    assert torch.load(tmp_path / "ckpt-0005.pt", weights_only=True)["epoch"] == 5  # old file intact
+        ckpt._atomic_replace(failing, str(tmp_path / "ckpt-0003.pt"))
+    assert ckpt.load_checkpoint(str(tmp_path / "ckpt-0003.pt"))["epoch"] == 3  # old file intact
     assert sorted(os.listdir(tmp_path)) == names
 
 
@@ -161,8 +174,11 @@ def test_resume_with_a_corrupted_latest_checkpoint(tmp_path, capsys):
     capsys.readouterr()
     assert main_lib.main(_args(workdir, epochs=2)) == 0
     captured = capsys.readouterr()
-    assert "ckpt-0002.pt is unreadable" in captured.out + captured.err
+    assert "ckpt-0002.pt is unusable" in captured.out and "kept as" in captured.out
     assert "resumed from" in captured.out and "ckpt-0001.pt" in captured.out and "epoch   2/2" in captured.out
+    # the refused file is kept aside, out of the way of the new epoch-2 checkpoint
+    assert os.path.getsize(os.path.join(workdir, "ckpt-0002.pt.unusable")) == 1000
+    assert ckpt.load_checkpoint(os.path.join(workdir, "ckpt-0002.pt"))["epoch"] == 2
 
 
 @pytest.mark.slow
@@ -174,7 +190,7 @@ def test_non_finite_loss_stops_with_a_clear_message_and_keeps_the_last_good_chec
     assert result.returncode == 1
     assert "non-finite" in result.stderr and "ckpt-0001.pt" in result.stderr and "Traceback" not in result.stderr
     assert [e for e, _ in ckpt.list_checkpoints(workdir)] == [1]
-    state, _ = ckpt.load_latest_checkpoint(workdir)
+    (state, _), _ = ckpt.find_usable(workdir)
     assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
 
 

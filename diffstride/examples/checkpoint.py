@@ -1,21 +1,51 @@
-"""Checkpoints that survive crashes: atomic writes, ``weights_only`` loads, fallback to the previous one."""
+"""Checkpoints that are verified or refused: atomic writes, a checksum inside the file, ``weights_only`` loads.
+
+File layout (format 2): ``torch.save({"diffstride_checkpoint": 2, "sha256": hex, "payload": bytes})``
+where ``payload`` is the ``torch.save`` of the training state. The checksum travels with the
+``.pt`` file, so copying only the ``.pt`` files keeps them verifiable, and a damaged or missing
+sidecar can neither make a corrupted file trusted nor an intact one rejected. Files of format 1
+(a plain ``torch.save`` with a ``.sha256`` sidecar, written by earlier versions) are read when
+their sidecar matches and refused otherwise.
+
+Names: ``ckpt-0003.pt`` after 3 complete epochs; ``ckpt-0003-step000123.pt`` in the middle of
+epoch 4, at global step 123. Newest first means larger ``(epoch, step)`` first.
+"""
 from __future__ import annotations
 
+import dataclasses
+import errno
 import glob
 import hashlib
 import io
 import json
 import os
 import re
-import sys
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 
-__all__ = ["save_checkpoint", "load_latest_checkpoint", "list_checkpoints", "atomic_write_text"]
+__all__ = ["CheckpointError", "Unusable", "save_checkpoint", "load_checkpoint", "find_usable", "list_checkpoints",
+           "set_aside", "atomic_write_text", "write_json", "checkpoint_name", "FORMAT"]
 
-_NAME = re.compile(r"ckpt-(\d+)\.pt$")
+FORMAT = 2
+_NAME = re.compile(r"ckpt-(\d+)(?:-step(\d+))?\.pt$")
 REQUIRED_KEYS = ("format", "epoch", "step", "model", "optimizer", "rng")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint could not be written or no checkpoint can be trusted; the message says what to do."""
+
+
+@dataclasses.dataclass
+class Unusable:
+    """A checkpoint file that was refused, and why."""
+
+    path: str
+    reason: str
+
+
+# ----------------------------------------------------------------------------------------------
+# Writing
 
 
 def _fsync_dir(path: str) -> None:
@@ -31,8 +61,12 @@ def _fsync_dir(path: str) -> None:
         os.close(fd)
 
 
-def _atomic_replace(write, path: str) -> None:
-    """Writes through ``write(file)`` to a temporary file beside ``path``, fsyncs, then renames over it."""
+def _atomic_replace(write: Callable, path: str) -> None:
+    """Writes through ``write(file)`` to a temporary file beside ``path``, fsyncs, then renames over it.
+
+    A crash at any moment leaves either the old file or the new one, never a mix; the temporary
+    (``PATH.tmp-PID``) is removed on errors, and by the next run's start after a kill.
+    """
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     tmp = f"{path}.tmp-{os.getpid()}"
@@ -52,67 +86,128 @@ def atomic_write_text(path: str, text: str) -> None:
     _atomic_replace(lambda f: f.write(text.encode()), path)
 
 
+def write_json(path: str, data: Any) -> None:
+    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+_WRITE_ERRORS = {
+    errno.ENOSPC: "the filesystem is full",
+    errno.EDQUOT: "the disk quota is exceeded",
+    errno.EFBIG: "the file is larger than the filesystem or the process limit (ulimit -f) allows",
+    errno.EROFS: "the filesystem became read-only",
+    errno.EIO: "an I/O error occurred",
+}
+
+
+def describe_write_error(err: OSError) -> str:
+    return _WRITE_ERRORS.get(err.errno, err.strerror or str(err))
+
+
+def checkpoint_name(epoch: int, step: int, mid_epoch: bool) -> str:
+    return f"ckpt-{epoch:04d}-step{step:06d}.pt" if mid_epoch else f"ckpt-{epoch:04d}.pt"
+
+
+def _encode(state: Dict[str, Any]) -> bytes:
+    inner = io.BytesIO()
+    torch.save(state, inner)
+    payload = inner.getvalue()
+    outer = io.BytesIO()
+    torch.save({"diffstride_checkpoint": FORMAT, "sha256": hashlib.sha256(payload).hexdigest(), "payload": payload},
+               outer)
+    return outer.getvalue()
+
+
+def save_checkpoint(workdir: str, state: Dict[str, Any], mid_epoch: bool = False) -> str:
+    """Writes ``state`` atomically under its name (see the module doc), reads it back and verifies
+    it; returns the path. Raises :class:`CheckpointError` (the previous checkpoints untouched)
+    when the file cannot be written or does not read back identically."""
+    path = os.path.join(workdir, checkpoint_name(int(state["epoch"]), int(state["step"]), mid_epoch))
+    data = _encode(state)
+    try:
+        _atomic_replace(lambda f: f.write(data), path)
+    except OSError as err:
+        raise CheckpointError(f"could not write the checkpoint {path}: {describe_write_error(err)}. "
+                              "The previous checkpoints are intact; make room and run the same command to resume "
+                              "from the newest one") from None
+    with open(path, "rb") as f:
+        if hashlib.sha256(f.read()).digest() != hashlib.sha256(data).digest():
+            raise CheckpointError(f"the checkpoint {path} does not read back as written (storage error?); "
+                                  "the previous checkpoints are kept")
+    return path
+
+
+# ----------------------------------------------------------------------------------------------
+# Reading
+
+
 def list_checkpoints(workdir: str) -> List[Tuple[int, str]]:
-    """``(epoch, path)`` of the checkpoints in ``workdir``, newest first."""
+    """``(completed epochs, path)`` of the checkpoints in ``workdir``, newest first."""
     found = []
     for path in glob.glob(os.path.join(workdir, "ckpt-*.pt")):
         match = _NAME.search(os.path.basename(path))
         if match:
-            found.append((int(match.group(1)), path))
-    return sorted(found, reverse=True)
+            epoch, step = int(match.group(1)), int(match.group(2)) if match.group(2) else -1
+            found.append(((epoch, step), path))
+    return [(key[0], path) for key, path in sorted(found, reverse=True)]
 
 
-def save_checkpoint(workdir: str, state: Dict[str, Any], keep: int = 3) -> str:
-    """Saves ``state`` as ``ckpt-{epoch:04d}.pt`` atomically and keeps the newest ``keep`` checkpoints.
-
-    A SHA-256 of the file goes beside it (``.sha256``), so that bytes corrupted later are
-    detected at load time (``torch.load`` does not check them).
-    """
-    path = os.path.join(workdir, f"ckpt-{state['epoch']:04d}.pt")
-    buffer = io.BytesIO()
-    torch.save(state, buffer)
-    data = buffer.getvalue()
-    _atomic_replace(lambda f: f.write(data), path)
-    atomic_write_text(path + ".sha256", hashlib.sha256(data).hexdigest() + "\n")
-    for _, old in list_checkpoints(workdir)[keep:]:
-        for stale in (old, old + ".sha256"):
-            if os.path.exists(stale):
-                os.remove(stale)
-    return path
-
-
-def _verify(path: str) -> None:
+def _legacy_sidecar_check(path: str, raw: bytes) -> None:
     digest_path = path + ".sha256"
     if not os.path.exists(digest_path):
-        return
+        raise ValueError("format 1 (no checksum inside) and its .sha256 sidecar is missing: cannot be verified")
     with open(digest_path) as f:
         expected = f.read().strip()
-    with open(path, "rb") as f:
-        actual = hashlib.sha256(f.read()).hexdigest()
+    actual = hashlib.sha256(raw).hexdigest()
     if actual != expected:
         raise ValueError(f"its SHA-256 {actual[:12]}... differs from the one saved with it ({expected[:12]}...)")
 
 
-def load_latest_checkpoint(workdir: str, map_location=None, log=None) -> Optional[Tuple[Dict[str, Any], str]]:
-    """The newest readable checkpoint of ``workdir`` (``weights_only=True``), or None if there is none.
+def load_checkpoint(path: str, map_location=None) -> Dict[str, Any]:
+    """The verified training state in ``path``; ``ValueError`` (or an unpickling error) says why not."""
+    with open(path, "rb") as f:
+        raw = f.read()
+    outer = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
+    if isinstance(outer, dict) and "diffstride_checkpoint" in outer:
+        payload, expected = outer.get("payload"), outer.get("sha256")
+        if not isinstance(payload, bytes) or not isinstance(expected, str):
+            raise ValueError("the checksum or the payload is missing")
+        actual = hashlib.sha256(payload).hexdigest()
+        if actual != expected:
+            raise ValueError(f"its SHA-256 {actual[:12]}... differs from the one stored in it ({expected[:12]}...)")
+        state = torch.load(io.BytesIO(payload), map_location=map_location, weights_only=True)
+    else:
+        _legacy_sidecar_check(path, raw)
+        state = torch.load(io.BytesIO(raw), map_location=map_location, weights_only=True)
+    missing = [k for k in REQUIRED_KEYS if k not in state]
+    if missing:
+        raise ValueError(f"missing {missing}")
+    return state
 
-    An unreadable or incomplete checkpoint (truncated file, corrupted bytes, missing keys) is
-    reported through ``log`` and the previous one is tried; nothing is deleted.
-    """
-    log = log or (lambda message: print(message, file=sys.stderr))
-    for epoch, path in list_checkpoints(workdir):
+
+def find_usable(workdir: str, map_location=None) -> Tuple[Optional[Tuple[Dict[str, Any], str]], List[Unusable]]:
+    """The newest checkpoint that verifies (``(state, path)`` or None), and the newer ones refused."""
+    refused = []
+    for _, path in list_checkpoints(workdir):
         try:
-            _verify(path)
-            state = torch.load(path, map_location=map_location, weights_only=True)
-            missing = [k for k in REQUIRED_KEYS if k not in state]
-            if missing:
-                raise ValueError(f"missing {missing}")
-            return state, path
-        except Exception as err:  # any failure to read means: not usable
-            log(f"warning: checkpoint {path} is unreadable ({type(err).__name__}: {str(err)[:200]}); "
-                f"trying the previous one")
-    return None
+            return (load_checkpoint(path, map_location), path), refused
+        except Exception as err:  # any failure to read or verify means: not usable
+            refused.append(Unusable(path, f"{type(err).__name__}: {str(err)[:200]}"))
+    return None, refused
 
 
-def write_json(path: str, data: Any) -> None:
-    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
+def set_aside(refused: List[Unusable]) -> List[str]:
+    """Renames refused checkpoints to ``NAME.unusable`` (kept for inspection, never loaded nor
+    deleted, and out of the way of the names new checkpoints take). Returns the new paths."""
+    moved = []
+    for item in refused:
+        target = item.path + ".unusable"
+        os.replace(item.path, target)
+        moved.append(target)
+    return moved
+
+
+def remove(paths: List[str]) -> None:
+    for path in paths:
+        for stale in (path, path + ".sha256"):
+            if os.path.exists(stale):
+                os.remove(stale)

@@ -264,12 +264,15 @@ class TrainBatches:
     def examples_per_step(self) -> int:
         return self.batch_size
 
-    def __iter__(self) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
-        device = self.split.images.device
-        perm = torch.randperm(len(self.split), device=device)
+    def permutation(self) -> torch.Tensor:
+        """The order of one epoch, drawn from torch's global generator (of the split's device)."""
+        return torch.randperm(len(self.split), device=self.split.images.device)
+
+    def batches(self, perm: torch.Tensor, start: int = 0) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
+        """The epoch ordered by ``perm``, from batch ``start`` on (a run resumed mid-epoch)."""
         images_per_batch = self.batch_size * self.per_example
         shard = images_per_batch // self.world_size
-        for i in range(len(self)):
+        for i in range(start, len(self)):
             index = perm[i * images_per_batch:(i + 1) * images_per_batch]
             index = index[self.rank * shard:(self.rank + 1) * shard]
             images = self.normalize(self.split.images[index])
@@ -279,6 +282,9 @@ class TrainBatches:
             if self.mixup_alpha > 0:
                 images, labels = mixup_pairs(images, labels, self.mixup_alpha)
             yield images, labels
+
+    def __iter__(self) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
+        return self.batches(self.permutation())
 
 
 class TestBatches:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import List, Optional, Sequence
+from typing import Callable, List, Optional, Sequence
 
 import gin
 
@@ -49,6 +49,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                         help="Gin binding such as \"train.train.num_epochs = 10\"; repeatable")
     parser.add_argument("--workdir", default=None, help="logs, checkpoints and metrics (overrides train.workdir)")
     parser.add_argument("--seed", type=int, default=1, help="random seed (default 1)")
+    parser.add_argument("--restart", action="store_true",
+                        help="when the work directory has checkpoints and none verifies: set them aside "
+                             "(*.unusable) and start afresh (without it the run stops and lists them)")
     return parser.parse_args(argv)
 
 
@@ -73,15 +76,17 @@ def _without_gin_context(err: BaseException) -> str:
     return str(err).split("\n  In call to configurable")[0]
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Optional[Sequence[str]] = None, hooks: Sequence[Callable] = ()) -> int:
+    """Runs the command line ``argv``; ``hooks`` go to :func:`~diffstride.examples.train.train`
+    (``hook(event, state)``; the tests inject faults through them). Returns the exit status."""
     try:
-        return _main(argv)
+        return _main(argv, hooks)
     except KeyboardInterrupt:  # Ctrl-C at any moment: no traceback
         print("interrupted; the newest checkpoint in the work directory (if any) resumes the run", file=sys.stderr)
         return 130
 
 
-def _main(argv: Optional[Sequence[str]] = None) -> int:
+def _main(argv: Optional[Sequence[str]], hooks: Sequence[Callable]) -> int:
     args = parse_args(argv)
     try:
         configure(args)
@@ -92,7 +97,9 @@ def _main(argv: Optional[Sequence[str]] = None) -> int:
     from diffstride.examples.data import DatasetUnavailable
     from diffstride.examples.workdir import WorkdirError
 
-    overrides = {"seed": args.seed}
+    overrides = {"seed": args.seed, "hooks": tuple(hooks)}
+    if args.restart:
+        overrides["restart"] = True
     if args.workdir is not None:
         overrides["workdir"] = args.workdir
     try:

@@ -1,16 +1,25 @@
 """The reference's training loop in PyTorch: SGD by steps, test every epoch, TensorBoard, checkpoints, resume, DDP.
 
-Gin-configurable as ``train.train`` (``train.workdir``, ``train.train.num_epochs``, ...).
+Gin-configurable as ``train.train`` (``train.workdir``, ``train.train.num_epochs``, ...). Read
+:func:`train` top to bottom: :func:`build` the run, :func:`resume` it from the newest verified
+checkpoint (configuration compared), then per epoch :func:`train_one_epoch`,
+:func:`epoch_metrics` (with :func:`evaluate`) and :func:`save`. Everything a checkpoint needs
+besides weights, optimizer and RNG is a :class:`RunState`.
 """
 from __future__ import annotations
 
+import ast
 import contextlib
+import dataclasses
+import datetime
+import json
 import math
 import os
-import signal
+import socket
 import sys
 import time
-from typing import Any, Callable, Dict, List, Optional
+import uuid
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import gin
 import torch
@@ -23,9 +32,9 @@ from diffstride.examples import optim
 from diffstride.examples.workdir import RunLock, check_int, prepare, remove_orphans
 from diffstride.resnet import l2_param_groups
 
-__all__ = ["train", "TrainingError", "pooling_report"]
-
-CHECKPOINT_FORMAT = 1
+__all__ = ["train", "TrainingError", "ConfigChanged", "NoUsableCheckpoint", "RunState", "Run", "build", "resume",
+           "save", "train_one_epoch", "evaluate", "epoch_metrics", "resolved_config", "config_differences",
+           "pooling_report", "UNCHECKED_PARAMETERS"]
 
 
 class TrainingError(RuntimeError):
@@ -76,6 +85,14 @@ class _Context:
         dist.all_gather_object(everyone, mine)
         return everyone
 
+    def broadcast(self, value: Any) -> Any:
+        """Rank 0's ``value`` on every rank."""
+        if not self.distributed:
+            return value
+        box = [value]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
     def barrier(self) -> None:
         if self.distributed:
             dist.barrier()
@@ -111,7 +128,142 @@ def _format_strides(report: Dict[str, Dict[str, Any]]) -> str:
 
 
 # ----------------------------------------------------------------------------------------------
-# The loop
+# The run's state and configuration
+
+# Parameters that do not change what a run computes: a resume may change them freely.
+# (``num_epochs`` may grow; that is checked on its own.)
+UNCHECKED_PARAMETERS = frozenset({
+    "num_epochs", "workdir", "keep_checkpoints", "checkpoint_every_steps", "checkpoint_every_minutes",
+    "on_config_change", "restart", "progress", "log", "hooks", "device", "data_dir", "download",
+})
+
+
+@dataclasses.dataclass
+class RunState:
+    """Where a run is; saved in every checkpoint beside the weights, the optimizer and the RNG.
+
+    ``batch`` > 0 only in a checkpoint written in the middle of an epoch: the epoch's data order
+    is drawn again from ``epoch_rng`` and training goes on at that batch, with the epoch's sums
+    so far in ``partial``.
+    """
+
+    run_id: str
+    config: Dict[str, str]  # the resolved bindings the run started with
+    epoch: int = 0  # complete epochs
+    step: int = 0  # optimizer steps in all
+    batch: int = 0  # batches done in the current epoch
+    history: List[Dict[str, Any]] = dataclasses.field(default_factory=list)
+    partial: Dict[str, float] = dataclasses.field(default_factory=dict)
+    epoch_rng: Optional[Dict[str, Any]] = None
+    checkpoints: List[str] = dataclasses.field(default_factory=list)  # names this run wrote, oldest first
+    config_changes: List[Dict[str, Any]] = dataclasses.field(default_factory=list)
+
+    def effective_config(self) -> Dict[str, str]:
+        config = dict(self.config)
+        for change in self.config_changes:
+            for key, (_, new) in change["changes"].items():
+                if new is None:
+                    config.pop(key, None)
+                else:
+                    config[key] = new
+        return config
+
+
+def resolved_config(seed: Optional[int]) -> Dict[str, str]:
+    """Every Gin binding in force (``scope/selector.parameter`` -> the value as written) and the seed."""
+    from gin import config as gin_config
+    from gin import config_parser
+
+    bindings = {"--seed": repr(seed)}
+    parser = config_parser.ConfigParser(gin.config_str(), gin_config.ParserDelegate(skip_unknown=True))
+    for statement in parser:
+        if isinstance(statement, config_parser.BindingStatement):
+            key = f"{statement.scope + '/' if statement.scope else ''}{statement.selector}.{statement.arg_name}"
+            bindings[key] = repr(statement.value)
+    return bindings
+
+
+def config_differences(old: Dict[str, str], new: Dict[str, str]) -> Dict[str, Tuple[Optional[str], Optional[str]]]:
+    """``{binding: (old, new)}`` for the bindings that change what a run computes (None: unbound)."""
+    changes = {}
+    for key in sorted(set(old) | set(new)):
+        if key.rsplit(".", 1)[-1] in UNCHECKED_PARAMETERS:
+            continue
+        if old.get(key) != new.get(key):
+            changes[key] = (old.get(key), new.get(key))
+    return changes
+
+
+class ConfigChanged(ValueError):
+    """A resume whose configuration differs from the run's in something that changes the result."""
+
+
+class NoUsableCheckpoint(TrainingError):
+    """The work directory has checkpoints and none of them can be trusted."""
+
+
+# ----------------------------------------------------------------------------------------------
+# What the loop works with
+
+
+@dataclasses.dataclass
+class Run:
+    """The built parts of a run (everything but its state)."""
+
+    ctx: _Context
+    datasets: Any
+    model: nn.Module
+    net: nn.Module  # the model, or its DistributedDataParallel wrapper
+    optimizer_spec: optim.SGD
+    optimizer: torch.optim.Optimizer
+    loss_fn: Callable
+    scaler: torch.amp.GradScaler
+    amp_dtype: torch.dtype
+    mixed_precision: bool
+    memory_format: torch.memory_format
+    complexity_fn: Callable
+    complexity_weight: float
+    structure: Any  # the forward trace: pooling order and conv costs, for the complexity terms
+    output_sizes: Dict[str, tuple]
+    info: Dict[str, Any]
+
+
+def build(ctx: _Context, load_data_fn, model_cls, optimizer_cls, loss_cls, complexity_fn, complexity_weight,
+          channels_last, mixed_precision, seed) -> Run:
+    """Loads the data and builds the model, the optimizer, the loss and the precision policy."""
+    from diffstride.complexity import forward_trace
+    from diffstride.examples.external_configurables import CATEGORICAL_CROSSENTROPY, COMPLEXITY_LOSS
+
+    datasets = load_data_fn(device=ctx.device, rank=ctx.rank, world_size=ctx.world_size)
+    model = model_cls(num_output_classes=datasets.num_classes, in_channels=datasets.image_shape[0]).to(ctx.device)
+    use_cuda = ctx.device.type == "cuda"
+    # channels_last is a layout of 4-D tensors: images only, never 1-D series
+    channels_last = (True if channels_last is None else channels_last) and len(datasets.image_shape) == 3
+    mixed_precision = use_cuda if mixed_precision is None else mixed_precision
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    model = model.to(memory_format=memory_format)
+    optimizer_spec = optimizer_cls()
+    amp_dtype = torch.float16 if (use_cuda and not torch.cuda.is_bf16_supported()) else torch.bfloat16
+    net = model
+    if ctx.distributed:
+        net = nn.parallel.DistributedDataParallel(model, device_ids=[ctx.device] if use_cuda else None)
+    info = {
+        "dataset": datasets.name, "seed": seed,
+        "pooling": next((type(m).__name__ for _, m in pooling.pooling_layers(model)), "strided conv"),
+        "initial_strides": [list(s) if isinstance(s, (list, tuple)) else s for s in getattr(model, "strides", [])],
+        "complexity_weight": complexity_weight,
+        "precision": str(amp_dtype).replace("torch.", "") + " autocast" if mixed_precision else "float32",
+        "memory_format": "channels_last" if channels_last else "contiguous",
+        "device": str(ctx.device), "world_size": ctx.world_size,
+    }
+    return Run(
+        ctx=ctx, datasets=datasets, model=model, net=net, optimizer_spec=optimizer_spec,
+        optimizer=optimizer_spec.build(l2_param_groups(model)), loss_fn=(loss_cls or CATEGORICAL_CROSSENTROPY)(),
+        scaler=torch.amp.GradScaler("cuda", enabled=mixed_precision and use_cuda and amp_dtype == torch.float16),
+        amp_dtype=amp_dtype, mixed_precision=mixed_precision, memory_format=memory_format,
+        complexity_fn=complexity_fn or COMPLEXITY_LOSS,  # complexity_loss.weighting binds
+        complexity_weight=complexity_weight, structure=forward_trace(model, datasets.image_shape),
+        output_sizes=_track_output_sizes(model), info=info)
 
 
 def _rng_state(device: torch.device) -> Dict[str, Any]:
@@ -122,17 +274,260 @@ def _rng_state(device: torch.device) -> Dict[str, Any]:
 
 
 def _set_rng_state(state: Dict[str, Any], device: torch.device) -> None:
-    torch.set_rng_state(state["torch"])
+    torch.set_rng_state(state["torch"].cpu())
     if device.type == "cuda" and "cuda" in state:
-        torch.cuda.set_rng_state(state["cuda"], device)
+        torch.cuda.set_rng_state(state["cuda"].cpu(), device)
 
 
-def _progress(total: int, desc: str, enabled: bool):
+# ----------------------------------------------------------------------------------------------
+# Resume and save
+
+
+def resume(workdir: str, run: Run, config: Dict[str, str], num_epochs: int, on_config_change: str,
+           restart: bool, say: Callable[[str], None]) -> Tuple[Optional[RunState], Optional[str], Dict[str, Any]]:
+    """Loads the newest verified checkpoint of ``workdir`` into ``run``.
+
+    Returns ``(state, path, changes)``, or ``(None, None, {})`` for a fresh start. Refused newer
+    checkpoints are set aside (``.unusable``); when every checkpoint is refused the run stops,
+    listing them, unless ``restart``. A configuration that differs in anything that changes
+    the result stops the run unless ``on_config_change == 'continue'``.
+    """
+    ctx = run.ctx
+    found = path = None
+    if ctx.is_main:
+        found, refused = ckpt.find_usable(workdir, map_location=ctx.device)
+        listing = "\n".join(f"  {item.path}: {item.reason}" for item in refused)
+        if found is None and refused and not restart:
+            raise NoUsableCheckpoint(
+                f"no checkpoint in {workdir} can be trusted:\n{listing}\nNothing was changed. To start this run "
+                f"afresh, pass --restart (the files are kept as *.unusable); or choose another --workdir")
+        if found is not None and restart:
+            raise TrainingError(f"--restart was given, but {found[1]} is a usable checkpoint: running the same "
+                                f"command without --restart resumes from it; to start afresh choose another --workdir")
+        for item, moved in zip(refused, ckpt.set_aside(refused)):
+            say(f"warning: checkpoint {item.path} is unusable ({item.reason}); kept as {moved}")
+        path = found[1] if found else None
+    path = ctx.broadcast(path)
+    if path is None:
+        return None, None, {}
+    saved = found[0] if found is not None else ckpt.load_checkpoint(path, map_location=ctx.device)
+    try:
+        run.model.load_state_dict(saved["model"])
+        run.optimizer.load_state_dict(saved["optimizer"])
+    except (RuntimeError, ValueError, KeyError) as err:
+        raise TrainingError(
+            f"the checkpoint {path} does not fit this model/optimizer ({str(err)[:300]}); "
+            f"use another workdir, or move its checkpoints away") from None
+    if "scaler" in saved and run.scaler.is_enabled():
+        run.scaler.load_state_dict(saved["scaler"])
+    if "run" in saved:
+        state = RunState(**saved["run"])
+    else:  # format 1: no stored configuration
+        say(f"note: {path} was written by an earlier version and stores no configuration; it is not compared")
+        state = RunState(run_id=uuid.uuid4().hex, config=dict(config), epoch=int(saved["epoch"]),
+                         step=int(saved["step"]), history=list(saved.get("history", [])),
+                         checkpoints=[os.path.basename(p) for _, p in reversed(ckpt.list_checkpoints(workdir))])
+    if state.epoch > num_epochs:
+        raise ValueError(
+            f"the run in {workdir} has done {state.epoch} epochs, more than train.train.num_epochs = "
+            f"{num_epochs}; raise num_epochs to extend it, or choose another --workdir")
+    changes = config_differences(state.effective_config(), config)
+    if changes:
+        lines = "\n".join(f"  {key}: {old if old is not None else '(unbound)'} -> {new if new is not None else '(unbound)'}"
+                          for key, (old, new) in changes.items())
+        if on_config_change != "continue":
+            raise ConfigChanged(
+                f"the run in {workdir} was trained with another configuration; these bindings differ "
+                f"(checkpoint -> now):\n{lines}\nTo proceed: choose another --workdir for a new run, restore the "
+                f"values above, or continue this run with the new values and a record of the change: "
+                f"--gin_bindings=\"train.train.on_config_change = 'continue'\"")
+        say(f"continuing with a changed configuration (recorded in starts.jsonl and metrics.json):\n{lines}")
+        state.config_changes.append({"step": state.step, "epoch": state.epoch,
+                                     "changes": {k: list(v) for k, v in changes.items()}})
+    _set_rng_state(saved["rng"], ctx.device)
+    say(f"resumed from {path} (epoch {state.epoch}" + (f", batch {state.batch}" if state.batch else "")
+        + f", step {state.step})")
+    return state, path, changes
+
+
+def save(workdir: str, run: Run, state: RunState, keep: int, mid_epoch: bool, hooks: Sequence[Callable]) -> str:
+    """Writes a checkpoint, verifies it, then applies retention to this run's older ones.
+
+    Retention: the ``keep`` newest end-of-epoch checkpoints of this run stay; its mid-epoch
+    checkpoints older than the one just verified go. Files this run did not write are never deleted.
+    """
+    name = ckpt.checkpoint_name(state.epoch, state.step, mid_epoch)
+    record = dataclasses.replace(state, checkpoints=[n for n in state.checkpoints if n != name] + [name])
+    payload = {"format": ckpt.FORMAT, "epoch": state.epoch, "step": state.step, "model": run.model.state_dict(),
+               "optimizer": run.optimizer.state_dict(), "rng": _rng_state(run.ctx.device),
+               "run": dataclasses.asdict(record)}
+    if run.scaler.is_enabled():
+        payload["scaler"] = run.scaler.state_dict()
+    _fire(hooks, "before_checkpoint", state)
+    path = ckpt.save_checkpoint(workdir, payload, mid_epoch=mid_epoch)
+    _fire(hooks, "checkpoint_written", state)
+    state.checkpoints = record.checkpoints
+    epoch_ends = [n for n in state.checkpoints if "-step" not in n]
+    stale = [n for n in state.checkpoints if n != name and ("-step" in n or n not in epoch_ends[-keep:])]
+    ckpt.remove([os.path.join(workdir, n) for n in stale])
+    state.checkpoints = [n for n in state.checkpoints if n not in stale]
+    return path
+
+
+def _fire(hooks: Sequence[Callable], event: str, state: RunState) -> None:
+    for hook in hooks:
+        hook(event, state)
+
+
+# ----------------------------------------------------------------------------------------------
+# One epoch, evaluation
+
+
+class _Checkpointing:
+    """When to write a checkpoint in the middle of an epoch (every N steps and/or M minutes)."""
+
+    def __init__(self, every_steps: Optional[int], every_minutes: Optional[float]):
+        self.every_steps, self.every_minutes = every_steps, every_minutes
+        self.last = time.monotonic()
+
+    def due(self, step: int) -> bool:
+        if self.every_steps and step % self.every_steps == 0:
+            return True
+        return bool(self.every_minutes) and time.monotonic() - self.last >= 60.0 * self.every_minutes
+
+    def done(self) -> None:
+        self.last = time.monotonic()
+
+
+def train_one_epoch(run: Run, state: RunState, num_epochs: int, save_mid_epoch: Optional[Callable[[], None]],
+                    checkpointing: _Checkpointing, hooks: Sequence[Callable], show_progress: bool) -> Dict[str, float]:
+    """Trains from ``state.batch`` to the end of epoch ``state.epoch + 1``; returns the epoch's sums."""
+    ctx, train = run.ctx, run.datasets.train
+    if state.batch == 0:
+        state.epoch_rng = _rng_state(ctx.device)
+        perm = train.permutation()
+        state.partial = {"loss": 0.0, "correct": 0.0, "seen": 0.0, "seconds": 0.0}
+    else:  # resumed mid-epoch: the same order, from the next batch, with the RNG as it was
+        now = _rng_state(ctx.device)
+        _set_rng_state(state.epoch_rng, ctx.device)
+        perm = train.permutation()
+        _set_rng_state(now, ctx.device)
+    run.net.train()
+    loss_sum = torch.tensor(state.partial["loss"], device=ctx.device, dtype=torch.float64)
+    correct = torch.tensor(state.partial["correct"], device=ctx.device, dtype=torch.float64)
+    seen, started, earlier = int(state.partial["seen"]), time.time(), state.partial["seconds"]
+    bar = _progress(len(train), f"epoch {state.epoch + 1}/{num_epochs}", show_progress, initial=state.batch)
+    diverged = ""
+
+    def sums() -> Dict[str, float]:
+        return {"loss": loss_sum.item(), "correct": correct.item(), "seen": float(seen),
+                "seconds": earlier + time.time() - started}
+
+    try:
+        for images, labels in train.batches(perm, start=state.batch):
+            lr = run.optimizer_spec.learning_rate_at(state.step)
+            for group in run.optimizer.param_groups:
+                group["lr"] = lr
+            images = images.contiguous(memory_format=run.memory_format)
+            with torch.autocast(ctx.device.type, dtype=run.amp_dtype, enabled=run.mixed_precision):
+                outputs = run.net(images)
+                loss = run.loss_fn(outputs, labels)
+            total = loss
+            if run.complexity_weight:
+                total = loss + run.complexity_weight * run.complexity_fn(run.model, trace=run.structure)
+            run.optimizer.zero_grad(set_to_none=True)
+            run.scaler.scale(total).backward()
+            run.scaler.step(run.optimizer)
+            run.scaler.update()
+            state.step += 1
+            state.batch += 1
+            loss_sum += loss.detach().double() * labels.shape[0]
+            correct += (outputs.detach().argmax(-1) == labels.argmax(-1)).sum()
+            seen += labels.shape[0]
+            if bar is not None:
+                bar.update(1)
+                if state.step % 10 == 0:
+                    bar.set_postfix(loss=f"{loss_sum.item() / seen:.4f}", acc=f"{correct.item() / seen:.3f}")
+            _fire(hooks, "step", state)
+            if state.step % 20 == 0 and not torch.isfinite(loss):
+                break
+            if save_mid_epoch is not None and state.batch < len(train) and checkpointing.due(state.step):
+                state.partial = sums()
+                if not math.isfinite(state.partial["loss"]):
+                    break  # never checkpoint a diverged run
+                save_mid_epoch()
+                checkpointing.done()
+    except FloatingPointError as err:  # e.g. strides that became NaN
+        loss_sum.fill_(float("nan"))
+        diverged = str(err)
+    if bar is not None:
+        bar.close()
+    result = sums()
+    result["diverged"] = diverged
+    result["learning_rate"] = run.optimizer_spec.learning_rate_at(max(state.step - 1, 0))
+    return result
+
+
+@torch.no_grad()
+def evaluate(run: Run) -> Tuple[float, float]:
+    """Test loss and accuracy over every rank's share of the test split."""
+    run.net.eval()
+    loss_sum = correct = count = 0.0
+    for images, labels in run.datasets.test:
+        with torch.autocast(run.ctx.device.type, dtype=run.amp_dtype, enabled=run.mixed_precision):
+            outputs = run.model(images.contiguous(memory_format=run.memory_format))
+        loss_sum += run.loss_fn(outputs, labels).item() * labels.shape[0]
+        correct += (outputs.argmax(-1) == labels).sum().item()
+        count += labels.shape[0]
+    loss_sum, correct, count = run.ctx.all_sum([loss_sum, correct, count])
+    return loss_sum / max(count, 1), correct / max(count, 1)
+
+
+def epoch_metrics(run: Run, state: RunState, sums: Dict[str, float]) -> Dict[str, Any]:
+    """The metrics of the epoch just trained: sums across ranks, test results, strides, complexity."""
+    from diffstride.complexity import count_flops
+
+    loss_sum, correct, seen = run.ctx.all_sum([sums["loss"], sums["correct"], sums["seen"]])
+    train_loss = loss_sum / max(seen, 1)
+    if not math.isfinite(train_loss):
+        return {"train_loss": train_loss}
+    test_loss, test_acc = evaluate(run)
+    seconds = sums["seconds"]
+    metrics = {
+        "epoch": state.epoch, "step": state.step, "learning_rate": sums["learning_rate"],
+        "train_loss": train_loss, "train_accuracy": correct / max(seen, 1),
+        "test_loss": test_loss, "test_accuracy": test_acc,
+        "images_per_second": seen / seconds if seconds > 0 else 0.0,
+        "steps_per_second": len(run.datasets.train) / seconds if seconds > 0 else 0.0,
+        "pooling": pooling_report(run.model, run.output_sizes),
+    }
+    with torch.no_grad():
+        metrics["complexity"] = float(run.complexity_fn(run.model, trace=run.structure))
+    metrics["flops"] = count_flops(run.model, run.datasets.image_shape)
+    return metrics
+
+
+def _progress(total: int, desc: str, enabled: bool, initial: int = 0):
     try:
         from tqdm import tqdm
-    except ImportError:  # pragma: no cover - tqdm is a dependency
+    except ImportError:  # pragma: no cover - tqdm comes with the train extra
         return None
-    return tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True, disable=not enabled)
+    return tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True, disable=not enabled, initial=initial)
+
+
+def _append_start(workdir: str, record: Dict[str, Any]) -> None:
+    """One JSON line per start in ``starts.jsonl``: when, who, from which checkpoint, what changed."""
+    line = (json.dumps(record, sort_keys=True) + "\n").encode()
+    fd = os.open(os.path.join(workdir, "starts.jsonl"), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        os.write(fd, line)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+# ----------------------------------------------------------------------------------------------
+# The loop
 
 
 @gin.configurable
@@ -144,6 +539,10 @@ def train(
     num_epochs: int = 200,
     workdir: Optional[str] = "/tmp/diffstride-runs/",
     keep_checkpoints: int = 3,
+    checkpoint_every_steps: Optional[int] = None,
+    checkpoint_every_minutes: Optional[float] = None,
+    on_config_change: str = "stop",
+    restart: bool = False,
     complexity_weight: float = 0.0,
     complexity_fn: Optional[Callable] = None,
     device: Optional[str] = None,
@@ -152,10 +551,12 @@ def train(
     seed: Optional[int] = None,
     progress: Optional[bool] = None,
     log: Callable[[str], None] = print,
+    hooks: Sequence[Callable[[str, RunState], None]] = (),
 ) -> Dict[str, Any]:
     """Trains ``model_cls`` on ``load_data_fn``'s data and returns the final metrics.
 
-    Running it again with the same ``workdir`` resumes from the newest readable checkpoint.
+    Running it again with the same ``workdir`` resumes from the newest verified checkpoint,
+    if the configuration is the same (see ``on_config_change``).
 
     Args:
         load_data_fn: returns :class:`~diffstride.examples.data.Datasets` (``data.load_datasets``).
@@ -163,9 +564,15 @@ def train(
         optimizer_cls: returns an :class:`~diffstride.examples.optim.SGD` (``@tf.keras.optimizers.SGD``).
         loss_cls: returns the loss; default ``@tf.keras.losses.CategoricalCrossentropy`` (so that
             the reference's ``tf.keras.losses.CategoricalCrossentropy.label_smoothing`` binding applies).
-        num_epochs: epochs in all (a resumed run trains the remaining ones).
+        num_epochs: epochs in all (a resumed run trains the remaining ones; it may grow, not shrink).
         workdir: TensorBoard logs, checkpoints, configs and metrics; None writes nothing.
-        keep_checkpoints: how many of the newest checkpoints to keep.
+        keep_checkpoints: how many of the newest end-of-epoch checkpoints to keep (>= 1).
+        checkpoint_every_steps: also write a checkpoint every this many steps inside an epoch.
+        checkpoint_every_minutes: also write one when this many minutes passed since the last.
+        on_config_change: 'stop' (default): a resume whose bindings differ in anything that changes
+            the result stops, listing them; 'continue': go on with the new values and record the change.
+        restart: when the workdir has checkpoints and none verifies, set them aside and start afresh
+            (without it the run stops and lists them). The command line's ``--restart``.
         complexity_weight: weight of :func:`diffstride.complexity_loss` added to the loss (0: off).
         complexity_fn: the complexity term, ``complexity_fn(model)``; default ``diffstride.complexity_loss``.
         device: 'cuda', 'cpu' or None (CUDA when available).
@@ -175,197 +582,106 @@ def train(
         seed: seeds torch before the model is built (the command line's ``--seed``).
         progress: a progress bar (None: when the output is a terminal).
         log: where the per-epoch lines go.
+        hooks: ``hook(event, state)`` called at 'step', 'before_checkpoint', 'checkpoint_written'
+            and 'epoch_end' (e.g. fault injection in the tests, custom logging).
     """
     check_int(num_epochs, "train.train.num_epochs", minimum=0)
     check_int(keep_checkpoints, "train.train.keep_checkpoints (checkpoints kept; 1 or more, or nothing could resume)",
               minimum=1)
+    check_int(checkpoint_every_steps, "train.train.checkpoint_every_steps", minimum=1, allow_none=True)
+    if checkpoint_every_minutes is not None and not (isinstance(checkpoint_every_minutes, (int, float))
+                                                     and not isinstance(checkpoint_every_minutes, bool)
+                                                     and checkpoint_every_minutes > 0):
+        raise ValueError(f"train.train.checkpoint_every_minutes must be a positive number or None, "
+                         f"but got {checkpoint_every_minutes!r}")
+    if on_config_change not in ("stop", "continue"):
+        raise ValueError(f"train.train.on_config_change must be 'stop' or 'continue', but got {on_config_change!r}")
     ctx = _Context(device)
-    stack = contextlib.ExitStack()
-    try:
+    with contextlib.ExitStack() as stack:
+        stack.callback(ctx.close)
         if seed is not None:
             torch.manual_seed(seed)
-        is_main = ctx.is_main
-        say = log if is_main else (lambda *_: None)
-        if workdir is not None and is_main:
-            # before any data or model work: a bad directory or a second run stops at once
+        say = log if ctx.is_main else (lambda *_: None)
+        writes = workdir is not None and ctx.is_main
+        if writes:  # before any data or model work: a bad directory or a second run stops at once
             prepare(workdir)
             stack.enter_context(RunLock(workdir))
             for path in remove_orphans(workdir):
                 say(f"removed {path}, left by an interrupted run")
 
-        datasets = load_data_fn(device=ctx.device, rank=ctx.rank, world_size=ctx.world_size)
-        model = model_cls(num_output_classes=datasets.num_classes, in_channels=datasets.image_shape[0]).to(ctx.device)
-        use_cuda = ctx.device.type == "cuda"
-        # channels_last is a layout of 4-D tensors: images only, never 1-D series
-        channels_last = (True if channels_last is None else channels_last) and len(datasets.image_shape) == 3
-        mixed_precision = use_cuda if mixed_precision is None else mixed_precision
-        memory_format = torch.channels_last if channels_last else torch.contiguous_format
-        model = model.to(memory_format=memory_format)
-        optimizer_spec = optimizer_cls()
-        optimizer = optimizer_spec.build(l2_param_groups(model))
-        if loss_cls is None:
-            from diffstride.examples.external_configurables import CATEGORICAL_CROSSENTROPY as loss_cls
-        loss_fn = loss_cls()
-        amp_dtype = torch.float16 if (use_cuda and not torch.cuda.is_bf16_supported()) else torch.bfloat16
-        from diffstride.complexity import count_flops, forward_trace
-        from diffstride.examples.external_configurables import COMPLEXITY_LOSS
-
-        complexity_fn = complexity_fn or COMPLEXITY_LOSS  # complexity_loss.weighting binds
-        structure = forward_trace(model, datasets.image_shape)  # pooling order and conv costs, once
-        run_info = {
-            "dataset": datasets.name, "seed": seed,
-            "pooling": next((type(m).__name__ for _, m in pooling.pooling_layers(model)), "strided conv"),
-            "initial_strides": [list(s) if isinstance(s, (list, tuple)) else s for s in getattr(model, "strides", [])],
-            "complexity_weight": complexity_weight,
-            "precision": str(amp_dtype).replace("torch.", "") + " autocast" if mixed_precision else "float32",
-            "memory_format": "channels_last" if channels_last else "contiguous",
-            "device": str(ctx.device), "world_size": ctx.world_size,
-        }
-        scaler = torch.amp.GradScaler("cuda", enabled=mixed_precision and use_cuda and amp_dtype == torch.float16)
-        output_sizes = _track_output_sizes(model)
-
-        start_epoch, step, history = 0, 0, []
+        run = build(ctx, load_data_fn, model_cls, optimizer_cls, loss_cls, complexity_fn, complexity_weight,
+                    channels_last, mixed_precision, seed)
+        config = resolved_config(seed)
+        state, resumed_from, changes = (resume(workdir, run, config, num_epochs, on_config_change, restart, say)
+                                        if workdir is not None else (None, None, {}))
+        state = state or RunState(run_id=uuid.uuid4().hex, config=config)
         writer = None
-        if workdir is not None:
-            found = ckpt.load_latest_checkpoint(workdir, map_location=ctx.device, log=say)
-            if found is not None:
-                state, path = found
-                try:
-                    model.load_state_dict(state["model"])
-                    optimizer.load_state_dict(state["optimizer"])
-                except (RuntimeError, ValueError, KeyError) as err:
-                    raise TrainingError(
-                        f"the checkpoint {path} does not fit this model/optimizer ({str(err)[:300]}); "
-                        f"use another workdir or remove the checkpoints of {workdir}") from None
-                _set_rng_state(state["rng"], ctx.device)
-                if "scaler" in state and scaler.is_enabled():
-                    scaler.load_state_dict(state["scaler"])
-                start_epoch, step, history = int(state["epoch"]), int(state["step"]), list(state.get("history", []))
-                if start_epoch > num_epochs:
-                    raise ValueError(
-                        f"the run in {workdir} has done {start_epoch} epochs, more than train.train.num_epochs = "
-                        f"{num_epochs}; raise num_epochs to extend it, or choose another --workdir")
-                say(f"resumed from {path} (epoch {start_epoch}, step {step})")
-            if is_main:
-                from torch.utils.tensorboard import SummaryWriter
-
-                writer = SummaryWriter(workdir, purge_step=step if step else None)
+        if writes:
+            if not os.path.exists(os.path.join(workdir, "config.gin")):  # the first start's, never overwritten
                 ckpt.atomic_write_text(os.path.join(workdir, "config.gin"), gin.config_str())
+            _append_start(workdir, {
+                "time": datetime.datetime.now().astimezone().isoformat(timespec="seconds"), "pid": os.getpid(),
+                "host": socket.gethostname(), "argv": sys.argv, "run_id": state.run_id,
+                "resumed_from": resumed_from, "epoch": state.epoch, "step": state.step, "num_epochs": num_epochs,
+                "config_changes": {k: list(v) for k, v in changes.items()}})
+            from torch.utils.tensorboard import SummaryWriter
 
-        net = model
-        if ctx.distributed:
-            net = nn.parallel.DistributedDataParallel(model, device_ids=[ctx.device] if use_cuda else None)
+            writer = stack.enter_context(SummaryWriter(workdir, purge_step=state.step or None))
 
-        kill_at = int(os.environ.get("DIFFSTRIDE_KILL_AT_STEP", "-1"))  # fault injection for the tests
-        show_progress = (sys.stderr.isatty() if progress is None else progress) and is_main
-        started = time.time()
-        metrics: Dict[str, Any] = history[-1] if history else {}
-        for epoch in range(start_epoch, num_epochs):
-            net.train()
-            loss_sum = torch.zeros((), device=ctx.device, dtype=torch.float64)
-            correct = torch.zeros((), device=ctx.device, dtype=torch.float64)
-            seen, epoch_start = 0, time.time()
-            bar = _progress(len(datasets.train), f"epoch {epoch + 1}/{num_epochs}", show_progress)
-            diverged = ""
+        def save_now(mid_epoch: bool) -> None:
             try:
-                for images, labels in datasets.train:
-                    if step == kill_at:
-                        os.kill(os.getpid(), signal.SIGKILL)
-                    lr = optimizer_spec.learning_rate_at(step)
-                    for group in optimizer.param_groups:
-                        group["lr"] = lr
-                    images = images.contiguous(memory_format=memory_format)
-                    with torch.autocast(ctx.device.type, dtype=amp_dtype, enabled=mixed_precision):
-                        outputs = net(images)
-                        loss = loss_fn(outputs, labels)
-                    total = loss + complexity_weight * complexity_fn(model, trace=structure) if complexity_weight else loss
-                    optimizer.zero_grad(set_to_none=True)
-                    scaler.scale(total).backward()
-                    scaler.step(optimizer)
-                    scaler.update()
-                    step += 1
-                    loss_sum += loss.detach().double() * labels.shape[0]
-                    correct += (outputs.detach().argmax(-1) == labels.argmax(-1)).sum()
-                    seen += labels.shape[0]
-                    if bar is not None:
-                        bar.update(1)
-                        if step % 10 == 0:
-                            bar.set_postfix(loss=f"{loss_sum.item() / seen:.4f}", acc=f"{correct.item() / seen:.3f}")
-                    if step % 20 == 0 and not torch.isfinite(loss):
-                        break
-            except FloatingPointError as err:  # e.g. strides that became NaN
-                loss_sum.fill_(float("nan"))
-                diverged = str(err)
-            if bar is not None:
-                bar.close()
-            train_loss_sum, train_correct, train_seen = ctx.all_sum([loss_sum.item(), correct.item(), float(seen)])
-            train_loss = train_loss_sum / max(train_seen, 1)
-            if not math.isfinite(train_loss):
-                last = ckpt.list_checkpoints(workdir)[0][1] if workdir and ckpt.list_checkpoints(workdir) else None
+                save(workdir, run, state, keep_checkpoints, mid_epoch, hooks)
+            except ckpt.CheckpointError as err:
+                raise TrainingError(str(err)) from None
+
+        checkpointing = _Checkpointing(checkpoint_every_steps, checkpoint_every_minutes)
+        save_mid_epoch = (lambda: save_now(True)) if writes and (checkpoint_every_steps or checkpoint_every_minutes) else None
+        show_progress = (sys.stderr.isatty() if progress is None else progress) and ctx.is_main
+        started = time.time()
+        while state.epoch < num_epochs:
+            sums = train_one_epoch(run, state, num_epochs, save_mid_epoch, checkpointing, hooks, show_progress)
+            state.epoch, state.batch, state.partial, state.epoch_rng = state.epoch + 1, 0, {}, None
+            metrics = epoch_metrics(run, state, sums)
+            if not math.isfinite(metrics["train_loss"]):
+                last = os.path.join(workdir, state.checkpoints[-1]) if workdir and state.checkpoints else "none"
                 raise TrainingError(
-                    f"the training loss became non-finite ({train_loss}) in epoch {epoch + 1} (by step {step}); "
-                    f"stopped without saving. Last good checkpoint: {last or 'none'}. "
-                    f"Lower the learning rate, or check the data." + (f" ({diverged})" if diverged else ""))
-            seconds = time.time() - epoch_start
-            test_loss, test_acc = _evaluate(net, model, datasets.test, loss_fn, ctx, memory_format, amp_dtype, mixed_precision)
-            report = pooling_report(model, output_sizes)
-            metrics = {
-                "epoch": epoch + 1, "step": step, "learning_rate": lr if seen else optimizer_spec.learning_rate_at(step),
-                "train_loss": train_loss, "train_accuracy": train_correct / max(train_seen, 1),
-                "test_loss": test_loss, "test_accuracy": test_acc,
-                "images_per_second": train_seen / seconds if seconds > 0 else 0.0,
-                "steps_per_second": len(datasets.train) / seconds if seconds > 0 else 0.0,
-                "pooling": report,
-            }
-            with torch.no_grad():
-                metrics["complexity"] = float(complexity_fn(model, trace=structure))
-            metrics["flops"] = count_flops(model, datasets.image_shape)
-            history.append(metrics)
-            say(f"epoch {epoch + 1:>3}/{num_epochs}  loss {train_loss:.4f}  acc {metrics['train_accuracy']:.4f}  "
-                f"test_loss {test_loss:.4f}  test_acc {test_acc:.4f}  lr {metrics['learning_rate']:.4g}  "
-                f"{metrics['images_per_second']:.0f} img/s  MMACs {metrics['flops'] / 1e6:.1f}"
-                + (f"  strides {_format_strides(report)}" if report else ""))
-            if writer is not None:
-                _log_tensorboard(writer, metrics, step)
+                    f"the training loss became non-finite ({metrics['train_loss']}) in epoch {state.epoch} "
+                    f"(by step {state.step}); stopped without saving. Last good checkpoint: {last}. "
+                    f"Lower the learning rate, or check the data." + (f" ({sums['diverged']})" if sums["diverged"] else ""))
+            say(_epoch_line(metrics, num_epochs))
             if ctx.distributed:
-                replicas = ctx.gather_strides(model)
+                replicas = ctx.gather_strides(run.model)
                 if any(r != replicas[0] for r in replicas):
-                    raise TrainingError(f"the strides differ between processes after epoch {epoch + 1}: {replicas}")
+                    raise TrainingError(f"the strides differ between processes after epoch {state.epoch}: {replicas}")
                 metrics["replica_strides"] = replicas
-            if workdir is not None and is_main:
-                state = {"format": CHECKPOINT_FORMAT, "epoch": epoch + 1, "step": step, "model": model.state_dict(),
-                         "optimizer": optimizer.state_dict(), "rng": _rng_state(ctx.device), "history": history}
-                if scaler.is_enabled():
-                    state["scaler"] = scaler.state_dict()
-                ckpt.save_checkpoint(workdir, state, keep=keep_checkpoints)
-                ckpt.write_json(os.path.join(workdir, "history.json"), history)
-                ckpt.atomic_write_text(os.path.join(workdir, "operative_config.gin"), gin.operative_config_str())
+            state.history.append(metrics)
+            if writer is not None:
+                _log_tensorboard(writer, metrics, state.step)
+            if writes:
+                save_now(False)
+                checkpointing.done()
+                ckpt.write_json(os.path.join(workdir, "history.json"), state.history)
+                if not os.path.exists(os.path.join(workdir, "operative_config.gin")):
+                    ckpt.atomic_write_text(os.path.join(workdir, "operative_config.gin"), gin.operative_config_str())
+            _fire(hooks, "epoch_end", state)
             ctx.barrier()
 
-        final = {"num_epochs": num_epochs, "seconds": time.time() - started, "workdir": workdir, "run": run_info,
-                 **metrics}
-        if writer is not None:
-            writer.close()
-        if workdir is not None and is_main:
+        run.info["seed"] = ast.literal_eval(state.config.get("--seed", "None"))  # as trained: the first start's
+        run.info["config_changes"] = state.config_changes
+        final = {"num_epochs": num_epochs, "seconds": time.time() - started, "workdir": workdir, "run": run.info,
+                 **(state.history[-1] if state.history else {})}
+        if writes:
             ckpt.write_json(os.path.join(workdir, "metrics.json"), final)
         return final
-    finally:
-        stack.close()
-        ctx.close()
 
 
-@torch.no_grad()
-def _evaluate(net, model, batches, loss_fn, ctx, memory_format, amp_dtype, mixed_precision):
-    net.eval()
-    loss_sum = correct = count = 0.0
-    for images, labels in batches:
-        with torch.autocast(ctx.device.type, dtype=amp_dtype, enabled=mixed_precision):
-            outputs = model(images.contiguous(memory_format=memory_format))
-        loss_sum += loss_fn(outputs, labels).item() * labels.shape[0]
-        correct += (outputs.argmax(-1) == labels).sum().item()
-        count += labels.shape[0]
-    loss_sum, correct, count = ctx.all_sum([loss_sum, correct, count])
-    return loss_sum / max(count, 1), correct / max(count, 1)
+def _epoch_line(metrics: Dict[str, Any], num_epochs: int) -> str:
+    report = metrics["pooling"]
+    return (f"epoch {metrics['epoch']:>3}/{num_epochs}  loss {metrics['train_loss']:.4f}  "
+            f"acc {metrics['train_accuracy']:.4f}  test_loss {metrics['test_loss']:.4f}  "
+            f"test_acc {metrics['test_accuracy']:.4f}  lr {metrics['learning_rate']:.4g}  "
+            f"{metrics['images_per_second']:.0f} img/s  MMACs {metrics['flops'] / 1e6:.1f}"
+            + (f"  strides {_format_strides(report)}" if report else ""))
 
 
 def _log_tensorboard(writer, metrics: Dict[str, Any], step: int) -> None:
