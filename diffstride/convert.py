@@ -1,17 +1,53 @@
-"""Converting existing models to learnable strides, and freezing learned strides for deployment."""
+"""Converting existing models to learnable strides, and freezing learned strides for deployment.
+
+:func:`convert` replaces strided convolutions and poolings (1-D, 2-D, 3-D) by stride-1 layers
+followed by a pooling layer. Layers whose outputs meet (added, concatenated, multiplied, ...) with
+no other downsampling in between share one pooling instance, found by tracing the data flow with
+``torch.fx``; then the result is proved: every pooling layer's output size is moved on its own (as
+training moves strides) and the network must still run, on the ``meta`` device (shapes only, no
+arithmetic). A hazard left raises :class:`ConversionError` at conversion time, naming the layers,
+never in the middle of a training run.
+"""
 from __future__ import annotations
 
+import collections
 import copy
 import dataclasses
-from typing import Callable, Dict, Iterable, List, Optional, Tuple
+import operator
+import random
+import warnings
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
+import torch
 from torch import nn
 
 from diffstride import pooling
 
-__all__ = ["convert", "freeze", "Change"]
+__all__ = ["convert", "freeze", "Change", "ConversionError"]
 
-_KINDS = {"conv": nn.Conv2d, "avgpool": nn.AvgPool2d, "maxpool": nn.MaxPool2d}
+_KINDS: Dict[str, Tuple[type, ...]] = {
+    "conv": (nn.Conv1d, nn.Conv2d, nn.Conv3d),
+    "avgpool": (nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d),
+    "maxpool": (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d),
+}
+_NDIM = {nn.Conv1d: 1, nn.Conv2d: 2, nn.Conv3d: 3, nn.AvgPool1d: 1, nn.AvgPool2d: 2, nn.AvgPool3d: 3,
+         nn.MaxPool1d: 1, nn.MaxPool2d: 2, nn.MaxPool3d: 3}
+# each family by dimensionality: a 2-D class given as pooling_cls serves 1-D and 3-D layers too
+_FAMILIES = [
+    {1: pooling.DiffStride1d, 2: pooling.DiffStride, 3: pooling.DiffStride3d},
+    {1: pooling.FixedSpectralPooling1d, 2: pooling.FixedSpectralPooling, 3: pooling.FixedSpectralPooling3d},
+    {1: pooling.SpatialPooling1d, 2: pooling.SpatialPooling, 3: pooling.SpatialPooling3d},
+]
+_ADAPTIVE = (nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d, nn.AdaptiveMaxPool1d,
+             nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d)
+_ADAPTIVE_FUNCTIONS = {torch.nn.functional.adaptive_avg_pool1d, torch.nn.functional.adaptive_avg_pool2d,
+                       torch.nn.functional.adaptive_avg_pool3d, torch.nn.functional.adaptive_max_pool1d,
+                       torch.nn.functional.adaptive_max_pool2d, torch.nn.functional.adaptive_max_pool3d}
+_DEFAULT_SIZES = {1: (4096,), 2: (224, 224), 3: (16, 112, 112)}
+
+
+class ConversionError(ValueError):
+    """The converted model would fail when its strides move (or already at the initial strides)."""
 
 
 @dataclasses.dataclass
@@ -20,7 +56,7 @@ class Change:
 
     name: str
     kind: str
-    strides: Tuple[int, int]
+    strides: Tuple[int, ...]
     pooling: str  # name of the pooling instance (shared ones have one name)
     shared_with: Optional[str] = None
 
@@ -29,45 +65,52 @@ class Change:
         return text + (f" (shared with {self.shared_with})" if self.shared_with else "")
 
 
-def _pair(v) -> Tuple[int, int]:
-    return (v, v) if isinstance(v, int) else (int(v[0]), int(v[1]))
+def _to_tuple(value, ndim: int) -> Tuple[int, ...]:
+    if isinstance(value, int):
+        return (value,) * ndim
+    return tuple(int(v) for v in value)
 
 
-def _strides_of(module: nn.Module) -> Tuple[int, int]:
-    if isinstance(module, nn.Conv2d):
-        return _pair(module.stride)
-    stride = module.stride if module.stride is not None else module.kernel_size
-    return _pair(stride)
+def _strides_of(module: nn.Module) -> Tuple[int, ...]:
+    stride = module.stride if module.stride is not None else module.kernel_size  # pools: None means kernel
+    return _to_tuple(stride, _ndim_of(module))
 
 
-def _is_downsampling(module: nn.Module, kinds: Tuple[type, ...]) -> bool:
-    return isinstance(module, kinds) and _strides_of(module) != (1, 1)
+def _ndim_of(module: nn.Module) -> int:
+    for cls, n in _NDIM.items():
+        if isinstance(module, cls):
+            return n
+    raise TypeError(f"not a convertible layer: {type(module).__name__}")
 
 
-def _set_stride_one(module: nn.Module) -> None:
-    module.stride = (1, 1)
+def _kind_of(module: nn.Module, layers: Sequence[str]) -> Optional[str]:
+    return next((k for k in layers if isinstance(module, _KINDS[k])), None)
 
 
-def _downsample_pairs(model: nn.Module, kinds: Tuple[type, ...]) -> Dict[str, str]:
-    """Shortcut convolution -> main-branch layer of the same residual block (torchvision's
-    ``downsample`` convention: a block with a strided layer and a ``downsample`` whose first
-    module is a strided conv with the same strides)."""
-    pairs = {}
-    for block_name, block in model.named_modules():
-        downsample = getattr(block, "downsample", None)
-        if not isinstance(downsample, nn.Sequential) or not len(downsample):
-            continue
-        shortcut = downsample[0]
-        if not _is_downsampling(shortcut, kinds):
-            continue
-        prefix = f"{block_name}." if block_name else ""
-        for name, module in block.named_modules():
-            if name.startswith("downsample") or not name:
-                continue
-            if _is_downsampling(module, kinds) and _strides_of(module) == _strides_of(shortcut):
-                pairs[f"{prefix}downsample.0"] = f"{prefix}{name}"
-                break
-    return pairs
+def _is_downsampling(module: nn.Module, layers: Sequence[str]) -> bool:
+    return _kind_of(module, layers) is not None and any(s != 1 for s in _strides_of(module))
+
+
+def _same_padding(module: nn.Module, ndim: int) -> Optional[nn.Module]:
+    """Padding at the end of each axis that makes the stride-1 layer keep the input size ('same',
+    as the reference's layers), for layers that share a pooling instance: a kernel-2 stride-2
+    pooling at stride 1 would otherwise lose a pixel, and its output would no longer meet the
+    other branch's (timm's resnet50d). None when nothing is needed."""
+    kernel = _to_tuple(module.kernel_size, ndim)
+    dilation = _to_tuple(getattr(module, "dilation", 1), ndim)
+    padding = module.padding
+    padding = (0,) * ndim if padding == "valid" else _to_tuple(padding, ndim)
+    extra = [max(0, d * (k - 1) - 2 * p) for k, d, p in zip(kernel, dilation, padding)]
+    if not any(extra):
+        return None
+    pad = tuple(v for e in reversed(extra) for v in (0, e))  # F.pad order: last axis first
+    if isinstance(module, _KINDS["conv"]):
+        return (nn.ConstantPad1d, nn.ConstantPad2d, nn.ConstantPad3d)[ndim - 1](pad, 0.0)
+    return (nn.ReplicationPad1d, nn.ReplicationPad2d, nn.ReplicationPad3d)[ndim - 1](pad)  # max/avg unchanged
+
+
+def _family(pooling_cls: Callable) -> Optional[Dict[int, type]]:
+    return next((family for family in _FAMILIES if pooling_cls in family.values()), None)
 
 
 def _set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
@@ -76,27 +119,226 @@ def _set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
     setattr(parent, child, new)
 
 
+# ----------------------------------------------------------------------------------------------
+# Which layers must share a pooling instance
+
+
+class _UnionFind:
+    def __init__(self, items: Iterable[str]):
+        self.parent = {item: item for item in items}
+
+    def find(self, item: str) -> str:
+        while self.parent[item] != item:
+            self.parent[item] = self.parent[self.parent[item]]
+            item = self.parent[item]
+        return item
+
+    def union(self, a: str, b: str) -> None:
+        ra, rb = self.find(a), self.find(b)
+        if ra != rb:
+            self.parent[rb] = ra
+
+
+def _ties_by_data_flow(model: nn.Module, targets: Sequence[str], uf: _UnionFind) -> None:
+    """Traces ``model`` with torch.fx and unites the targets whose outputs meet.
+
+    Every value carries its *history*: the targets it went through, in order. An operation with
+    several spatial inputs (add, cat, mul, ...) unites their histories position by position from
+    the newest: tensors that meet were downsampled by the same layers, which must then move
+    together. Adaptive poolings give a size-free value (empty history).
+    """
+    graph = torch.fx.symbolic_trace(model).graph
+    target_set = set(targets)
+    modules = dict(model.named_modules())
+    history: Dict[torch.fx.Node, Tuple[str, ...]] = {}
+    for node in graph.nodes:
+        inputs = [history[a] for a in node.all_input_nodes if a in history]
+        if node.op == "call_module" and node.target in target_set:
+            history[node] = (inputs[0] if inputs else ()) + (node.target,)
+        elif (node.op == "call_module" and isinstance(modules.get(node.target), _ADAPTIVE)) or \
+                (node.op == "call_function" and node.target in _ADAPTIVE_FUNCTIONS):
+            history[node] = ()
+        else:
+            spatial = [h for h in inputs if h]
+            for other in spatial[1:]:
+                for a, b in zip(reversed(spatial[0]), reversed(other)):
+                    uf.union(a, b)
+            history[node] = max(spatial, key=len) if spatial else ()
+
+
+def _ties_by_structure(model: nn.Module, layers: Sequence[str], uf: _UnionFind) -> None:
+    """The fallback: in a block with a ``downsample`` shortcut (torchvision's and timm's ResNets),
+    the shortcut's strided layer and the main branch's layer of the same strides."""
+    for block_name, block in model.named_modules():
+        downsample = getattr(block, "downsample", None)
+        if not isinstance(downsample, nn.Sequential) or not len(downsample):
+            continue
+        prefix = f"{block_name}." if block_name else ""
+        shortcut = next((f"{prefix}downsample.{n}" for n, m in downsample.named_children()
+                         if _is_downsampling(m, layers)), None)
+        if shortcut is None:
+            continue
+        strides = _strides_of(model.get_submodule(shortcut))
+        for name, module in block.named_modules():
+            if name and not name.startswith("downsample") and _is_downsampling(module, layers) \
+                    and _strides_of(module) == strides:
+                uf.union(f"{prefix}{name}", shortcut)
+                break
+
+
+# ----------------------------------------------------------------------------------------------
+# The proof: move each pooling layer's output size and run the network on shapes only
+
+
+class _Probe(nn.Module):
+    """Stands in for a pooling instance: the output of the size the layer gives now, plus ``delta``."""
+
+    def __init__(self, output_size: Callable):
+        super().__init__()
+        self.output_size, self.delta = output_size, 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        size = tuple(n + self.delta for n in self.output_size(tuple(x.shape[2:])))
+        return x.new_zeros(tuple(x.shape[:2]) + size)
+
+
+def _with_probes(model: nn.Module, device) -> Tuple[nn.Module, Dict[int, _Probe]]:
+    """A copy of ``model`` on ``device`` whose pooling instances are probes (shared stays shared);
+    returns it and ``{id(original pooling layer): its probe in the copy}``."""
+    probes: Dict[int, _Probe] = {}
+    for _, layer in pooling.pooling_layers(model):
+        probes.setdefault(id(layer), _Probe(layer.output_size))
+    originals = {}
+    for parent in model.modules():  # swap in place (cheap), copy, swap back
+        for child_name, child in list(parent.named_children()):
+            if id(child) in probes:
+                originals[(parent, child_name)] = child
+                setattr(parent, child_name, probes[id(child)])
+    memo: Dict[int, object] = {}
+    try:
+        copied = copy.deepcopy(model, memo)
+    finally:
+        for (parent, child_name), child in originals.items():
+            setattr(parent, child_name, child)
+    if device == "meta":
+        copied = copied.to("meta")
+    return copied.eval(), {key: memo[id(probe)] for key, probe in probes.items()}
+
+
+def _runs(model: nn.Module, x: torch.Tensor) -> Optional[str]:
+    try:
+        with torch.no_grad():
+            model(x)
+    except Exception as err:  # any failure of the forward is what the proof looks for
+        return f"{type(err).__name__}: {str(err).splitlines()[0][:300] if str(err) else ''}"
+    return None
+
+
+def _prove(model: nn.Module, changes: List[Change], example: torch.Tensor) -> None:
+    """Raises ConversionError unless the network runs at the initial strides and with each
+    trainable pooling instance's output size moved on its own, and all moved at random."""
+    copied, probes = _with_probes(model, "meta")
+    x = torch.empty(example.shape, dtype=example.dtype, device="meta")
+    failure = _runs(copied, x)
+    if failure is not None:  # an operation without a meta kernel? try for real
+        copied, probes = _with_probes(model, example.device)
+        x = example
+        failure = _runs(copied, x)
+    if failure is not None:
+        names = ", ".join(sorted({c.name for c in changes}))
+        raise ConversionError(
+            f"the converted model does not run on an input of shape {tuple(example.shape)} at its initial strides "
+            f"({failure}). A converted layer may feed one that needs a fixed size (a position embedding, a "
+            f"Linear after flatten): leave it out with exclude=[...] (converted: {names}), or pass the input "
+            f"shape the model expects as example_input")
+    instance_of = {}  # pooling name -> probe
+    for change in changes:
+        layer = model.get_submodule(change.pooling)
+        if isinstance(layer, pooling._DiffStrideNd) and layer.trainable and id(layer) in probes:
+            instance_of[change.pooling] = probes[id(layer)]
+    members: Dict[str, List[str]] = {}
+    for change in changes:
+        members.setdefault(change.pooling, []).append(change.name)
+    broken = []
+    for name, probe in instance_of.items():
+        probe.delta = 1
+        failure = _runs(copied, x)
+        probe.delta = 0
+        if failure is not None:
+            broken.append(f"{' + '.join(members[name])} ({failure})")
+    if not broken and len(instance_of) > 1:
+        rng = random.Random(0)
+        for probe in instance_of.values():
+            probe.delta = rng.choice((0, 1, 2))
+        failure = _runs(copied, x)
+        for probe in instance_of.values():
+            probe.delta = 0
+        if failure is not None:
+            broken.append(f"several layers moved at once ({failure})")
+    if broken:
+        raise ConversionError(
+            "the converted model breaks when these pooling layers' strides move, as training moves them: "
+            + "; ".join(broken) + ". Their outputs meet other tensors whose sizes do not follow them: leave them "
+            "out with exclude=[...], or convert with a fixed pooling (pooling_cls=FixedSpectralPooling)")
+
+
+def _default_example(model: nn.Module, ndim: int) -> Optional[torch.Tensor]:
+    first = next((m for m in model.modules() if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d))), None)
+    if first is None:
+        return None
+    param = next(model.parameters(), None)
+    return torch.zeros((1, first.in_channels) + _DEFAULT_SIZES[ndim],
+                       device=param.device if param is not None else "cpu")
+
+
+# ----------------------------------------------------------------------------------------------
+# convert, freeze
+
+
 def convert(
     model: nn.Module,
     pooling_cls: Callable[..., nn.Module] = pooling.DiffStride,
     layers: Iterable[str] = ("conv", "avgpool", "maxpool"),
     share_residual: bool = True,
     inplace: bool = False,
+    exclude: Iterable[str] = (),
+    example_input: Optional[torch.Tensor] = None,
+    check: bool = True,
     **pooling_kwargs,
 ) -> Tuple[nn.Module, List[Change]]:
     """Replaces the strided downsampling of ``model`` by stride-1 layers followed by ``pooling_cls``.
 
-    Every ``nn.Conv2d`` / ``nn.AvgPool2d`` / ``nn.MaxPool2d`` (as chosen by ``layers``) with a
-    stride other than 1 keeps its weights, kernel and padding, gets stride 1, and is followed by
-    ``pooling_cls(strides=<its stride>, **pooling_kwargs)``. In a residual block with a
-    ``downsample`` shortcut (torchvision's ResNets), the main branch's strided layer and the
-    shortcut's strided convolution share one pooling instance, as in the reference's ResNets.
+    Every ``nn.Conv{1,2,3}d`` / ``nn.AvgPool{1,2,3}d`` / ``nn.MaxPool{1,2,3}d`` (as chosen by
+    ``layers``) with a stride other than 1 keeps its weights, kernel and padding, gets stride 1,
+    and is followed by a pooling layer of its dimensionality with its strides:
+    ``pooling_cls(strides=..., **pooling_kwargs)``, where a DiffStride, FixedSpectralPooling or
+    SpatialPooling class of any dimensionality stands for its family (``DiffStride`` gives
+    ``DiffStride1d`` after a ``Conv1d``).
+
+    Layers whose outputs meet (added, subtracted, multiplied, concatenated, stacked, ...) with no
+    other downsampling in between share one pooling instance, as the branches of the reference's
+    ResNet blocks do: the data flow is traced with ``torch.fx``. A model that cannot be traced
+    falls back to the ``downsample``-shortcut rule of torchvision's ResNets, with a warning naming
+    the layers not checked by data flow. A shared layer that would shrink its input at stride 1
+    (e.g. a kernel-2 stride-2 average pooling on a shortcut) gets padding at the end of each axis
+    (``NAME.pad``: zeros before a convolution, replicated edges before a pooling), so that all
+    branches reach the shared pooling layer at the same size.
+
+    With ``check`` (default), the result is proved before it is returned: on the ``meta`` device
+    (shapes only), the network must run on ``example_input`` at the initial strides, with each
+    trainable pooling instance's output size moved on its own, and with all moved at random.
+    Otherwise :class:`ConversionError` names the layers.
 
     Args:
         model: any PyTorch model (copied unless ``inplace``).
         pooling_cls: e.g. :class:`~diffstride.pooling.DiffStride` or ``FixedSpectralPooling``.
         layers: which strided layers to convert: any of 'conv', 'avgpool', 'maxpool'.
-        share_residual: share one pooling instance between a block's main branch and shortcut.
+        share_residual: share one pooling instance among layers whose outputs meet.
+        inplace: modify ``model`` itself.
+        exclude: names of layers to leave as they are (e.g. a ViT's patch embedding).
+        example_input: an input the model accepts, for the proof; default zeros of shape
+            ``(1, C, 224, 224)`` (``(1, C, 4096)`` for 1-D, ``(1, C, 16, 112, 112)`` for 3-D).
+        check: prove the result (see above).
 
     Returns:
         ``(model, changes)``: the converted model and one :class:`Change` per replaced layer.
@@ -112,36 +354,71 @@ def convert(
     unknown = [k for k in layers if k not in _KINDS]
     if unknown:
         raise ValueError(f"layers must be among {sorted(_KINDS)}, but got {unknown}")
-    kinds = tuple(_KINDS[k] for k in layers)
+    exclude = set(exclude)
+    names = {name for name, _ in model.named_modules()}
+    missing = sorted(exclude - names)
+    if missing:
+        raise ValueError(f"exclude names layers that are not in the model: {missing}")
+    family = _family(pooling_cls)
+    targets = [name for name, m in model.named_modules() if _is_downsampling(m, layers) and name not in exclude]
+    if not targets:
+        return (model if inplace else copy.deepcopy(model)), []
+
+    uf = _UnionFind(targets)
+    if share_residual:
+        try:
+            _ties_by_data_flow(model, targets, uf)
+        except Exception as err:  # torch.fx cannot trace data-dependent Python control flow
+            warnings.warn(
+                f"convert: {type(model).__name__} could not be traced with torch.fx "
+                f"({type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''}); layers are shared by "
+                f"the 'downsample' shortcut rule only, and these were not checked by data flow: {', '.join(targets)}. "
+                f"The proof after conversion still runs (check=True).", stacklevel=2)
+            _ties_by_structure(model, layers, uf)
+
     model = model if inplace else copy.deepcopy(model)
-    targets = [(name, m) for name, m in model.named_modules() if _is_downsampling(m, kinds)]
-    pairs = _downsample_pairs(model, kinds) if share_residual else {}
-    main_of_shortcut = pairs
-    instances: Dict[str, nn.Module] = {}
+    groups: Dict[str, List[str]] = {}
+    for name in targets:
+        groups.setdefault(uf.find(name), []).append(name)
+    instances: Dict[str, Tuple[nn.Module, str]] = {}
     changes: List[Change] = []
-    for name, module in targets:
-        strides = _strides_of(module)
-        kind = next(k for k in layers if isinstance(module, _KINDS[k]))
-        partner = main_of_shortcut.get(name)
-        if partner is not None and partner in instances:
-            pool = instances[partner]
-            shared = partner
+    for name in targets:
+        module = model.get_submodule(name)
+        strides, ndim = _strides_of(module), _ndim_of(module)
+        group = groups[uf.find(name)]
+        first = group[0]
+        if first in instances:
+            pool, _ = instances[first]
+            first_strides = _strides_of_change(changes, first)
+            if first_strides != strides:
+                raise ConversionError(
+                    f"{first} (stride {first_strides}) and {name} (stride {strides}) feed the same operation but "
+                    f"downsample by different factors, so they cannot share a pooling layer; leave one out with "
+                    f"exclude=[...]")
+            shared = first
         else:
-            pool = pooling_cls(strides=strides, **pooling_kwargs)
-            shared = None
-        instances[name] = pool
-        _set_stride_one(module)
-        _set_submodule(model, name, nn.Sequential(module, pool))
-        changes.append(Change(name, kind, strides, f"{shared or name}.1", shared))
-    # the shortcut may come before its partner in module order: share in a second pass
-    for shortcut, main in pairs.items():
-        if shortcut in instances and main in instances and instances[shortcut] is not instances[main]:
-            instances[shortcut] = instances[main]
-            model.get_submodule(shortcut)[1] = instances[main]
-            for change in changes:
-                if change.name == shortcut:
-                    change.shared_with, change.pooling = main, f"{main}.1"
+            cls = family[ndim] if family is not None else pooling_cls
+            pool, shared = cls(strides=strides, **pooling_kwargs), None
+            instances[first] = (pool, f"{first}.1")
+        module.stride = (1,) * ndim
+        pad = _same_padding(module, ndim) if len(group) > 1 else None
+        parts = [("0", module), ("1", pool)] if pad is None else [("pad", pad), ("0", module), ("1", pool)]
+        _set_submodule(model, name, nn.Sequential(collections.OrderedDict(parts)))
+        changes.append(Change(name, _kind_of(module, layers), strides, instances[first][1], shared))
+
+    if check:
+        if example_input is None:
+            example_input = _default_example(model, max(len(c.strides) for c in changes))
+        if example_input is None:
+            warnings.warn("convert: no example_input and no convolution to infer its channels from; "
+                          "the result was not proved (pass example_input=...)", stacklevel=2)
+        else:
+            _prove(model, changes, example_input)
     return model, changes
+
+
+def _strides_of_change(changes: List[Change], name: str) -> Tuple[int, ...]:
+    return next(c.strides for c in changes if c.name == name)
 
 
 def freeze(model: nn.Module, inplace: bool = False) -> nn.Module:
