@@ -1,0 +1,204 @@
+"""convert() on any network: branches tied by data flow, the proof against moving strides, every
+dimensionality, and the torchvision and timm zoos (convert, move the strides, train a step)."""
+import io
+import random
+import warnings
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+import diffstride
+from diffstride import pooling
+from diffstride.convert import ConversionError
+
+timm = pytest.importorskip("timm")
+
+TORCHVISION = ["resnet18", "resnet50", "resnext50_32x4d", "wide_resnet50_2", "mobilenet_v2", "mobilenet_v3_small",
+               "mobilenet_v3_large", "efficientnet_b0", "mnasnet0_5", "regnet_x_400mf", "regnet_y_400mf",
+               "shufflenet_v2_x0_5", "densenet121", "convnext_tiny", "vgg11", "squeezenet1_0", "swin_t"]
+TIMM = ["resnet50", "resnet50d", "efficientnet_b0", "mobilenetv3_large_100", "regnety_002", "convnext_nano",
+        "cspresnet50"]
+ZOO = [("torchvision", n) for n in TORCHVISION] + [("timm", n) for n in TIMM]
+# ceil_mode max pooling: its last window hangs over the edge, which a stride-1 pooling then
+# subsampling does not reproduce (squeezenet's 14 -> 7 where subsampling gives 6)
+NOT_PLAIN_SUBSAMPLING = {("torchvision", "squeezenet1_0")}
+
+
+def _make(source, name):
+    torch.manual_seed(0)
+    if source == "torchvision":
+        return getattr(torchvision.models, name)(weights=None)
+    return timm.create_model(name, pretrained=False)
+
+
+def _move_strides(model, rng):
+    """Every DiffStride instance to its own random strides, as training moves them."""
+    with torch.no_grad():
+        for _, layer in pooling.pooling_layers(model):
+            layer.strides.copy_(torch.tensor([max(1.0, v * rng.uniform(0.75, 1.3)) for v in layer.strides.tolist()]))
+
+
+class _Branches(nn.Module):
+    """Two strided branches added, like a RegNet block: no ``downsample`` attribute to go by."""
+
+    def __init__(self, traceable=True):
+        super().__init__()
+        self.main = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1))
+        self.proj = nn.Conv2d(3, 8, 1, stride=2)
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 2))
+        self.traceable = traceable
+
+    def forward(self, x):
+        if not self.traceable and bool(x.sum() > -1e30):  # data-dependent Python: torch.fx cannot trace it
+            x = x * 1.0
+        return self.head(torch.relu(self.main(x) + self.proj(x)))
+
+
+def test_branches_that_meet_share_one_pooling_instance_found_by_data_flow():
+    model, changes = diffstride.convert(_Branches())
+    assert [c.name for c in changes] == ["main.0", "proj"]
+    assert model.main[0][1] is model.proj[1] and changes[1].shared_with == "main.0"
+    _move_strides(model, random.Random(0))
+    model(torch.randn(2, 3, 33, 33)).sum().backward()  # odd size: any mismatch would show
+
+
+def test_an_untraceable_model_falls_back_with_a_warning_and_the_proof_names_the_hazard():
+    with pytest.warns(UserWarning, match=r"could not be traced with torch.fx .* not checked by data flow: main.0, proj"):
+        with pytest.raises(ConversionError, match=r"breaks when these pooling layers' strides move.*main\.0 \(.*proj \("):
+            diffstride.convert(_Branches(traceable=False))
+    # without the proof the hazard would only show once training moved the strides
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model, _ = diffstride.convert(_Branches(traceable=False), check=False)
+    model.main[0][1].strides.data.fill_(2.6)
+    with pytest.raises(RuntimeError, match="must match the size"):
+        model(torch.randn(2, 3, 32, 32))
+
+
+def test_regnet_main_branch_and_shortcut_share_and_survive_moving_strides():
+    """The issue's failure: regnet_y_400mf's f.b and proj drifted apart mid-run."""
+    model, changes = diffstride.convert(torchvision.models.regnet_y_400mf(weights=None))
+    shared = {frozenset((c.name, c.shared_with)) for c in changes if c.shared_with}
+    assert shared == {frozenset((f"trunk_output.block{i}.block{i}-0.proj.0", f"trunk_output.block{i}.block{i}-0.f.b.0"))
+                      for i in range(1, 5)}
+    _move_strides(model, random.Random(1))
+    model(torch.randn(2, 3, 72, 72)).sum().backward()
+
+
+def test_a_layer_feeding_a_fixed_size_is_refused_at_conversion_and_can_be_excluded():
+    vit = torchvision.models.vit_b_16(weights=None)
+    with pytest.raises(ConversionError, match=r"does not run on an input of shape \(1, 3, 224, 224\) at its initial "
+                                              r"strides .*exclude=\[\.\.\.\] \(converted: conv_proj\)"):
+        diffstride.convert(vit)
+    model, changes = diffstride.convert(vit, exclude=["conv_proj"])
+    assert changes == [] and not pooling.pooling_layers(model)
+    with pytest.raises(ValueError, match=r"exclude names layers that are not in the model: \['conv_prj'\]"):
+        diffstride.convert(vit, exclude=["conv_prj"])
+    # an MLP after flatten needs the size the strided layer gave
+    net = nn.Sequential(nn.Conv2d(1, 4, 3, stride=2, padding=1), nn.Flatten(), nn.Linear(4 * 8 * 8, 2))
+    with pytest.raises(ConversionError, match="at its initial strides"):
+        diffstride.convert(net, example_input=torch.zeros(1, 1, 16, 16))
+    # fixed strides never move: a subsampling conversion of the same net is fine
+    fixed, _ = diffstride.convert(net, pooling_cls=pooling.SpatialPooling, example_input=torch.zeros(1, 1, 16, 16))
+    x = torch.randn(3, 1, 16, 16)
+    assert torch.allclose(fixed(x), net(x), atol=1e-6)
+
+
+class _Residual1d(nn.Module):
+    def __init__(self, dims):
+        super().__init__()
+        conv, pool = {1: (nn.Conv1d, nn.AvgPool1d), 3: (nn.Conv3d, nn.AvgPool3d)}[dims]
+        self.stem = nn.Sequential(conv(2, 4, 3, stride=2, padding=1), pool(2))
+        self.main = conv(4, 4, 3, stride=2, padding=1)
+        self.short = pool(2)  # kernel 2, stride 2: shrinks at stride 1, padded to meet the main branch
+        self.head = nn.Linear(4, 3)
+
+    def forward(self, x):
+        y = self.main(self.stem(x)) + self.short(self.stem(x))
+        return self.head(y.flatten(2).mean(-1))
+
+
+@pytest.mark.parametrize("dims, size, family", [(1, (64,), pooling.DiffStride1d), (3, (16, 16, 16), pooling.DiffStride3d)])
+def test_1d_and_3d_models_convert_to_their_dimensionality(dims, size, family):
+    net = _Residual1d(dims)
+    model, changes = diffstride.convert(net, example_input=torch.zeros((1, 2) + size))
+    assert [c.name for c in changes] == ["stem.0", "stem.1", "main", "short"]
+    assert all(len(c.strides) == dims for c in changes)
+    layers = [m for _, m in pooling.pooling_layers(model)]
+    assert len(layers) == 3 and all(type(m) is family for m in layers)
+    # names stay NAME.0 (the layer) and NAME.1 (the pooling); the padding is NAME.pad
+    assert model.short.get_submodule("1") is model.main.get_submodule("1")
+    assert isinstance(model.short.pad, nn.ReplicationPad1d if dims == 1 else nn.ReplicationPad3d)
+    _move_strides(model, random.Random(2))
+    model(torch.randn((2, 2) + size)).sum().backward()
+    assert all(m.strides.grad is not None for m in layers)
+    # subsampling: the original function (sizes divisible by the strides)
+    sub, _ = diffstride.convert(net, pooling_cls=pooling.SpatialPooling, example_input=torch.zeros((1, 2) + size))
+    x = torch.randn((2, 2) + size)
+    assert torch.allclose(sub(x), net(x), atol=1e-6)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("source, name", ZOO, ids=[f"{s}-{n}" for s, n in ZOO])
+def test_zoo_converts_survives_moving_strides_and_keeps_the_function_by_subsampling(source, name):
+    original = _make(source, name).eval()
+    model, changes = diffstride.convert(original)
+    assert changes and all(c.strides != (1, 1) for c in changes)
+    instances = {id(m) for _, m in pooling.pooling_layers(model)}
+    assert len(instances) == len({c.pooling for c in changes})
+
+    # training moves each instance on its own: the network still runs and every stride learns
+    model.train()
+    _move_strides(model, random.Random(hash(name) % 1000))
+    out = model(torch.randn(2, 3, 96, 96))
+    loss = out.float().logsumexp(-1).mean() + diffstride.complexity_loss(model)
+    loss.backward()
+    assert all(m.strides.grad is not None and torch.isfinite(m.strides.grad).all()
+               for _, m in pooling.pooling_layers(model))
+
+    # counted, and frozen: no stride parameters left, the same outputs
+    model.eval()
+    flops = diffstride.count_flops(model, (3, 64, 64))
+    assert flops > 0
+    frozen = diffstride.freeze(model)
+    assert not any(n.endswith("strides") for n, _ in frozen.named_parameters())
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.allclose(frozen(x), model(x), atol=1e-5)
+
+    # stride-1 layer + subsampling is the original layer
+    if (source, name) not in NOT_PLAIN_SUBSAMPLING:
+        sub, _ = diffstride.convert(original, pooling_cls=pooling.SpatialPooling,
+                                    example_input=torch.zeros(1, 3, 64, 64))
+        x = torch.randn(2, 3, 64, 64)
+        with torch.no_grad():
+            assert torch.allclose(sub(x), original(x), atol=1e-5, rtol=1e-4)
+
+
+def test_complexity_follows_the_traced_stage_order_on_a_converted_model():
+    model, changes = diffstride.convert(torchvision.models.resnet18(weights=None))
+    trace = diffstride.complexity.forward_trace(model, (3, 64, 64))
+    assert trace.pooling == ["conv1.1", "maxpool.1", "layer2.0.conv1.1", "layer3.0.conv1.1", "layer4.0.conv1.1"]
+    # J = sum of cumulative products 1/(S_h S_w) in that order: 1/4 + 1/16 + 1/64 + 1/256 + 1/1024
+    j = diffstride.complexity_loss(model, (3, 64, 64))
+    assert j.item() == pytest.approx(sum(4.0 ** -k for k in range(1, 6)), rel=1e-6)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["resnet18", "mobilenet_v3_small", "regnet_y_400mf"])
+def test_frozen_converted_models_export_to_onnx(name):
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    model, _ = diffstride.convert(_make("torchvision", name))
+    _move_strides(model, random.Random(3))
+    frozen = diffstride.freeze(model).eval()
+    x = torch.randn(1, 3, 64, 64)
+    buffer = io.BytesIO()
+    torch.onnx.export(frozen, (x,), dynamo=True).save(buffer)
+    session = ort.InferenceSession(buffer.getvalue(), providers=["CPUExecutionProvider"])
+    (out,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+    with torch.no_grad():
+        expected = frozen(x)
+    assert torch.allclose(torch.from_numpy(out), expected, atol=1e-4, rtol=1e-3)
