@@ -1,0 +1,79 @@
+"""What convert() does to the torchvision and timm zoos: pooling layers inserted, tied groups, MACs.
+
+    python benchmarks/convert_zoo.py            # markdown table on stdout
+    python benchmarks/convert_zoo.py --size 128 # at another input size
+
+For each model: the strided layers replaced, the pooling instances they share (a tied group is an
+instance with two layers or more), and the multiply-accumulates of the convolutions and linear
+layers at size x size before and after conversion, at the initial strides (DiffStride's output
+is size / S + 2R at a stride S, so a converted model costs a little more until its strides
+move; attention matmuls of transformers are not counted). Models whose conversion is refused
+are listed with the reason.
+"""
+import argparse
+import time
+import warnings
+
+import torch
+
+import diffstride
+from diffstride.convert import ConversionError
+
+TORCHVISION = ["resnet18", "resnet50", "resnext50_32x4d", "wide_resnet50_2", "mobilenet_v2", "mobilenet_v3_small",
+               "mobilenet_v3_large", "efficientnet_b0", "mnasnet0_5", "regnet_x_400mf", "regnet_y_400mf",
+               "shufflenet_v2_x0_5", "densenet121", "convnext_tiny", "vgg11", "squeezenet1_0", "swin_t", "vit_b_16"]
+TIMM = ["resnet50", "resnet50d", "efficientnet_b0", "mobilenetv3_large_100", "regnety_002", "convnext_nano",
+        "cspresnet50", "vit_tiny_patch16_224", "swin_tiny_patch4_window7_224"]
+
+
+def _make(source: str, name: str) -> torch.nn.Module:
+    torch.manual_seed(0)
+    if source == "torchvision":
+        import torchvision
+
+        return getattr(torchvision.models, name)(weights=None).eval()
+    import timm
+
+    return timm.create_model(name, pretrained=False).eval()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--size", type=int, default=224)
+    args = parser.parse_args()
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    started = time.time()
+    print(f"| source | model | layers replaced | pooling instances | tied groups | GMACs at {args.size}² before "
+          f"| after (initial strides) | ratio |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|")
+    sources = [("torchvision", n) for n in TORCHVISION]
+    try:
+        import timm  # noqa: F401
+
+        sources += [("timm", n) for n in TIMM]
+    except ImportError:
+        print("(timm not installed: its models are left out)")
+    shape = (3, args.size, args.size)
+    for source, name in sources:
+        original = _make(source, name)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                model, changes = diffstride.convert(original, example_input=torch.zeros((1,) + shape))
+        except ConversionError as err:
+            print(f"| {source} | {name} | refused: {str(err).split('. ')[0][:160]} |||||")
+            continue
+        members = {}
+        for change in changes:
+            members.setdefault(change.pooling, []).append(change.name)
+        tied = sum(len(m) > 1 for m in members.values())
+        with torch.no_grad():
+            before = diffstride.count_flops(original, shape) / 1e9
+            after = diffstride.count_flops(model.eval(), shape) / 1e9
+        print(f"| {source} | {name} | {len(changes)} | {len(members)} | {tied} | {before:.2f} | {after:.2f} "
+              f"| {after / before:.2f} |", flush=True)
+    print(f"\n({time.time() - started:.0f} s; torch {torch.__version__})")
+
+
+if __name__ == "__main__":
+    main()
