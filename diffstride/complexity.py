@@ -5,6 +5,8 @@ paper's section 3):
 
     J(S) = Σ_l Π_{i <= l} 1 / (S_h^i · S_w^i)        (l: downsampling layers in forward order)
 
+(the product over every spatial axis for 1-D and 3-D layers: ``layer.stride_product()``)
+
 and :func:`count_flops` counts the multiply-accumulates at the output sizes the pooling layers
 produce now.
 """
@@ -19,19 +21,6 @@ from torch import nn
 from diffstride import pooling as pooling_lib
 
 __all__ = ["complexity_loss", "count_flops", "forward_trace", "ForwardTrace"]
-
-
-def _stride_product(layer: nn.Module, like: torch.Tensor) -> torch.Tensor:
-    """``S_h · S_w`` of a pooling layer (differentiable for DiffStride), the value the layer uses."""
-    strides = layer.strides
-    if isinstance(strides, torch.Tensor):
-        s = strides.float()
-        if getattr(layer, "_ndim", 2) == 1:
-            return s[0]
-        return s[0] * s[0] if s.numel() == 1 else s[0] * s[1]
-    values = [float(v) for v in strides]
-    prod = values[0] * (values[1] if len(values) > 1 else 1.0)
-    return torch.tensor(prod, device=like.device, dtype=torch.float32)
 
 
 @dataclasses.dataclass
@@ -152,7 +141,7 @@ def complexity_loss(
     like = param if param is not None else torch.zeros(())
     cumulative, running = [], torch.ones((), device=like.device)
     for name in order:
-        running = running / _stride_product(layers[name], like)
+        running = running / layers[name].stride_product().to(like.device)
         cumulative.append(running)
     if weighting == "paper":
         if not cumulative:

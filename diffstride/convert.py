@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from diffstride import pooling
+from diffstride._validation import per_axis
 
 __all__ = ["convert", "freeze", "Change", "ConversionError"]
 
@@ -66,6 +67,7 @@ class Change:
 
 
 def _to_tuple(value, ndim: int) -> Tuple[int, ...]:
+    """A layer's kernel, dilation or padding attribute per axis (these may be 0: not strides)."""
     if isinstance(value, int):
         return (value,) * ndim
     return tuple(int(v) for v in value)
@@ -73,7 +75,7 @@ def _to_tuple(value, ndim: int) -> Tuple[int, ...]:
 
 def _strides_of(module: nn.Module) -> Tuple[int, ...]:
     stride = module.stride if module.stride is not None else module.kernel_size  # pools: None means kernel
-    return _to_tuple(stride, _ndim_of(module))
+    return tuple(int(v) for v in per_axis(stride, _ndim_of(module), "stride"))
 
 
 def _ndim_of(module: nn.Module) -> int:
@@ -254,7 +256,7 @@ def _prove(model: nn.Module, changes: List[Change], example: torch.Tensor) -> No
     instance_of = {}  # pooling name -> probe
     for change in changes:
         layer = model.get_submodule(change.pooling)
-        if isinstance(layer, pooling._DiffStrideNd) and layer.trainable and id(layer) in probes:
+        if layer.trainable and id(layer) in probes:
             instance_of[change.pooling] = probes[id(layer)]
     members: Dict[str, List[str]] = {}
     for change in changes:
@@ -430,9 +432,5 @@ def freeze(model: nn.Module, inplace: bool = False) -> nn.Module:
     """
     model = model if inplace else copy.deepcopy(model)
     for _, layer in pooling.pooling_layers(model):
-        if isinstance(layer, pooling._DiffStrideNd) and isinstance(layer.strides, nn.Parameter):
-            values = layer.strides.detach().clone()
-            del layer._parameters["strides"]
-            layer.register_buffer("strides", values)
-            layer._sync_frozen_values()
+        layer.freeze_()
     return model

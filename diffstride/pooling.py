@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from diffstride import functional as F
+from diffstride._validation import per_axis
 
 __all__ = [
     "DiffStride",
@@ -26,6 +27,7 @@ __all__ = [
     "SpatialPooling1d",
     "SpatialPooling2d",
     "SpatialPooling3d",
+    "PoolingLayer",
     "param_groups",
     "pooling_layers",
 ]
@@ -39,21 +41,8 @@ _DATA_FORMATS = ("channels_first", "channels_last")
 
 
 def _check_strides(strides: Strides, ndim: int, name: str = "strides") -> Tuple[float, ...]:
-    """Returns ``ndim`` finite strides >= 1; a single number is used for every axis."""
-    if isinstance(strides, torch.Tensor):
-        strides = strides.tolist()
-    if isinstance(strides, (int, float)) and not isinstance(strides, bool):
-        strides = (strides,) * ndim
-    try:
-        values = tuple(float(s) for s in strides)
-    except (TypeError, ValueError):
-        raise TypeError(f"{name} must be a number or a sequence of {ndim} numbers, but got {strides!r}") from None
-    if len(values) != ndim:
-        raise ValueError(f"{name} must have {ndim} value(s), one per spatial axis, but got {len(values)}: {strides!r}")
-    for v in values:
-        if not math.isfinite(v) or v < 1.0:
-            raise ValueError(f"{name} must be finite and >= 1, but got {strides!r}")
-    return values
+    """Returns ``ndim`` finite strides >= 1 as floats; a single number is used for every axis."""
+    return tuple(float(v) for v in per_axis(strides, ndim, name))
 
 
 _AXIS_NAMES = {1: ("length",), 2: ("height", "width"), 3: ("depth", "height", "width")}
@@ -101,10 +90,50 @@ def _from_channels_first(y: torch.Tensor, data_format: str) -> torch.Tensor:
 
 
 # --------------------------------------------------------------------------------------------
+# The surface every pooling layer shares.
+
+
+class PoolingLayer(nn.Module):
+    """What every pooling layer of this package offers, whatever its dimensionality or kind.
+
+    Callers (``complexity``, ``convert``, the training reports) use these instead of branching on
+    the type of ``.strides`` (a Parameter, a buffer after freezing, or a tuple).
+    """
+
+    _ndim: int
+
+    @property
+    def ndim(self) -> int:
+        """Number of spatial axes: 1, 2 or 3."""
+        return self._ndim
+
+    @property
+    def trainable(self) -> bool:
+        """Whether the strides are learned (only DiffStride's, until frozen)."""
+        return False
+
+    def stride_values(self) -> Tuple[float, ...]:
+        """The strides as Python floats, one per spatial axis."""
+        return tuple(float(v) for v in self.strides)
+
+    def stride_product(self) -> torch.Tensor:
+        """The product of the strides over the spatial axes (the factor by which the layer divides
+        the number of positions); differentiable for DiffStride."""
+        return torch.tensor(math.prod(self.stride_values()))
+
+    def freeze_(self) -> "PoolingLayer":
+        """Fixes the strides in place (DiffStride: the parameter becomes a buffer); returns self."""
+        return self
+
+    def output_size(self, input_size: Sequence[int]) -> Tuple[int, ...]:
+        raise NotImplementedError
+
+
+# --------------------------------------------------------------------------------------------
 # DiffStride.
 
 
-class _DiffStrideNd(nn.Module):
+class _DiffStrideNd(PoolingLayer):
     """Common code of the 1-D and 2-D DiffStride layers."""
 
     _ndim: int
@@ -162,6 +191,28 @@ class _DiffStrideNd(nn.Module):
     @property
     def trainable(self) -> bool:
         return self.strides.requires_grad
+
+    def stride_values(self) -> Tuple[float, ...]:
+        """The strides as Python floats, one per spatial axis (a shared stride repeated); reads
+        the tensor (a device sync)."""
+        values = F.stride_values(self.strides)
+        return values * self._ndim if len(values) == 1 else values
+
+    def stride_product(self) -> torch.Tensor:
+        """``Π S_i`` over the spatial axes, differentiable (``S ** ndim`` for a shared stride)."""
+        s = self.strides.float()
+        return s[0] ** self._ndim if s.numel() == 1 else torch.prod(s)
+
+    def freeze_(self) -> "_DiffStrideNd":
+        """Fixes the strides: the parameter becomes a buffer (no stride parameters left, so an
+        optimizer ignores them) and the output size is planned from Python values (static shapes
+        for ``torch.compile(fullgraph=True)`` and ONNX export). Same outputs."""
+        if isinstance(self.strides, nn.Parameter):
+            values = self.strides.detach().clone()
+            del self._parameters["strides"]
+            self.register_buffer("strides", values)
+            self._sync_frozen_values()
+        return self
 
     def _sync_frozen_values(self) -> None:
         self._frozen_values = F.stride_values(self.strides)
@@ -375,7 +426,7 @@ class DiffStride3d(_DiffStrideNd):
 # Baselines.
 
 
-class FixedSpectralPooling(nn.Module):
+class FixedSpectralPooling(PoolingLayer):
     """Spectral pooling with fixed strides (Rippel et al., 2015), as the reference's baseline.
 
     Keeps the ``h = floor(H/S_h)`` (rounded down to even) lowest frequency rows and the
@@ -453,7 +504,7 @@ class FixedSpectralPooling3d(FixedSpectralPooling):
     _ndim = 3
 
 
-class SpatialPooling(nn.Module):
+class SpatialPooling(PoolingLayer):
     """Plain subsampling: average pooling with pool size 1 and 'same' padding, as the reference's baseline.
 
     Output size ``ceil(size / stride)``; strides must be whole numbers.
@@ -504,7 +555,7 @@ DiffStride2d = DiffStride
 FixedSpectralPooling2d = FixedSpectralPooling
 SpatialPooling2d = SpatialPooling
 
-_POOLING_TYPES = (_DiffStrideNd, FixedSpectralPooling, SpatialPooling)
+_POOLING_TYPES = (PoolingLayer,)
 
 
 # --------------------------------------------------------------------------------------------

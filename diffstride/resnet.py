@@ -30,6 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from diffstride._validation import per_axis
+
 __all__ = [
     "ResidualLayer", "ResnetBlock", "Resnet", "resnet18", "resnet56", "RESNET18", "RESNET18_STRIDES", "RESNET56",
     "RESNET56_STRIDES", "batch_norm",
@@ -56,14 +58,7 @@ def parse_strides(strides: Union[str, Sequence[Stride]], name: str = "strides") 
 
 def _per_axis(stride: Stride, dims: int, name: str = "stride") -> Tuple[Number, ...]:
     """A stride as one finite number >= 1 per spatial axis (a single number is used for every axis)."""
-    values = tuple(stride) if isinstance(stride, (tuple, list)) else (stride,) * dims
-    if len(values) != dims:
-        expected = "a number" if dims == 1 else f"a number or {dims} numbers"
-        raise ValueError(f"{name} must be {expected}, one per spatial axis, but got {stride!r}")
-    for v in values:
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 1:
-            raise ValueError(f"{name} must be finite numbers >= 1, but got {stride!r}")
-    return values
+    return per_axis(stride, dims, name)
 
 
 def _conv_stride(stride: Stride, dims: int) -> Tuple[int, ...]:
@@ -140,7 +135,9 @@ def batch_norm(num_features: int, momentum: float = 0.9, epsilon: float = 1e-5, 
 
 
 def _make_pooling(pooling_cls: Callable[..., nn.Module], strides: Tuple[Number, ...], dims: int) -> nn.Module:
-    layer_dims = getattr(pooling_cls, "ndim", getattr(pooling_cls, "_ndim", dims))
+    layer_dims = getattr(pooling_cls, "ndim", None)  # a class attribute, or the instances' property
+    if not isinstance(layer_dims, int):
+        layer_dims = getattr(pooling_cls, "_ndim", dims)
     if layer_dims != dims:
         raise ValueError(
             f"pooling_cls {getattr(pooling_cls, '__name__', pooling_cls)!r} is a {layer_dims}-D layer, but the "

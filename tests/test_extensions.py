@@ -37,6 +37,9 @@ def test_paper_complexity_is_the_sum_of_cumulative_inverse_stride_products():
     assert s2.grad.tolist() == pytest.approx([-1 / 12 / 3, -1 / 12 / 1])
     shared = nn.Sequential(nn.Conv2d(3, 4, 3), pooling.DiffStride(strides=2.5, shared_stride=True))
     assert complexity_loss(shared).item() == pytest.approx(1 / 6.25)
+    # every spatial axis counts: 1-D one stride, 3-D three
+    volume = nn.Sequential(nn.Conv3d(1, 2, 3), pooling.DiffStride3d(strides=(2.0, 1.5, 3.0)), pooling.DiffStride1d(2.0))
+    assert complexity_loss(volume).item() == pytest.approx(1 / 9 + 1 / 18)
 
 
 def test_complexity_follows_the_forward_order_when_traced():

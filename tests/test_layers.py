@@ -29,10 +29,10 @@ def test_aliases():
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        ({"strides": (0.5, 2.0)}, r"strides must be finite and >= 1, but got \(0.5, 2.0\)"),
+        ({"strides": (0.5, 2.0)}, r"strides must be finite numbers >= 1, but got \(0.5, 2.0\)"),
         ({"strides": (float("nan"), 2.0)}, "strides must be finite"),
         ({"strides": (float("inf"), 2.0)}, "strides must be finite"),
-        ({"strides": (2.0, 2.0, 2.0)}, r"strides must have 2 value\(s\).*got 3"),
+        ({"strides": (2.0, 2.0, 2.0)}, r"strides must be a number or 2 numbers, one per spatial axis, but got \(2.0, 2.0, 2.0\)"),
         ({"strides": "two"}, "strides must be a number or a sequence"),
         ({"smoothness_factor": -1.0}, r"smoothness_factor must be finite and >= 0, but got -1.0"),
         ({"smoothness_factor": 0.0}, "smoothness_factor must be > 0"),
@@ -49,7 +49,7 @@ def test_constructor_errors(kwargs, match):
 
 @pytest.mark.parametrize("cls", ALL_2D + ALL_1D)
 def test_baseline_constructor_errors(cls):
-    with pytest.raises(ValueError, match="strides must be finite and >= 1"):
+    with pytest.raises(ValueError, match="strides must be finite numbers >= 1"):
         cls(strides=0.5)
     with pytest.raises(ValueError, match="data_format must be one of"):
         cls(data_format="nchw")
@@ -387,3 +387,35 @@ def test_whole_layer_pickles_with_torch_save(tmp_path):
     assert torch.equal(loaded(x), model(x))
     loaded[1].load_state_dict({"strides": torch.tensor([2.5, 2.5])})  # the post-load hook survived pickling
     assert loaded[1]._frozen_values == (2.5, 2.5)
+
+
+@pytest.mark.parametrize("layer, ndim, values", [
+    (pooling.DiffStride((2.0, 3.0)), 2, (2.0, 3.0)),
+    (pooling.DiffStride(2.5, shared_stride=True), 2, (2.5, 2.5)),
+    (pooling.DiffStride1d(3.0), 1, (3.0,)),
+    (pooling.DiffStride3d((2.0, 1.5, 3.0)), 3, (2.0, 1.5, 3.0)),
+    (pooling.FixedSpectralPooling((2.0, 3.0)), 2, (2.0, 3.0)),
+    (pooling.FixedSpectralPooling1d(1.5), 1, (1.5,)),
+    (pooling.SpatialPooling3d(2), 3, (2.0, 2.0, 2.0)),
+])
+def test_every_pooling_layer_offers_the_same_surface(layer, ndim, values):
+    """ndim, stride_values, stride_product, trainable, output_size and freeze_, whatever the kind."""
+    assert isinstance(layer, pooling.PoolingLayer) and layer.ndim == ndim
+    assert layer.stride_values() == values
+    product = layer.stride_product()
+    assert product.item() == pytest.approx(math.prod(values))
+    learned = isinstance(layer, (pooling.DiffStride, pooling.DiffStride1d, pooling.DiffStride3d))
+    assert layer.trainable == learned
+    if learned:  # d(prod)/dS_i = prod / S_i (a shared stride: ndim * S^(ndim-1))
+        product.backward()
+        expected = [math.prod(values) / v for v in values]
+        grad = layer.strides.grad.tolist()
+        assert grad == pytest.approx([sum(expected)] if len(grad) == 1 else expected)
+    x = torch.randn((2, 3) + (12,) * ndim)
+    size = layer.output_size((12,) * ndim)
+    with torch.no_grad():
+        y = layer(x)
+    assert tuple(y.shape[2:]) == tuple(size)
+    assert layer.freeze_() is layer and not layer.trainable and not list(layer.parameters())
+    with torch.no_grad():
+        assert torch.equal(layer(x), y)

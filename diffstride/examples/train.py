@@ -106,9 +106,7 @@ def pooling_report(model: nn.Module, output_sizes: Dict[str, tuple]) -> Dict[str
     """``{layer name: {'strides': [...], 'output_size': [...]}}`` for every pooling layer."""
     report = {}
     for name, layer in pooling.pooling_layers(model):
-        strides = layer.strides
-        values = strides.detach().float().cpu().tolist() if isinstance(strides, torch.Tensor) else list(strides)
-        report[name] = {"strides": [round(float(v), 6) for v in values],
+        report[name] = {"strides": [round(v, 6) for v in layer.stride_values()],
                         "output_size": list(output_sizes.get(name, ()))}
     return report
 
