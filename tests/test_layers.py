@@ -204,15 +204,21 @@ def test_data_format_channels_last_1d():
 def test_large_batch_crosses_cpu_blocks():
     """Several blocks of samples (CPU cache blocking) give the same values and gradients as one."""
     x = torch.randn(40, 64, 32, 32)
-    layer = pooling.DiffStride(strides=(2.0, 2.0))
-    y, gx, gs = _grads(layer, x)
-    old = F.CPU_BLOCK_BYTES
-    try:
-        F.CPU_BLOCK_BYTES = 1 << 40
-        y1, gx1, gs1 = _grads(pooling.DiffStride(strides=(2.0, 2.0)), x)
-    finally:
-        F.CPU_BLOCK_BYTES = old
-    assert F._batch_block(x, 32 * 32) < 40
+    assert F._batch_block(x, 32 * 32) < 40 and F._batch_block(x[:8], 32 * 32) == 8
+
+    def grads(part, weight):
+        part = part.detach().requires_grad_(True)
+        layer = pooling.DiffStride(strides=(2.0, 2.0))
+        y = layer(part)
+        (y * weight).sum().backward()
+        return y, part.grad, layer.strides.grad
+
+    weight = torch.randn((40, 64) + pooling.DiffStride(strides=(2.0, 2.0)).output_size((32, 32)))
+    y, gx, gs = grads(x, weight)
+    # the same batch in slices of 8 images, each within one block
+    parts = [grads(x[i:i + 8], weight[i:i + 8]) for i in range(0, 40, 8)]
+    y1, gx1 = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+    gs1 = sum(p[2] for p in parts)
     assert torch.allclose(y, y1, atol=1e-5) and torch.allclose(gx, gx1, atol=1e-5)
     assert torch.allclose(gs, gs1, rtol=1e-4)
 
