@@ -1,4 +1,4 @@
-"""Calibrates diffstride.functional.FFT_COST_WEIGHT: the matrix form against the FFT form.
+"""Calibrates diffstride._kernels.FFT_COST_WEIGHT: the matrix form against the FFT form.
 
     python benchmarks/algorithm.py [--threads 2] [--repeats 7] [--quick]
 
@@ -8,7 +8,7 @@ ratio t_matmul / t_fft. The FFT form should win exactly where the cost ratio exc
 FFT_COST_WEIGHT: the crossover is where the time ratio passes 1, and the weight to set is the
 cost ratio there (the script prints the interval it lies in).
 
-The constants in diffstride/functional.py come from one run of this script (see the README).
+The constants in diffstride/_kernels.py come from one run of this script (see the README).
 """
 import argparse
 import os

@@ -5,7 +5,7 @@ import importlib
 import pytest
 import torch
 
-MODULES = ["diffstride.pooling", "diffstride.functional", "diffstride.resnet", "diffstride.complexity",
+MODULES = ["diffstride.pooling", "diffstride.functional", "diffstride._plans", "diffstride._kernels", "diffstride.resnet", "diffstride.complexity",
            "diffstride.convert", "diffstride.examples.data", "diffstride.examples.report"]
 
 

@@ -1,0 +1,467 @@
+"""Kernels of spectral downsampling: masks, operators, the matrix form and the FFT form, and the
+choice between them. Internal: :mod:`diffstride.functional` is the public API.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional, Sequence, Tuple
+
+import torch
+
+from diffstride._plans import SpectralPlan, min_stride
+
+
+# --------------------------------------------------------------------------------------------
+# Clips with TensorFlow's gradient rule.
+
+
+def clip_inclusive(
+    x: torch.Tensor, lower: Optional[float] = None, upper: Optional[float] = None
+) -> torch.Tensor:
+    """``clamp`` whose gradient passes where ``lower <= x <= upper`` (bounds included).
+
+    TensorFlow's ``clip_by_value`` lets the gradient through at the bounds; ``torch.clamp``
+    does not. Integer strides on even sizes put mask values exactly on 0 or 1, so the stride
+    gradient of the reference depends on this rule.
+    """
+    if lower is None and upper is None:
+        return x
+    inside = torch.ones_like(x, dtype=torch.bool)
+    if lower is not None:
+        inside = inside & (x >= lower)
+    if upper is not None:
+        inside = inside & (x <= upper)
+    return torch.where(inside, x, x.clamp(lower, upper).detach())
+
+
+def maximum_inclusive(x: torch.Tensor, floor: float) -> torch.Tensor:
+    """``max(x, floor)`` whose gradient goes to ``x`` where ``x >= floor`` (as ``tf.maximum``)."""
+    return torch.where(x >= floor, x, torch.full_like(x, floor))
+
+
+# --------------------------------------------------------------------------------------------
+# Masks and spectral operators.
+
+
+def spectral_mask(
+    positions: torch.Tensor, threshold: torch.Tensor, smoothness_factor: float
+) -> torch.Tensor:
+    """``clip((1/R) * (R + t - pos), 0, 1)`` with the inclusive gradient rule, in the reference's order."""
+    ramp = (1.0 / smoothness_factor) * (smoothness_factor + threshold - positions)
+    return clip_inclusive(ramp, 0.0, 1.0)
+
+
+def _working_dtype(t: torch.Tensor) -> torch.dtype:
+    """float64 for float64 tensors, else float32: the dtype of masks (from the strides) and of
+    operators (from the input); half-precision inputs get float32 operators."""
+    return torch.float64 if t.dtype == torch.float64 else torch.float32
+
+
+def _axis_stride(
+    stride: torch.Tensor, lower: Optional[float], upper: Optional[float]
+) -> torch.Tensor:
+    low = 1.0 if lower is None else lower
+    return clip_inclusive(stride, low, upper)
+
+
+def _axis_weights(
+    size: int,
+    stride: torch.Tensor,
+    positions: Sequence[int],
+    smoothness_factor: float,
+    width_rule: bool,
+) -> torch.Tensor:
+    """Mask values at the kept ``positions`` of one axis, as a differentiable function of ``stride``."""
+    # torch.full_like(...) / stride, not size / stride: Tensor.__rtruediv__ multiplies by the
+    # reciprocal, which rounds differently from the reference's float32 division.
+    cropped = maximum_inclusive(torch.full_like(stride, size) / stride, 2.0)
+    threshold = cropped / 2.0
+    if width_rule:
+        threshold = threshold + 1.0
+    if isinstance(positions, range):
+        pos = torch.arange(positions.start, positions.stop, positions.step, dtype=stride.dtype, device=stride.device)
+    else:
+        pos = torch.tensor(positions, dtype=stride.dtype, device=stride.device)
+    return spectral_mask(pos, threshold, smoothness_factor)
+
+
+def _clamped(strides: torch.Tensor, size: Sequence[int], smoothness_factor: float) -> torch.Tensor:
+    """The reference's in-graph view of its in-place clamp: value ``max(S, size/(size-R))``, identity gradient."""
+    mins = [min_stride(n, smoothness_factor) for n in size]
+    if strides.numel() == 1:
+        mins = [max(mins)]
+    floor = torch.tensor(mins, dtype=strides.dtype, device=strides.device)
+    return strides + (torch.maximum(strides, floor) - strides).detach()
+
+
+def spectral_operator(
+    n_in: int,
+    n_out: int,
+    freqs_in: Sequence[int],
+    weights: torch.Tensor,
+    dtype: torch.dtype,
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Real and imaginary parts of ``M[p, m] = Σ_k w_k exp(2πi (k·p/n_out − f_k·m/n_in))``.
+
+    ``M`` (n_out × n_in) maps a signal to the inverse DFT of length ``n_out`` of its DFT bins
+    ``freqs_in`` weighted by ``weights`` and laid out at output bins ``0 .. K-1`` (``K <= n_out``).
+    Large operators are built as ``n_out · ifft_k(w_k exp(−2πi f_k m / n_in))``:
+    ``O(n_out · n_in · log n_out)`` work, not the ``K``-long inner product per entry. Small ones
+    (``K · n_out · n_in <= DIRECT_OPERATOR_MAX``), and every one inside ``torch.compile`` or an
+    export (no complex tensors in the graph, so that ONNX export works), use the direct real
+    products. Angles are reduced modulo the period in integers first, so that they stay exact
+    before the cosine.
+    """
+    if len(freqs_in) > n_out:
+        raise ValueError(f"spectral_operator lays out {len(freqs_in)} bins in an output of length {n_out}")
+    device = weights.device
+    m = torch.arange(n_in, device=device)
+    f = torch.tensor(list(freqs_in), device=device, dtype=torch.long)
+    angle_in = (f[:, None] * m[None, :] % n_in).to(dtype) * (2 * math.pi / n_in)
+    cos_in, sin_in = torch.cos(angle_in), torch.sin(angle_in)
+    w = weights.to(dtype)
+    if len(freqs_in) * n_out * n_in <= DIRECT_OPERATOR_MAX or torch.compiler.is_compiling():
+        k = torch.arange(len(freqs_in), device=device)
+        p = torch.arange(n_out, device=device)
+        angle_out = (p[:, None] * k[None, :] % n_out).to(dtype) * (2 * math.pi / n_out)
+        wc, ws = torch.cos(angle_out) * w, torch.sin(angle_out) * w
+        return wc @ cos_in + ws @ sin_in, ws @ cos_in - wc @ sin_in
+    z = torch.complex(w[:, None] * cos_in, -w[:, None] * sin_in)  # (K, n_in)
+    op = torch.fft.ifft(z, n=n_out, dim=0, norm="forward")  # Σ_k z[k, m] e^{2πi k p / n_out}
+    return op.real, op.imag
+
+
+# Operators up to this many multiply-adds (K · n_out · n_in) are built by direct products.
+DIRECT_OPERATOR_MAX = 1 << 22
+
+
+def _irfft_coefficients(cols: int, out_len: int, dtype: torch.dtype, device) -> torch.Tensor:
+    """How often each kept rfft bin counts in a real inverse of length ``out_len``: 1 for DC and Nyquist, else 2."""
+    c = torch.full((cols,), 2.0, dtype=dtype, device=device)
+    c[0] = 1.0
+    if out_len % 2 == 0 and cols - 1 == out_len // 2:
+        c[cols - 1] = 1.0
+    return c
+
+
+# --------------------------------------------------------------------------------------------
+# Applying the operators: two large matrix products, no complex tensors of the input's size.
+
+
+# Inputs with at most this many pixels use the Kronecker form (one GEMM with an HW × hw
+# matrix): more multiply-adds, but one large GEMM beats many tiny ones there. Set from
+# benchmarks/pooling.py on a 2-core CPU.
+KRONECKER_MAX_PIXELS = 64
+# Size of the intermediate per block of images on CPU (see _apply_2d).
+CPU_BLOCK_BYTES = 4 << 20
+
+
+def _autocast_dtype(x: torch.Tensor) -> torch.dtype:
+    if torch.is_autocast_enabled(x.device.type) and x.dtype in (torch.float32, torch.float16, torch.bfloat16):
+        return torch.get_autocast_dtype(x.device.type)
+    return x.dtype
+
+
+def _memory_format(x: torch.Tensor) -> torch.memory_format:
+    if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    if x.dim() == 5 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last_3d):
+        return torch.channels_last_3d
+    return torch.contiguous_format
+
+
+def _apply_2d(
+    x: torch.Tensor,
+    a_real: torch.Tensor,
+    a_imag: torch.Tensor,
+    b_real: torch.Tensor,
+    b_imag: torch.Tensor,
+) -> torch.Tensor:
+    """``y = A_r x B_rᵀ − A_i x B_iᵀ`` per (batch, channel) of a logical (N, C, H, W) tensor.
+
+    The output has the input's memory format; under autocast the products run in the autocast
+    dtype (the operators are built in float32 beforehand).
+    """
+    n, c, height, width = x.shape
+    h, w = a_real.shape[0], b_real.shape[0]
+    dtype = _autocast_dtype(x)
+    fmt = _memory_format(x)
+    with torch.autocast(x.device.type, enabled=False):
+        x = x.to(dtype)
+        if height * width <= KRONECKER_MAX_PIXELS:
+            # K[(m, n), (p, q)] = A_r[p, m] B_r[q, n] - A_i[p, m] B_i[q, n]
+            kron = torch.einsum("pm,qn->mnpq", a_real, b_real) - torch.einsum("pm,qn->mnpq", a_imag, b_imag)
+            kron = kron.reshape(height * width, h * w).to(dtype)
+            if fmt == torch.channels_last:
+                # per sample (h·w × H·W) @ (H·W × C) on the physical layout: no copies
+                x3 = x.permute(0, 2, 3, 1).reshape(n, height * width, c)
+                y = torch.bmm(kron.t().expand(n, h * w, height * width), x3)
+                return y.view(n, h, w, c).permute(0, 3, 1, 2)
+            y = torch.mm(x.reshape(n * c, height * width), kron)
+            return y.view(n, c, h, w)
+        a_stack = torch.cat([a_real, a_imag], dim=0).to(dtype)
+        return _SeparableProduct.apply(x, a_stack, b_real.to(dtype), b_imag.to(dtype))
+
+
+def _batch_block(x: torch.Tensor, pixels_per_image: int) -> int:
+    """Images per block: on CPU, as many as keep a block's intermediates in cache; all on GPU."""
+    n, c = x.shape[:2]
+    if x.device.type != "cpu":
+        return n
+    per_sample = c * pixels_per_image * x.element_size()
+    return max(1, min(n, CPU_BLOCK_BYTES // max(per_sample, 1)))
+
+
+class _SeparableProduct(torch.autograd.Function):
+    """``y = A_r x B_rᵀ − A_i x B_iᵀ`` per (sample, channel), by blocks of samples.
+
+    A block of samples is copied height-major, to (H, b·C·W) for contiguous inputs or
+    (H, b·W·C) for channels_last ones (a copy of contiguous rows either way), so that the height
+    product is one GEMM ``[A_r; A_i] (2h × H) @ (H × b·C·W)``. Its two halves then take the
+    width product: one GEMM each with ``B_rᵀ`` / ``B_iᵀ`` when W is the inner axis, one batched
+    product over the h·b (W × C) matrices when C is. The result is copied into the output in
+    the input's memory format. The backward runs the same products transposed, block by block,
+    with the blocks' copies and intermediates saved by the forward. Blocks keep the
+    intermediates in cache on CPU (the products are bound by memory traffic there).
+    """
+
+    @staticmethod
+    def forward(ctx, x, a_stack, b_real, b_imag):
+        n, c, height, width = x.shape
+        h, w = a_stack.shape[0] // 2, b_real.shape[0]
+        fmt = _memory_format(x)
+        last = fmt == torch.channels_last
+        block = _batch_block(x, height * width + 2 * h * width + h * w)
+        out = torch.empty((n, c, h, w), dtype=x.dtype, device=x.device, memory_format=fmt)
+        saved = []
+        for start in range(0, n, block):
+            xb = x[start:start + block]
+            b = xb.shape[0]
+            xh = _to_height_major(xb, last)
+            u = torch.mm(a_stack, xh)  # (2h, b·C·W) = [A_r x; A_i x]
+            saved += [xh, u]
+            y = _width_product(u, b_real, b_imag, h, b, c, width, last)
+            out[start:start + b].copy_(_from_height_major(y, h, b, c, w, last))
+        ctx.save_for_backward(a_stack, b_real, b_imag, *saved)
+        ctx.block, ctx.x_shape, ctx.x_format = block, x.shape, fmt
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        a_stack, b_real, b_imag, *saved = ctx.saved_tensors
+        n, c, height, width = ctx.x_shape
+        last = ctx.x_format == torch.channels_last
+        dtype, device = a_stack.dtype, a_stack.device
+        h, w = a_stack.shape[0] // 2, b_real.shape[0]
+        need_x, need_a = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        need_b = ctx.needs_input_grad[2] or ctx.needs_input_grad[3]
+        grad_x = torch.empty((n, c, height, width), dtype=dtype, device=device, memory_format=ctx.x_format) if need_x else None
+        grad_a = torch.zeros_like(a_stack) if need_a else None
+        grad_br = torch.zeros_like(b_real) if need_b else None
+        grad_bi = torch.zeros_like(b_imag) if need_b else None
+        for i, start in enumerate(range(0, n, ctx.block)):
+            xh, u = saved[2 * i], saved[2 * i + 1]
+            gb = grad_out[start:start + ctx.block]
+            b = gb.shape[0]
+            gy = _to_height_major(gb, last)  # (h, b·C·w) or (h, b·w·C)
+            grad_u = torch.empty((2 * h, b * c * width), dtype=dtype, device=device)
+            if last:
+                gy3 = gy.view(h * b, w, c)
+                torch.matmul(b_real.t(), gy3, out=grad_u[:h].view(h * b, width, c))
+                torch.matmul(b_imag.t(), gy3, out=grad_u[h:].view(h * b, width, c))
+            else:
+                gy2 = gy.view(h * b * c, w)
+                torch.mm(gy2, b_real, out=grad_u[:h].view(h * b * c, width))
+                torch.mm(gy2, b_imag, out=grad_u[h:].view(h * b * c, width))
+            grad_u[h:].neg_()
+            if need_b:
+                if last:
+                    ur, ui = u[:h].view(h * b, width, c), u[h:].view(h * b, width, c)
+                    grad_br += torch.bmm(gy3, ur.transpose(1, 2)).sum(0)
+                    grad_bi -= torch.bmm(gy3, ui.transpose(1, 2)).sum(0)
+                else:
+                    grad_br.addmm_(gy2.t(), u[:h].view(h * b * c, width))
+                    grad_bi.addmm_(gy2.t(), u[h:].view(h * b * c, width), alpha=-1)
+            if need_a:
+                grad_a.addmm_(grad_u, xh.t())
+            if need_x:
+                gx = torch.mm(a_stack.t(), grad_u)  # (H, b·C·W) or (H, b·W·C)
+                grad_x[start:start + b].copy_(_from_height_major(gx, height, b, c, width, last))
+        return grad_x, grad_a, grad_br, grad_bi
+
+
+def _to_height_major(x: torch.Tensor, channels_last: bool) -> torch.Tensor:
+    """Copies a logical (b, C, H, W) tensor to a contiguous (H, b·C·W) matrix, or (H, b·W·C)."""
+    b, c, height, width = x.shape
+    if channels_last:
+        out = torch.empty((height, b, width, c), dtype=x.dtype, device=x.device)
+        out.copy_(x.permute(2, 0, 3, 1))
+    else:
+        out = torch.empty((height, b, c, width), dtype=x.dtype, device=x.device)
+        out.copy_(x.permute(2, 0, 1, 3))
+    return out.view(height, -1)
+
+
+def _from_height_major(y: torch.Tensor, h: int, b: int, c: int, w: int, channels_last: bool) -> torch.Tensor:
+    """The logical (b, C, h, w) view of a height-major (h, b·C·w) or (h, b·w·C) matrix."""
+    if channels_last:
+        return y.view(h, b, w, c).permute(1, 3, 0, 2)
+    return y.view(h, b, c, w).permute(1, 2, 0, 3)
+
+
+def _width_product(u, b_real, b_imag, h, b, c, width, channels_last):
+    """``A_r x B_rᵀ − A_i x B_iᵀ`` from ``u = [A_r x; A_i x]`` (height-major), height-major out."""
+    if channels_last:
+        ur, ui = u[:h].view(h * b, width, c), u[h:].view(h * b, width, c)
+        y = torch.matmul(b_real, ur)  # (h·b, w, C)
+        return y.sub_(torch.matmul(b_imag, ui)).view(h, -1)
+    y = torch.mm(u[:h].view(h * b * c, width), b_real.t())
+    return torch.addmm(y, u[h:].view(h * b * c, width), b_imag.t(), alpha=-1).view(h, -1)
+
+
+def _apply_1d(x: torch.Tensor, b_real: torch.Tensor) -> torch.Tensor:
+    """``y = x B_rᵀ`` over the last axis of (N, C, L): one GEMM (the imaginary part cancels in 1-D)."""
+    n, c, length = x.shape
+    dtype = _autocast_dtype(x)
+    with torch.autocast(x.device.type, enabled=False):
+        y = torch.mm(x.to(dtype).reshape(n * c, length), b_real.t().to(dtype))
+    return y.view(n, c, -1)
+
+
+# --------------------------------------------------------------------------------------------
+# The FFT form, and the choice between the two forms.
+
+ALGORITHMS = ("auto", "matmul", "fft")
+
+# The matrix form costs (multiply-adds per sample and channel) about
+#   1-D: L·l            2-D: 2·h·H·W + 2·h·W·w
+# and the FFT form about  n·log2(n) + m·log2(m)  (n, m: input and output pixels). 'auto' takes
+# the FFT form when the matrix form's count exceeds FFT_COST_WEIGHT[ndim] times the FFT's, or
+# when its operators would hold more elements than the input itself (memory stays linear in
+# the input). Set from one run of `python benchmarks/algorithm.py` (2 threads of an AMD EPYC
+# with AVX-512, float32, forward+backward, 2026-11-22; the table is in the README): the 1-D
+# matrix form (one GEMM) won up to cost ratio 11.6 and lost from 35; the 2-D one (a layout copy
+# and two GEMMs) was within ±25% of the FFT form up to 11.5 (112x112, where runs disagreed on
+# the winner) and lost from 18.8 (1.7x at 224x224, 4.6x at 512x512); 10 sends 112x112 to the
+# FFT form. CUDA could not be measured here: the CPU values are used there too.
+FFT_COST_WEIGHT = {1: 16.0, 2: 10.0}
+
+
+def _check_algorithm(algorithm: str) -> str:
+    if algorithm not in ALGORITHMS:
+        raise ValueError(f"algorithm must be one of {ALGORITHMS}, but got {algorithm!r}")
+    return algorithm
+
+
+def matmul_cost(size: Sequence[int], out_size: Sequence[int]) -> float:
+    """Multiply-adds per (sample, channel) of the matrix form (``inf`` in 3-D, where it does not exist)."""
+    if len(size) == 1:
+        return float(size[0] * out_size[0])
+    if len(size) == 2:
+        (height, width), (h, w) = size, out_size
+        return float(2 * h * height * width + 2 * h * width * w)
+    return math.inf
+
+
+def fft_cost(size: Sequence[int], out_size: Sequence[int]) -> float:
+    """Operation count per (sample, channel) of the FFT form, in the same units as :func:`matmul_cost`."""
+    n, m = math.prod(size), math.prod(out_size)
+    return n * math.log2(max(n, 2)) + m * math.log2(max(m, 2))
+
+
+def operator_elements(size: Sequence[int], out_size: Sequence[int]) -> int:
+    """Elements of the matrix form's operators (real and imaginary parts)."""
+    return sum(2 * n * m for n, m in zip(size, out_size))
+
+
+def choose_algorithm(x: torch.Tensor, plan: SpectralPlan, algorithm: str = "auto") -> str:
+    """``'matmul'`` or ``'fft'`` for ``x`` (N, C, *spatial) and ``plan``: ``algorithm`` itself
+    unless it is ``'auto'``, then the cheaper form by the cost model above."""
+    if _check_algorithm(algorithm) != "auto":
+        return algorithm
+    size, out_size = tuple(x.shape[2:]), plan.out_size
+    if len(size) == 3:
+        return "fft"
+    if math.prod(size) <= KRONECKER_MAX_PIXELS:
+        return "matmul"
+    input_elements = x.shape[0] * x.shape[1] * math.prod(size)
+    if operator_elements(size, out_size) > input_elements:
+        return "fft"
+    return "fft" if matmul_cost(size, out_size) > FFT_COST_WEIGHT[len(size)] * fft_cost(size, out_size) else "matmul"
+
+
+def _fft_resample(x: torch.Tensor, plan: SpectralPlan, centred_weights: Sequence[torch.Tensor],
+                  col_weights: torch.Tensor) -> torch.Tensor:
+    """``irfftn(crop(mask ⊙ rfftn(x)))`` with torch.fft over the spatial axes of (N, C, *spatial).
+
+    The kept bins are taken by index (the plan's Python lists), the separable mask multiplies
+    the kept block, and the inverse has the plan's output size. Runs in float32 (float64 for
+    float64 inputs) with autocast off: FFT libraries have no bfloat16; under autocast the output
+    is returned in the autocast dtype, as the matrix form's. The output keeps a channels_last
+    input's format.
+    """
+    nd = x.dim() - 2
+    dims = tuple(range(2, nd + 2))
+    fmt = _memory_format(x)
+    dtype = _working_dtype(x)
+    out_dtype = _autocast_dtype(x)
+    with torch.autocast(x.device.type, enabled=False):
+        spectrum = torch.fft.rfftn(x.to(dtype), dim=dims)[..., :plan.cols]
+        mask = col_weights.to(dtype)
+        for axis, (rows, weights) in enumerate(zip(plan.centred_rows(), centred_weights)):
+            if len(rows) != x.shape[2 + axis] or list(rows) != list(range(len(rows))):
+                spectrum = spectrum.index_select(2 + axis, torch.tensor(rows, device=x.device))
+            shape = [1] * nd
+            shape[axis] = -1
+            mask = mask * weights.to(dtype).view(shape)
+        y = torch.fft.irfftn(spectrum * mask, s=plan.out_size, dim=dims).to(out_dtype)
+    return y if fmt == torch.contiguous_format else y.contiguous(memory_format=fmt)
+
+
+def spectral_resample2d(
+    x: torch.Tensor,
+    plan: SpectralPlan,
+    row_weights: torch.Tensor,
+    col_weights: torch.Tensor,
+    algorithm: str = "auto",
+) -> torch.Tensor:
+    """``irfft2(crop(mask ⊙ rfft2(x)))`` of a (N, C, H, W) tensor.
+
+    ``row_weights`` (len(plan.rows)) and ``col_weights`` (plan.cols) are the mask values of the
+    kept rows and rfft columns; gradients flow to them, and so to whatever they were built from.
+    ``algorithm``: ``'matmul'`` (two real matrix products), ``'fft'`` (torch.fft), or
+    ``'auto'`` (:func:`choose_algorithm`).
+    """
+    if choose_algorithm(x, plan, algorithm) == "fft":
+        return _fft_resample(x, plan, [row_weights], col_weights)
+    height, width = x.shape[-2:]
+    h, w = plan.out_size
+    dtype = _working_dtype(x)
+    with torch.autocast(x.device.type, enabled=False):
+        a_real, a_imag = spectral_operator(height, h, plan.rows, row_weights / h, dtype)
+        coeffs = _irfft_coefficients(plan.cols, w, dtype, x.device)
+        b_real, b_imag = spectral_operator(width, w, range(plan.cols), coeffs * col_weights / w, dtype)
+    return _apply_2d(x, a_real, a_imag, b_real, b_imag)
+
+
+def spectral_resample1d(x: torch.Tensor, plan: SpectralPlan, weights: torch.Tensor, algorithm: str = "auto") -> torch.Tensor:
+    """``irfft(crop(mask ⊙ rfft(x)))`` of a (N, C, L) tensor: one real matrix product, or torch.fft."""
+    if choose_algorithm(x, plan, algorithm) == "fft":
+        return _fft_resample(x, plan, [], weights)
+    (out_len,) = plan.out_size
+    dtype = _working_dtype(x)
+    with torch.autocast(x.device.type, enabled=False):
+        coeffs = _irfft_coefficients(plan.cols, out_len, dtype, x.device)
+        b_real, _ = spectral_operator(x.shape[-1], out_len, range(plan.cols), coeffs * weights / out_len, dtype)
+    return _apply_1d(x, b_real)
+
+
+def spectral_resample3d(x: torch.Tensor, plan: SpectralPlan, depth_weights: torch.Tensor, row_weights: torch.Tensor,
+                        col_weights: torch.Tensor, algorithm: str = "auto") -> torch.Tensor:
+    """``irfftn(crop(mask ⊙ rfftn(x)))`` of a (N, C, D, H, W) tensor, by torch.fft (the only 3-D form)."""
+    if _check_algorithm(algorithm) == "matmul":
+        raise ValueError("algorithm='matmul' is not available for 3-D inputs (their only form is 'fft'); "
+                         "use algorithm='auto' or 'fft'")
+    return _fft_resample(x, plan, [depth_weights, row_weights], col_weights)
+
+
