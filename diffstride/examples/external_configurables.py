@@ -10,7 +10,7 @@ Importing this module (the reference's configs start with
   configs binds them);
 - ``complexity_loss`` (``complexity_loss.weighting = 'flops'``);
 - ``@pooling.DiffStride``, ``@pooling.FixedSpectralPooling``, ``@pooling.SpatialPooling`` (and
-  the 1-D layers), so that ``pooling.DiffStride.smoothness_factor = ...`` binds their arguments;
+  the 1-D and 3-D layers), so that ``pooling.DiffStride.smoothness_factor = ...`` binds their arguments;
 - ``@tf.keras.optimizers.SGD``, ``@tf.keras.optimizers.schedules.PiecewiseConstantDecay``,
   ``@tf.keras.optimizers.schedules.CosineDecay`` and ``@tf.keras.losses.CategoricalCrossentropy``,
   with Keras' meaning (see :mod:`diffstride.examples.optim`).
@@ -52,8 +52,9 @@ def register() -> None:
     if _REGISTERED:
         return
     COMPLEXITY_LOSS = gin.external_configurable(complexity.complexity_loss, module="diffstride.complexity")
-    for cls in (pooling.DiffStride, pooling.DiffStride1d, pooling.FixedSpectralPooling, pooling.FixedSpectralPooling1d,
-                pooling.SpatialPooling, pooling.SpatialPooling1d):
+    for cls in (pooling.DiffStride, pooling.DiffStride1d, pooling.DiffStride3d, pooling.FixedSpectralPooling,
+                pooling.FixedSpectralPooling1d, pooling.FixedSpectralPooling3d, pooling.SpatialPooling,
+                pooling.SpatialPooling1d, pooling.SpatialPooling3d):
         gin.external_configurable(cls, module="diffstride.pooling")
     keras = {
         "tf.keras.optimizers": [optim.SGD],
