@@ -96,6 +96,11 @@ def test_a_layer_feeding_a_fixed_size_is_refused_at_conversion_and_can_be_exclud
     assert changes == [] and not pooling.pooling_layers(model)
     with pytest.raises(ValueError, match=r"exclude names layers that are not in the model: \['conv_prj'\]"):
         diffstride.convert(vit, exclude=["conv_prj"])
+    # timm's ViT checks its input size and adds a position embedding: refused the same way
+    tiny = timm.create_model("vit_tiny_patch16_224", pretrained=False)
+    with pytest.raises(ConversionError, match=r"at its initial strides .*\(converted: patch_embed.proj\)"):
+        diffstride.convert(tiny)
+    assert diffstride.convert(tiny, exclude=["patch_embed.proj"])[1] == []
     # an MLP after flatten needs the size the strided layer gave
     net = nn.Sequential(nn.Conv2d(1, 4, 3, stride=2, padding=1), nn.Flatten(), nn.Linear(4 * 8 * 8, 2))
     with pytest.raises(ConversionError, match="at its initial strides"):

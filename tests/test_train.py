@@ -273,12 +273,19 @@ def test_packaged_cifar_configs_carry_the_reference_recipe():
 
 @pytest.mark.slow
 def test_torchrun_two_processes_on_cpu(tmp_path):
+    """Two processes train, then resume: rank 0 chooses the checkpoint and every rank loads it."""
     workdir = str(tmp_path / "ddp")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           "-m", "diffstride.examples.main", *_args(workdir, epochs=2)]
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=600,
-                            env=dict(os.environ, OMP_NUM_THREADS="1"))
+
+    def torchrun(epochs, extra=()):
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+               "-m", "diffstride.examples.main", *_args(workdir, epochs=epochs, extra=extra)]
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=dict(os.environ, OMP_NUM_THREADS="1"))
+
+    result = torchrun(1, ["train.train.checkpoint_every_steps = 3"])
     assert result.returncode == 0, result.stderr[-3000:]
+    result = torchrun(2, ["train.train.checkpoint_every_steps = 3"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("resumed from") == 1 and "ckpt-0001.pt" in result.stdout  # rank 0 says it
     metrics = _metrics(workdir)
     replicas = metrics["replica_strides"]
     assert len(replicas) == 2 and replicas[0] == replicas[1]
