@@ -1,7 +1,7 @@
 """Speed and memory of the pooling layers (a benchmark, not a test).
 
     python benchmarks/pooling.py [--batch 32] [--threads 2] [--repeats 20] [--no-memory] [--quick]
-    python benchmarks/pooling.py --sweep [--quick]
+    python benchmarks/pooling.py --sweep [--quick] [--no-timing]
 
 ``--sweep``: DiffStride with ``algorithm='auto'`` against the direct torch.fft form of the
 reference (``tests/oracle.py``) from 1-D lengths of 40 to 1,000,000, 2-D sizes of 8x8 to
@@ -83,7 +83,7 @@ def make_sweep_step(candidate, shape):
     return step
 
 
-def run_sweep(sizes, repeats, memory, log=print):
+def run_sweep(sizes, repeats, memory, log=print, timing=True):
     log("| input (B x C x size) | input MiB | auto takes | auto fwd+bwd ms | torch.fft ms | torch.fft / auto "
         "| auto peak MiB | torch.fft peak MiB | auto extra peak / input |")
     log("|---|---:|---|---:|---:|---:|---:|---:|---:|")
@@ -94,7 +94,7 @@ def run_sweep(sizes, repeats, memory, log=print):
         plan = layer._plan(tuple(size), F.stride_values(layer.strides))
         chosen = F.choose_algorithm(torch.empty(shape, device="meta"), plan)
         steps = [make_sweep_step("auto", shape), make_sweep_step("direct torch.fft", shape)]
-        t_auto, t_fft = interleaved_medians(steps, repeats, warmup=1)
+        t_auto, t_fft = interleaved_medians(steps, repeats, warmup=1) if timing else (float("nan"), float("nan"))
         mib = math.prod(shape) * 4 / 2**20
         if memory:
             p_auto = peak_mib("benchmarks.pooling", "make_sweep_step", "auto", list(shape))
@@ -164,6 +164,8 @@ def main():
     parser.add_argument("--no-memory", dest="memory", action="store_false", help="skip the peak-memory runs")
     parser.add_argument("--sweep", action="store_true", help="the size sweep, 1-D to 3-D, 'auto' against torch.fft")
     parser.add_argument("--quick", action="store_true", help="fewer shapes and repeats: under 3 minutes on 2 cores")
+    parser.add_argument("--no-timing", dest="timing", action="store_false",
+                        help="sweep: peak memory only (robust on a busy machine, where times are not)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -171,7 +173,8 @@ def main():
     print(machine_header(device, args.threads), flush=True)
     log = lambda line: print(line, flush=True)  # noqa: E731
     if args.sweep:
-        run_sweep(SWEEP_QUICK if args.quick else SWEEP, 3 if args.quick else min(args.repeats, 7), args.memory, log)
+        run_sweep(SWEEP_QUICK if args.quick else SWEEP, 3 if args.quick else min(args.repeats, 7), args.memory, log,
+                  args.timing)
         return
     repeats = 5 if args.quick else args.repeats
     log(f"batch {args.batch}, float32, {args.device}; forward and forward+backward medians of {repeats}, in turns")
