@@ -217,6 +217,11 @@ def _with_probes(model: nn.Module, device) -> Tuple[nn.Module, Dict[int, _Probe]
                 originals[(parent, child_name)] = child
                 setattr(parent, child_name, probes[id(child)])
     memo: Dict[int, object] = {}
+    if device == "meta":  # the weights are copied as meta tensors straight away: no real copy of them
+        for param in model.parameters():
+            memo[id(param)] = nn.Parameter(torch.empty_like(param, device="meta"), requires_grad=param.requires_grad)
+        for buffer in model.buffers():
+            memo[id(buffer)] = torch.empty_like(buffer, device="meta")
     try:
         copied = copy.deepcopy(model, memo)
     finally:
