@@ -4,7 +4,8 @@ CUDA: the allocator's peak above what was allocated before the call. CPU: the pr
 resident memory (VmHWM, reset through /proc/self/clear_refs just before the calls) above its
 resident memory then, measured in a fresh process (``python -m benchmarks.memory MODULE FACTORY
 ARGS...``), where ``FACTORY(*ARGS)`` returns the function to measure; it is called once to warm
-up (one-time allocations are not the call's), then three times. The least peak of three fresh
+up (one-time allocations are not the call's; what it freed is returned to the system with glibc's
+``malloc_trim``), then three times. The least peak of three fresh
 processes is reported: glibc's allocator makes one process's peak vary by tens of percent.
 """
 import importlib
@@ -48,6 +49,12 @@ if __name__ == "__main__":
     torch.set_num_threads(2)
     fn = getattr(importlib.import_module(sys.argv[1]), sys.argv[2])(*json.loads(sys.argv[3]))
     fn()  # warm-up: one-time allocations (autograd engine, FFT plans, thread pools) are not the call's
+    try:  # ... but what the warm-up freed goes back to the system, so that the calls below must grow again
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")  # resets the peak resident set size (VmHWM) to the current one
     before = _status_mib("VmRSS")

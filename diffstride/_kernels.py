@@ -406,15 +406,9 @@ def _fft_resample(x: torch.Tensor, plan: SpectralPlan, centred_weights: Sequence
     dtype = _working_dtype(x)
     out_dtype = _autocast_dtype(x)
     with torch.autocast(x.device.type, enabled=False):
-        # axis by axis, cropping after each transform: the next transforms, and the backward's
-        # zero-filled gradients, hold the kept part only (rfftn, then crop, would hold the full
-        # spectrum throughout the backward)
-        spectrum = torch.fft.rfft(x.to(dtype), dim=-1)[..., :plan.cols]
-        if nd == 1:
-            spectrum = spectrum.contiguous()  # the mask's gradient saves it: not a view of the full spectrum
+        spectrum = torch.fft.rfftn(x.to(dtype), dim=dims)[..., :plan.cols]
         mask = col_weights.to(dtype)
         for axis, (rows, weights) in enumerate(zip(plan.centred_rows(), centred_weights)):
-            spectrum = torch.fft.fft(spectrum, dim=2 + axis)
             if len(rows) != x.shape[2 + axis] or list(rows) != list(range(len(rows))):
                 spectrum = spectrum.index_select(2 + axis, torch.tensor(rows, device=x.device))
             shape = [1] * nd
