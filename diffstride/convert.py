@@ -13,7 +13,6 @@ from __future__ import annotations
 import collections
 import copy
 import dataclasses
-import operator
 import random
 import warnings
 from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
@@ -387,31 +386,29 @@ def convert(
     groups: Dict[str, List[str]] = {}
     for name in targets:
         groups.setdefault(uf.find(name), []).append(name)
-    instances: Dict[str, Tuple[nn.Module, str]] = {}
+    instances: Dict[str, Tuple[nn.Module, Tuple[int, ...]]] = {}  # first layer of a group -> (pooling, its strides)
     changes: List[Change] = []
     for name in targets:
         module = model.get_submodule(name)
         strides, ndim = _strides_of(module), _ndim_of(module)
         group = groups[uf.find(name)]
-        first = group[0]
+        first = group[0]  # converted first: its pooling is registered as FIRST.1
         if first in instances:
-            pool, _ = instances[first]
-            first_strides = _strides_of_change(changes, first)
+            pool, first_strides = instances[first]
             if first_strides != strides:
                 raise ConversionError(
                     f"{first} (stride {first_strides}) and {name} (stride {strides}) feed the same operation but "
                     f"downsample by different factors, so they cannot share a pooling layer; leave one out with "
                     f"exclude=[...]")
-            shared = first
         else:
             cls = family[ndim] if family is not None else pooling_cls
-            pool, shared = cls(strides=strides, **pooling_kwargs), None
-            instances[first] = (pool, f"{first}.1")
+            pool = cls(strides=strides, **pooling_kwargs)
+            instances[first] = (pool, strides)
         module.stride = (1,) * ndim
         pad = _same_padding(module, ndim) if len(group) > 1 else None
         parts = [("0", module), ("1", pool)] if pad is None else [("pad", pad), ("0", module), ("1", pool)]
         _set_submodule(model, name, nn.Sequential(collections.OrderedDict(parts)))
-        changes.append(Change(name, _kind_of(module, layers), strides, instances[first][1], shared))
+        changes.append(Change(name, _kind_of(module, layers), strides, f"{first}.1", first if name != first else None))
 
     if check:
         if example_input is None:
@@ -423,9 +420,6 @@ def convert(
             _prove(model, changes, example_input)
     return model, changes
 
-
-def _strides_of_change(changes: List[Change], name: str) -> Tuple[int, ...]:
-    return next(c.strides for c in changes if c.name == name)
 
 
 def freeze(model: nn.Module, inplace: bool = False) -> nn.Module:

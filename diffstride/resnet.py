@@ -56,14 +56,9 @@ def parse_strides(strides: Union[str, Sequence[Stride]], name: str = "strides") 
         raise TypeError(f"{name} must be a list of strides or a string like '1, 1, 2, 2, 2', but got {strides!r}") from None
 
 
-def _per_axis(stride: Stride, dims: int, name: str = "stride") -> Tuple[Number, ...]:
-    """A stride as one finite number >= 1 per spatial axis (a single number is used for every axis)."""
-    return per_axis(stride, dims, name)
-
-
 def _conv_stride(stride: Stride, dims: int) -> Tuple[int, ...]:
     """Integer strides for a strided convolution (no pooling class)."""
-    values = _per_axis(stride, dims)
+    values = per_axis(stride, dims, "stride")
     if any(float(v) != int(v) for v in values):
         raise ValueError(
             f"strided convolutions (pooling_cls=None) need whole-number strides, but got {stride!r}; "
@@ -175,7 +170,7 @@ class ResidualLayer(nn.Module):
         if not project and in_filters != filters:
             raise ValueError(f"an identity residual layer needs in_filters == filters, but got {in_filters} and {filters}")
         pooling_cls = pooling_cls if project else None
-        strides = _per_axis(strides, dims, "strides") if project else (1,) * dims
+        strides = per_axis(strides, dims, "strides") if project else (1,) * dims
         self.weight_decay = weight_decay
         if pooling_cls is not None:
             conv_strides = (1,) * dims
@@ -274,7 +269,7 @@ class Resnet(nn.Module):
             raise ValueError(f"the number of filters ({len(filters)}) must match the number of strides ({len(strides)}): "
                              f"filters={filters}, strides={strides}")
         self.strides = strides  # as given: what the run's metrics and reports show
-        strides = [_per_axis(s, dims, f"strides[{i}]") for i, s in enumerate(strides)]
+        strides = [per_axis(s, dims, f"strides[{i}]") for i, s in enumerate(strides)]
         if output_activation not in (None, "softmax", "linear"):
             raise ValueError(f"output_activation must be None or 'softmax', but got {output_activation!r}")
         self.output_activation = output_activation
