@@ -32,3 +32,17 @@ def rel_err(ours, ref):
     ours = ours.detach().to(torch.float64)
     ref = torch.as_tensor(ref).to(torch.float64)
     return ((ours - ref).abs().max() / ref.abs().max().clamp_min(1e-30)).item()
+
+
+def onnxruntime_outputs(model, x):
+    """``model`` exported with ``torch.onnx.export(dynamo=True)`` and run on ``x`` in onnxruntime's
+    CPU provider: its output as a tensor (skips the test without onnxruntime / onnxscript)."""
+    import io
+
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    buffer = io.BytesIO()
+    torch.onnx.export(model, (x,), dynamo=True).save(buffer)
+    session = ort.InferenceSession(buffer.getvalue(), providers=["CPUExecutionProvider"])
+    (out,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+    return torch.from_numpy(out)

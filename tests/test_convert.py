@@ -1,6 +1,5 @@
 """convert() on any network: branches tied by data flow, the proof against moving strides, every
 dimensionality, and the torchvision and timm zoos (convert, move the strides, train a step)."""
-import io
 import random
 import warnings
 
@@ -12,6 +11,8 @@ from torch import nn
 import diffstride
 from diffstride import pooling
 from diffstride.convert import ConversionError
+
+from .conftest import onnxruntime_outputs
 
 timm = pytest.importorskip("timm")
 
@@ -196,16 +197,11 @@ def test_complexity_follows_the_traced_stage_order_on_a_converted_model():
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["resnet18", "mobilenet_v3_small", "regnet_y_400mf"])
 def test_frozen_converted_models_export_to_onnx(name):
-    ort = pytest.importorskip("onnxruntime")
-    pytest.importorskip("onnxscript")
     model, _ = diffstride.convert(_make("torchvision", name))
     _move_strides(model, random.Random(3))
     frozen = diffstride.freeze(model).eval()
     x = torch.randn(1, 3, 64, 64)
-    buffer = io.BytesIO()
-    torch.onnx.export(frozen, (x,), dynamo=True).save(buffer)
-    session = ort.InferenceSession(buffer.getvalue(), providers=["CPUExecutionProvider"])
-    (out,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+    out = onnxruntime_outputs(frozen, x)
     with torch.no_grad():
         expected = frozen(x)
-    assert torch.allclose(torch.from_numpy(out), expected, atol=1e-4, rtol=1e-3)
+    assert torch.allclose(out, expected, atol=1e-4, rtol=1e-3)

@@ -1,5 +1,4 @@
 """Beyond the reference: complexity term, FLOPs, converting models, freezing, reports."""
-import io
 import json
 import os
 
@@ -14,6 +13,7 @@ from diffstride.complexity import complexity_loss, count_flops, forward_trace
 from diffstride.examples import main as main_lib
 from diffstride.examples import report
 
+from .conftest import onnxruntime_outputs
 from .test_train import TINY
 
 
@@ -196,17 +196,12 @@ def test_freeze_gives_the_same_outputs_without_stride_parameters():
 
 
 def test_frozen_model_exports_to_onnx_and_runs_in_onnxruntime():
-    ort = pytest.importorskip("onnxruntime")
-    pytest.importorskip("onnxscript")
     model = _trained_model()
     frozen = diffstride.freeze(model)
     x = torch.randn(2, 3, 32, 32)
-    buffer = io.BytesIO()
-    torch.onnx.export(frozen, (x,), dynamo=True).save(buffer)
-    session = ort.InferenceSession(buffer.getvalue(), providers=["CPUExecutionProvider"])
-    (out,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+    out = onnxruntime_outputs(frozen, x)
     with torch.no_grad():
-        assert torch.allclose(torch.from_numpy(out), model(x), atol=1e-4)
+        assert torch.allclose(out, model(x), atol=1e-4)
 
 
 # ------------------------------------------------------------------------------------------
