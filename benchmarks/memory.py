@@ -7,6 +7,12 @@ ARGS...``), where ``FACTORY(*ARGS)`` returns the function to measure; it is call
 up (one-time allocations are not the call's; what it freed is returned to the system with glibc's
 ``malloc_trim``), then three times. The least peak of three fresh
 processes is reported: glibc's allocator makes one process's peak vary by tens of percent.
+
+``live=True`` runs the processes with ``MALLOC_MMAP_THRESHOLD_=65536``: every block of 64 KiB or
+more is then its own mapping, returned to the system when freed, so the peak is that of the
+memory in use (the tensors and the libraries' buffers), without what glibc's default (a
+threshold that grows to the largest block freed, up to 32 MiB) keeps in its heaps between
+calls. The default measure is what a process sees; the live one is what the computation needs.
 """
 import importlib
 import json
@@ -27,8 +33,9 @@ def _status_mib(field):
     raise RuntimeError(f"no {field} in /proc/self/status")
 
 
-def peak_mib(module: str, factory: str, *args) -> float:
-    """Runs ``module.factory(*args)()`` in a fresh process and returns its peak memory in MiB."""
+def peak_mib(module: str, factory: str, *args, live: bool = False) -> float:
+    """Runs ``module.factory(*args)()`` in a fresh process and returns its peak memory in MiB
+    (``live``: large blocks mapped and unmapped one by one, see the module's docstring)."""
     if torch.cuda.is_available():
         fn = getattr(importlib.import_module(module), factory)(*args)
         torch.cuda.synchronize()
@@ -38,8 +45,9 @@ def peak_mib(module: str, factory: str, *args) -> float:
         return (torch.cuda.max_memory_allocated() - base) / 2**20
     peaks = []
     for _ in range(3):  # the allocator's history makes one process's peak vary by tens of percent: the least of 3
+        env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536") if live else None
         out = subprocess.run([sys.executable, "-m", "benchmarks.memory", module, factory, json.dumps(list(args))],
-                             capture_output=True, text=True, cwd=ROOT, check=True)
+                             capture_output=True, text=True, cwd=ROOT, check=True, env=env)
         peaks.append(float(out.stdout.strip().splitlines()[-1]))
     return min(peaks)
 

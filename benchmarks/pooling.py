@@ -7,7 +7,8 @@
 reference (``tests/oracle.py``) from 1-D lengths of 40 to 1,000,000, 2-D sizes of 8x8 to
 512x512 and 3-D volumes of 16^3 and 32^3, batch x channels chosen so that each input is about
 8 MiB; per size: forward+backward ms and peak MiB of both, their ratio, the extra peak memory
-over the input's size, and which form 'auto' took. Without it, the ResNet-18 / CIFAR shapes:
+over the input's size (as a process sees it, and the memory in use: ``live`` in
+benchmarks/memory.py, for both), and which form 'auto' took. Without it, the ResNet-18 / CIFAR shapes:
 per shape, forward and forward+backward milliseconds (median of --repeats after warm-up,
 the candidates timed in turns so that the slow spells of a shared machine hit them alike)
 and the peak memory of forward+backward (benchmarks/memory.py), for our DiffStride (contiguous
@@ -85,8 +86,8 @@ def make_sweep_step(candidate, shape):
 
 def run_sweep(sizes, repeats, memory, log=print, timing=True):
     log("| input (B x C x size) | input MiB | auto takes | auto fwd+bwd ms | torch.fft ms | torch.fft / auto "
-        "| auto peak MiB | torch.fft peak MiB | auto extra peak / input |")
-    log("|---|---:|---|---:|---:|---:|---:|---:|---:|")
+        "| auto peak MiB | torch.fft peak MiB | auto extra peak / input | live: auto | live: torch.fft |")
+    log("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for size in sizes:
         shape = sweep_shape(size)
         ndim = len(size)
@@ -99,10 +100,12 @@ def run_sweep(sizes, repeats, memory, log=print, timing=True):
         if memory:
             p_auto = peak_mib("benchmarks.pooling", "make_sweep_step", "auto", list(shape))
             p_fft = peak_mib("benchmarks.pooling", "make_sweep_step", "direct torch.fft", list(shape))
+            live_auto = peak_mib("benchmarks.pooling", "make_sweep_step", "auto", list(shape), live=True)
+            live_fft = peak_mib("benchmarks.pooling", "make_sweep_step", "direct torch.fft", list(shape), live=True)
         else:
-            p_auto = p_fft = float("nan")
+            p_auto = p_fft = live_auto = live_fft = float("nan")
         log(f"| {'x'.join(map(str, shape))} | {mib:.1f} | {chosen} | {t_auto:.2f} | {t_fft:.2f} | {t_fft / t_auto:.2f}x "
-            f"| {p_auto:.0f} | {p_fft:.0f} | {p_auto / mib:.2f} |")
+            f"| {p_auto:.0f} | {p_fft:.0f} | {p_auto / mib:.2f} | {live_auto / mib:.2f} | {live_fft / mib:.2f} |")
 
 
 def make_layer(name, c, h, w, batch, fmt_name, device="cpu"):

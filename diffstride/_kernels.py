@@ -8,7 +8,8 @@ from typing import Optional, Sequence, Tuple
 
 import torch
 
-from diffstride._plans import SpectralPlan, min_stride
+from diffstride._plans import SpectralPlan, clamp_floors, stride_limits
+from diffstride._validation import ALGORITHMS, algorithm as _check_algorithm  # noqa: F401  (ALGORITHMS: public via functional)
 
 
 # --------------------------------------------------------------------------------------------
@@ -60,8 +61,10 @@ def _working_dtype(t: torch.Tensor) -> torch.dtype:
 def _axis_stride(
     stride: torch.Tensor, lower: Optional[float], upper: Optional[float]
 ) -> torch.Tensor:
-    low = 1.0 if lower is None else lower
-    return clip_inclusive(stride, low, upper)
+    """The limits' clip of the stride rule (:func:`diffstride._plans.effective_strides`), gradient
+    passed at the bounds included."""
+    low, high = stride_limits(lower, upper, rnd=float)  # the tensor's comparison rounds to its dtype
+    return clip_inclusive(stride, low, high)
 
 
 def _axis_weights(
@@ -87,11 +90,10 @@ def _axis_weights(
 
 def _clamped(strides: torch.Tensor, size: Sequence[int], smoothness_factor: float) -> torch.Tensor:
     """The reference's in-graph view of its in-place clamp: value ``max(S, size/(size-R))``, identity gradient."""
-    mins = [min_stride(n, smoothness_factor) for n in size]
-    if strides.numel() == 1:
-        mins = [max(mins)]
-    floor = torch.tensor(mins, dtype=strides.dtype, device=strides.device)
-    return strides + (torch.maximum(strides, floor) - strides).detach()
+    floors = clamp_floors(size, smoothness_factor, shared=strides.numel() == 1)
+    floor = torch.tensor(floors, dtype=strides.dtype, device=strides.device)
+    # exactly max(S, floor) in value (``S + (max - S)`` can be one ulp off), the identity in gradient
+    return torch.maximum(strides, floor).detach() + (strides - strides.detach())
 
 
 def spectral_operator(
@@ -221,7 +223,7 @@ class _SeparableProduct(torch.autograd.Function):
     width product: one GEMM each with ``B_rᵀ`` / ``B_iᵀ`` when W is the inner axis, one batched
     product over the h·b (W × C) matrices when C is. The result is copied into the output in
     the input's memory format. The backward runs the same products transposed, block by block,
-    with the blocks' copies and intermediates saved by the forward. Blocks keep the
+    with the height products ``u`` saved by the forward (the blocks' copies of x are made again). Blocks keep the
     intermediates in cache on CPU (the products are bound by memory traffic there).
     """
 
@@ -239,16 +241,18 @@ class _SeparableProduct(torch.autograd.Function):
             b = xb.shape[0]
             xh = _to_height_major(xb, last)
             u = torch.mm(a_stack, xh)  # (2h, b·C·W) = [A_r x; A_i x]
-            saved += [xh, u]
+            saved.append(u)
             y = _width_product(u, b_real, b_imag, h, b, c, width, last)
             out[start:start + b].copy_(_from_height_major(y, h, b, c, w, last))
-        ctx.save_for_backward(a_stack, b_real, b_imag, *saved)
+        # the height-major copy of x is made again in the backward (a copy costs little beside
+        # the products; keeping it would hold a second copy of the input until the backward)
+        ctx.save_for_backward(x if ctx.needs_input_grad[1] else None, a_stack, b_real, b_imag, *saved)
         ctx.block, ctx.x_shape, ctx.x_format = block, x.shape, fmt
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
-        a_stack, b_real, b_imag, *saved = ctx.saved_tensors
+        x, a_stack, b_real, b_imag, *saved = ctx.saved_tensors
         n, c, height, width = ctx.x_shape
         last = ctx.x_format == torch.channels_last
         dtype, device = a_stack.dtype, a_stack.device
@@ -260,7 +264,7 @@ class _SeparableProduct(torch.autograd.Function):
         grad_br = torch.zeros_like(b_real) if need_b else None
         grad_bi = torch.zeros_like(b_imag) if need_b else None
         for i, start in enumerate(range(0, n, ctx.block)):
-            xh, u = saved[2 * i], saved[2 * i + 1]
+            u = saved[i]
             gb = grad_out[start:start + ctx.block]
             b = gb.shape[0]
             gy = _to_height_major(gb, last)  # (h, b·C·w) or (h, b·w·C)
@@ -283,7 +287,7 @@ class _SeparableProduct(torch.autograd.Function):
                     grad_br.addmm_(gy2.t(), u[:h].view(h * b * c, width))
                     grad_bi.addmm_(gy2.t(), u[h:].view(h * b * c, width), alpha=-1)
             if need_a:
-                grad_a.addmm_(grad_u, xh.t())
+                grad_a.addmm_(grad_u, _to_height_major(x[start:start + b], last).t())
             if need_x:
                 gx = torch.mm(a_stack.t(), grad_u)  # (H, b·C·W) or (H, b·W·C)
                 grad_x[start:start + b].copy_(_from_height_major(gx, height, b, c, width, last))
@@ -331,7 +335,6 @@ def _apply_1d(x: torch.Tensor, b_real: torch.Tensor) -> torch.Tensor:
 # --------------------------------------------------------------------------------------------
 # The FFT form, and the choice between the two forms.
 
-ALGORITHMS = ("auto", "matmul", "fft")
 
 # The matrix form costs (multiply-adds per sample and channel) about
 #   1-D: L·l            2-D: 2·h·H·W + 2·h·W·w
@@ -345,12 +348,6 @@ ALGORITHMS = ("auto", "matmul", "fft")
 # the winner) and lost from 18.8 (1.7x at 224x224, 4.6x at 512x512); 10 sends 112x112 to the
 # FFT form. CUDA could not be measured here: the CPU values are used there too.
 FFT_COST_WEIGHT = {1: 16.0, 2: 10.0}
-
-
-def _check_algorithm(algorithm: str) -> str:
-    if algorithm not in ALGORITHMS:
-        raise ValueError(f"algorithm must be one of {ALGORITHMS}, but got {algorithm!r}")
-    return algorithm
 
 
 def matmul_cost(size: Sequence[int], out_size: Sequence[int]) -> float:
@@ -390,32 +387,156 @@ def choose_algorithm(x: torch.Tensor, plan: SpectralPlan, algorithm: str = "auto
     return "fft" if matmul_cost(size, out_size) > FFT_COST_WEIGHT[len(size)] * fft_cost(size, out_size) else "matmul"
 
 
+# Blocks of the FFT form: at most this many bytes of input per block, and at most a quarter of
+# the input, so that the full-size spectra of a block stay small beside the input (the extra
+# peak memory of forward + backward is then the output, the input's gradient and the kept
+# spectrum, plus a block's temporaries). A single (sample, channel) plane is never split.
+FFT_BLOCK_BYTES = 8 << 20
+FFT_BLOCK_FRACTION = 4
+# The kept spectrum is saved for the backward when it holds at most this fraction of the input's
+# elements (real and imaginary parts counted), else recomputed there (one more rfftn of the input).
+KEEP_SPECTRUM_MAX = 0.75
+
+
+def _fft_block(planes: torch.Tensor, nd: int) -> int:
+    """Leading-axis entries per block of the FFT form (see FFT_BLOCK_BYTES)."""
+    count = planes.shape[0]
+    entry_bytes = max(planes[:1].numel() * 4, 1)  # float32 (or wider) working copy
+    by_bytes = max(1, FFT_BLOCK_BYTES // entry_bytes)
+    by_fraction = max(1, -(-count // FFT_BLOCK_FRACTION))
+    # at least a plane per thread: one long 1-D FFT runs on one thread, a batch of them on all
+    return max(1, min(count, torch.get_num_threads()), min(count, by_bytes, by_fraction))
+
+
+def _as_planes(t: torch.Tensor, nd: int) -> torch.Tensor:
+    """``t`` (N, C, *spatial) as (N·C, *spatial) when that is a view, else itself (blocks then
+    run along the batch: a channels_last tensor's channel planes are interleaved)."""
+    return t.view(-1, *t.shape[-nd:]) if t.is_contiguous() else t
+
+
+def _spectrum_index(plan: SpectralPlan, size: Sequence[int], lead: int, device) -> tuple:
+    """The index of the kept block (centred axes' kept bins, rfft bins ``0 .. cols-1``) in a
+    half spectrum with ``lead`` leading axes; slices where every bin is kept in order."""
+    centred = plan.centred_rows()
+    selected = [axis for axis, rows in enumerate(centred) if list(rows) != list(range(size[axis]))]
+    index = [slice(None)] * lead
+    for axis, rows in enumerate(centred):
+        if axis not in selected:
+            index.append(slice(None))
+            continue
+        t = torch.tensor(rows, device=device)
+        if len(selected) > 1:  # broadcast against each other: an outer product of the kept bins
+            shape = [1] * len(selected)
+            shape[selected.index(axis)] = -1
+            t = t.view(shape)
+        index.append(t)
+    index.append(slice(0, plan.cols))
+    return tuple(index)
+
+
+def _rfft_bin_factor(n: int, cols: int, interior: float, dtype, device) -> torch.Tensor:
+    """``interior`` on the rfft bins of an ``n``-long axis that stand for two complex bins (not
+    DC, not Nyquist), 1 on the others; bins ``0 .. cols-1``."""
+    k = torch.arange(cols, device=device)
+    edge = (k == 0) | (2 * k == n)
+    return torch.where(edge, torch.ones((), dtype=dtype, device=device), torch.full((), interior, dtype=dtype, device=device))
+
+
+class _FFTResample(torch.autograd.Function):
+    """``y = irfftn(mask ⊙ crop(rfftn(x)))`` over the last ``nd`` axes, by blocks of planes, with
+    an explicit backward.
+
+    Autograd's own backward of ``rfftn`` zero-pads the gradient to the *full* complex spectrum
+    and runs a complex inverse FFT (two full-size complex tensors: four times the input); this
+    one writes the input's gradient block by block as ``irfftn(pad(c ⊙ mask ⊙ G), norm='forward')``
+    (``G = rfftn(grad_y, norm='forward')`` with the inverse's doubling of interior bins, ``c`` the
+    forward's halving), so the only full-size tensor is the gradient itself. The kept spectrum
+    is saved only when the mask needs a gradient (DiffStride's strides).
+    """
+
+    @staticmethod
+    def forward(ctx, x, mask, plan, nd, dtype, out_dtype):
+        size, out_size = tuple(x.shape[-nd:]), tuple(plan.out_size)
+        dims = tuple(range(-nd, 0))
+        fmt = _memory_format(x)
+        planes = _as_planes(x, nd)
+        lead = planes.dim() - nd
+        y = torch.empty(x.shape[:-nd] + out_size, dtype=out_dtype, device=x.device, memory_format=fmt)
+        y_planes = _as_planes(y, nd) if planes.dim() != x.dim() else y
+        index = _spectrum_index(plan, size, lead, x.device)
+        # the mask's gradient needs the kept spectrum: saved when small beside the input (a
+        # stride of 2 per axis), else recomputed from the input block by block in the backward
+        kept_shape = planes.shape[:lead] + mask.shape
+        keep = ctx.needs_input_grad[1] and 2 * math.prod(kept_shape) <= x.numel() * KEEP_SPECTRUM_MAX
+        kept = torch.empty(kept_shape, dtype=mask.dtype.to_complex(), device=x.device) if keep else None
+        block = _fft_block(planes, nd)
+        for start in range(0, planes.shape[0], block):
+            spectrum = torch.fft.rfftn(planes[start:start + block].to(dtype), dim=dims)[index]
+            if keep:
+                kept[start:start + block] = spectrum
+            y_planes[start:start + block] = torch.fft.irfftn(spectrum * mask, s=out_size, dim=dims)
+        recompute = ctx.needs_input_grad[1] and not keep
+        ctx.save_for_backward(mask, kept if keep else None, x if recompute else None)
+        ctx.plan, ctx.nd, ctx.dtype, ctx.block, ctx.index = plan, nd, dtype, block, index
+        ctx.x_meta = (x.shape, x.dtype, fmt, planes.dim() != x.dim())
+        return y
+
+    @staticmethod
+    def backward(ctx, grad_y):
+        mask, kept, x = ctx.saved_tensors
+        plan, nd, dtype, block, index = ctx.plan, ctx.nd, ctx.dtype, ctx.block, ctx.index
+        x_shape, x_dtype, fmt, flat = ctx.x_meta
+        need_x, need_mask = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        size, out_size = tuple(x_shape[-nd:]), tuple(plan.out_size)
+        dims = tuple(range(-nd, 0))
+        device = grad_y.device
+        g_planes = grad_y.reshape(-1, *out_size) if flat else grad_y
+        lead = g_planes.dim() - nd
+        # inverse's adjoint: interior output bins doubled; forward's adjoint: interior input bins halved
+        doubling = _rfft_bin_factor(out_size[-1], plan.cols, 2.0, dtype, device)
+        x_factor = mask * doubling * _rfft_bin_factor(size[-1], plan.cols, 0.5, dtype, device)
+        grad_mask = torch.zeros_like(mask) if need_mask else None
+        grad_x = torch.empty(x_shape, dtype=x_dtype, device=device, memory_format=fmt) if need_x else None
+        gx_planes = (grad_x.view(-1, *size) if flat else grad_x) if need_x else None
+        half = size[:-1] + (size[-1] // 2 + 1,)
+        for start in range(0, g_planes.shape[0], block):
+            g = torch.fft.rfftn(g_planes[start:start + block].to(dtype), dim=dims, norm="forward")
+            if need_mask:
+                if kept is not None:
+                    spectrum = kept[start:start + block]
+                else:
+                    x_block = (x.view(-1, *size) if flat else x)[start:start + block]
+                    spectrum = torch.fft.rfftn(x_block.to(dtype), dim=dims)[index]
+                grad_mask += (g * doubling * spectrum.conj()).real.sum(dim=tuple(range(lead)))
+            if need_x:
+                full = torch.zeros(g.shape[:lead] + half, dtype=g.dtype, device=device)
+                full[index] = g.mul_(x_factor)
+                gx_planes[start:start + block] = torch.fft.irfftn(full, s=size, dim=dims, norm="forward")
+        return grad_x, grad_mask, None, None, None, None
+
+
 def _fft_resample(x: torch.Tensor, plan: SpectralPlan, centred_weights: Sequence[torch.Tensor],
                   col_weights: torch.Tensor) -> torch.Tensor:
     """``irfftn(crop(mask ⊙ rfftn(x)))`` with torch.fft over the spatial axes of (N, C, *spatial).
 
     The kept bins are taken by index (the plan's Python lists), the separable mask multiplies
-    the kept block, and the inverse has the plan's output size. Runs in float32 (float64 for
-    float64 inputs) with autocast off: FFT libraries have no bfloat16; under autocast the output
-    is returned in the autocast dtype, as the matrix form's. The output keeps a channels_last
-    input's format.
+    the kept block, and the inverse has the plan's output size; by blocks of (sample, channel)
+    planes, with the explicit backward of :class:`_FFTResample` (memory: no full-size complex
+    tensor beyond a block's). Runs in float32 (float64 for float64 inputs) with autocast off:
+    FFT libraries have no bfloat16; under autocast the output is returned in the autocast
+    dtype, as the matrix form's. The output keeps a channels_last input's format.
     """
     nd = x.dim() - 2
-    dims = tuple(range(2, nd + 2))
-    fmt = _memory_format(x)
     dtype = _working_dtype(x)
     out_dtype = _autocast_dtype(x)
     with torch.autocast(x.device.type, enabled=False):
-        spectrum = torch.fft.rfftn(x.to(dtype), dim=dims)[..., :plan.cols]
         mask = col_weights.to(dtype)
-        for axis, (rows, weights) in enumerate(zip(plan.centred_rows(), centred_weights)):
-            if len(rows) != x.shape[2 + axis] or list(rows) != list(range(len(rows))):
-                spectrum = spectrum.index_select(2 + axis, torch.tensor(rows, device=x.device))
+        for axis, weights in enumerate(centred_weights):
             shape = [1] * nd
             shape[axis] = -1
             mask = mask * weights.to(dtype).view(shape)
-        y = torch.fft.irfftn(spectrum * mask, s=plan.out_size, dim=dims).to(out_dtype)
-    return y if fmt == torch.contiguous_format else y.contiguous(memory_format=fmt)
+        mask = mask.expand(tuple(len(r) for r in plan.centred_rows()) + (plan.cols,))
+        return _FFTResample.apply(x, mask, plan, nd, dtype, out_dtype)
 
 
 def spectral_resample2d(
@@ -459,9 +580,7 @@ def spectral_resample1d(x: torch.Tensor, plan: SpectralPlan, weights: torch.Tens
 def spectral_resample3d(x: torch.Tensor, plan: SpectralPlan, depth_weights: torch.Tensor, row_weights: torch.Tensor,
                         col_weights: torch.Tensor, algorithm: str = "auto") -> torch.Tensor:
     """``irfftn(crop(mask ⊙ rfftn(x)))`` of a (N, C, D, H, W) tensor, by torch.fft (the only 3-D form)."""
-    if _check_algorithm(algorithm) == "matmul":
-        raise ValueError("algorithm='matmul' is not available for 3-D inputs (their only form is 'fft'); "
-                         "use algorithm='auto' or 'fft'")
+    _check_algorithm(algorithm, 3, "inputs")
     return _fft_resample(x, plan, [depth_weights, row_weights], col_weights)
 
 

@@ -11,7 +11,6 @@ import math
 from typing import Optional, Sequence, Tuple
 
 
-
 def _f32(value: float) -> float:
     """Rounds a Python float to the nearest float32 (round half to even).
 
@@ -73,6 +72,49 @@ def _f64(value: float) -> float:
     return value
 
 
+# --------------------------------------------------------------------------------------------
+# The stride rule: the strides the mask sees.
+#
+# ``S_eff = clip(max(S, size / (size - R)), lower or 1, upper)`` per axis, a shared stride taking
+# the largest floor of its axes. It is evaluated in two arithmetics, from the same pieces
+# (:func:`clamp_floors`, :func:`stride_limits`): here in Python (float32 emulated), to plan the
+# output size without reading a tensor inside a graph, and in ``functional._mask_strides`` on
+# the strides tensor, where the gradient must follow TensorFlow's rules at the bounds (the value
+# clamp passes the gradient through; the clip passes it at the bounds included). A test
+# (tests/test_oracle.py) checks that both give the same values.
+
+
+def clamp_floors(size: Sequence[int], smoothness_factor: float, shared: bool) -> Tuple[float, ...]:
+    """The reference's in-place clamp floors ``size / (size - R)``, one per axis (one, the largest,
+    for a shared stride)."""
+    floors = tuple(min_stride(n, smoothness_factor) for n in size)
+    return (max(floors),) if shared else floors
+
+
+def stride_limits(lower: Optional[float], upper: Optional[float], rnd=_f32) -> Tuple[float, Optional[float]]:
+    """The clip's bounds as the mask's dtype rounds them: ``lower`` defaults to 1, ``upper`` to none."""
+    return (1.0 if lower is None else rnd(lower)), (None if upper is None else rnd(upper))
+
+
+def effective_strides(
+    values: Sequence[float],
+    size: Sequence[int],
+    smoothness_factor: float = 4.0,
+    lower_limit_stride: Optional[float] = None,
+    upper_limit_stride: Optional[float] = None,
+    float64: bool = False,
+) -> Tuple[float, ...]:
+    """The strides the mask sees, one per spatial axis, from the stride values (one shared value
+    or one per axis) of an input of spatial ``size``: the in-place clamp, then the limits' clip."""
+    low, high = stride_limits(lower_limit_stride, upper_limit_stride, _f64 if float64 else _f32)
+    floors = clamp_floors(size, smoothness_factor, shared=len(values) == 1)
+    result = []
+    for value, floor in zip(values, floors):
+        s = max(value, floor, low)
+        result.append(s if high is None else min(s, high))
+    return tuple(result) * len(size) if len(values) == 1 else tuple(result)
+
+
 def _threshold(size: int, stride: float, width_rule: bool, rnd=_f32) -> float:
     """``max(size / stride, 2) / 2`` (+1 for the rfft axis), rounded as the mask's dtype (float32 in the reference)."""
     cropped = max(rnd(size / stride), 2.0)
@@ -92,17 +134,6 @@ def _kept(positions: Sequence[int], threshold: float, smoothness_factor: float, 
     return [i for i, pos in enumerate(positions) if edge - pos > 0]
 
 
-def _effective_stride(
-    stride: float, size_min: float, lower: Optional[float], upper: Optional[float], rnd=_f32
-) -> float:
-    stride = max(stride, size_min)
-    low = 1.0 if lower is None else rnd(lower)
-    stride = max(stride, low)
-    if upper is not None:
-        stride = min(stride, rnd(upper))
-    return stride
-
-
 def diffstride_plan(
     size: Tuple[int, int],
     strides: Sequence[float],
@@ -120,12 +151,7 @@ def diffstride_plan(
     """
     rnd = _f64 if float64 else _f32
     height, width = size
-    if len(strides) == 1:
-        shared = max(strides[0], min_stride(height, smoothness_factor), min_stride(width, smoothness_factor))
-        s_h = s_w = _effective_stride(shared, 0.0, lower_limit_stride, upper_limit_stride, rnd)
-    else:
-        s_h = _effective_stride(strides[0], min_stride(height, smoothness_factor), lower_limit_stride, upper_limit_stride, rnd)
-        s_w = _effective_stride(strides[1], min_stride(width, smoothness_factor), lower_limit_stride, upper_limit_stride, rnd)
+    s_h, s_w = effective_strides(strides, size, smoothness_factor, lower_limit_stride, upper_limit_stride, float64)
     if cropping:
         rows = _kept(height_positions(height), _threshold(height, s_h, False, rnd), smoothness_factor, rnd)
         cols = len(_kept(range(width // 2 + 1), _threshold(width, s_w, True, rnd), smoothness_factor, rnd))
@@ -145,7 +171,7 @@ def diffstride_plan_1d(
 ) -> SpectralPlan:
     """1-D version of :func:`diffstride_plan` (the width rule alone)."""
     rnd = _f64 if float64 else _f32
-    s = _effective_stride(stride, min_stride(length, smoothness_factor), lower_limit_stride, upper_limit_stride, rnd)
+    (s,) = effective_strides((stride,), (length,), smoothness_factor, lower_limit_stride, upper_limit_stride, float64)
     if cropping:
         cols = len(_kept(range(length // 2 + 1), _threshold(length, s, True, rnd), smoothness_factor, rnd))
     else:
@@ -178,12 +204,7 @@ def diffstride_plan_3d(
     """3-D version of :func:`diffstride_plan` for (D, H, W): depth and height follow the height
     rule (centred positions), width the rfft rule; ``strides`` is one shared value or three."""
     rnd = _f64 if float64 else _f32
-    mins = [min_stride(n, smoothness_factor) for n in size]
-    if len(strides) == 1:
-        shared = _effective_stride(max([strides[0]] + mins), 0.0, lower_limit_stride, upper_limit_stride, rnd)
-        effective = [shared] * 3
-    else:
-        effective = [_effective_stride(v, m, lower_limit_stride, upper_limit_stride, rnd) for v, m in zip(strides, mins)]
+    effective = effective_strides(strides, size, smoothness_factor, lower_limit_stride, upper_limit_stride, float64)
     depth, height, width = size
     if cropping:
         kept = [tuple(_kept(height_positions(n), _threshold(n, st, False, rnd), smoothness_factor, rnd))

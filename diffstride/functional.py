@@ -14,9 +14,14 @@ format and under ``torch.compile``.
 The plan (which frequencies are kept and the output size) is computed in Python from the stride
 values, emulating the reference's float32 arithmetic exactly, so that the output size is a
 Python int and never the result of a data-dependent ``nonzero``.
+
+The ops check their input (rank, dtype, the strides tensor's shape, sizes against the smoothness
+factor, limits, algorithm) with the functions of :mod:`diffstride._validation`, the same the
+layers run on their arguments, and raise errors that name the op, the value and what was expected.
 """
 from __future__ import annotations
 
+import math
 from typing import Optional, Sequence, Tuple
 
 import torch
@@ -28,14 +33,15 @@ from diffstride._kernels import (  # noqa: F401  (the kernels' names stay reacha
     spectral_mask, spectral_operator, spectral_resample1d, spectral_resample2d, spectral_resample3d,
 )
 from diffstride._plans import (  # noqa: F401
-    SpectralPlan, _f32, diffstride_plan, diffstride_plan_1d, diffstride_plan_3d, fixed_spectral_plan,
-    fixed_spectral_plan_1d, fixed_spectral_plan_3d, height_positions, min_stride,
+    SpectralPlan, _f32, clamp_floors, diffstride_plan, diffstride_plan_1d, diffstride_plan_3d, effective_strides,
+    fixed_spectral_plan, fixed_spectral_plan_1d, fixed_spectral_plan_3d, height_positions, min_stride,
 )
+from diffstride import _validation as check
 
 __all__ = [
     "diff_stride1d", "diff_stride2d", "diff_stride3d",
     "fixed_spectral_pool1d", "fixed_spectral_pool2d", "fixed_spectral_pool3d",
-    "stride_values", "choose_algorithm", "ALGORITHMS", "SpectralPlan",
+    "stride_values", "effective_strides", "choose_algorithm", "ALGORITHMS", "SpectralPlan",
 ]
 
 
@@ -45,9 +51,41 @@ __all__ = [
 
 def _mask_strides(strides: torch.Tensor, size: Sequence[int], smoothness_factor: float,
                   lower: Optional[float], upper: Optional[float]) -> torch.Tensor:
-    """The strides the masks see: the reference's in-place clamp (value only), then the limits' clip."""
+    """The strides the masks see, as a differentiable tensor: the stride rule of
+    :func:`diffstride._plans.effective_strides` (the reference's in-place clamp, value only, then
+    the limits' clip)."""
     s = _clamped(strides.to(_working_dtype(strides)), size, smoothness_factor)
     return _axis_stride(s, lower, upper)
+
+
+def _check_diffstride_call(x, strides, ndim: int, smoothness_factor, lower, upper, algorithm: str, name: str):
+    """The functional op's checks (the layers run the same ones on their arguments); returns
+    ``(smoothness_factor, lower, upper)`` as floats."""
+    check.spatial_input(x, ndim, name)
+    check.stride_tensor(strides, ndim, name)
+    smoothness_factor = check.smoothness_factor(smoothness_factor)
+    lower, upper = check.stride_limits(lower, upper)
+    check.diffstride_size(tuple(x.shape[2:]), smoothness_factor, name)
+    check.algorithm(algorithm, ndim, "inputs")
+    return smoothness_factor, lower, upper
+
+
+def _check_fixed_call(x, strides, ndim: int, algorithm: str, name: str) -> Tuple[float, ...]:
+    check.spatial_input(x, ndim, name)
+    strides = tuple(float(v) for v in check.per_axis(strides, ndim))
+    check.fixed_size(tuple(x.shape[2:]), name)
+    check.algorithm(algorithm, ndim, "inputs")
+    return strides
+
+
+def _planned_values(strides: torch.Tensor, name: str) -> Tuple[float, ...]:
+    """The stride values for planning (a device read), refused when not finite."""
+    values = stride_values(strides)
+    if not all(math.isfinite(v) for v in values):
+        raise FloatingPointError(
+            f"{name} strides are not finite: {values}. Training has diverged (lower the learning rate), "
+            "or non-finite values were loaded into the strides.")
+    return values
 
 
 def stride_values(strides: torch.Tensor) -> Tuple[float, ...]:
@@ -78,10 +116,12 @@ def diff_stride2d(
     Shape:
         x: (N, C, H, W) → (N, C, h, w), ``(h, w) = plan.out_size``.
     """
+    smoothness_factor, lower_limit_stride, upper_limit_stride = _check_diffstride_call(
+        x, strides, 2, smoothness_factor, lower_limit_stride, upper_limit_stride, algorithm, "diff_stride2d")
     height, width = x.shape[-2:]
     if plan is None:
         plan = diffstride_plan(
-            (height, width), stride_values(strides), smoothness_factor, cropping,
+            (height, width), _planned_values(strides, "diff_stride2d"), smoothness_factor, cropping,
             lower_limit_stride, upper_limit_stride, float64=strides.dtype == torch.float64,
         )
     s = _mask_strides(strides, (height, width), smoothness_factor, lower_limit_stride, upper_limit_stride)
@@ -108,10 +148,12 @@ def diff_stride1d(
     Shape:
         x: (N, C, L) → (N, C, l), ``l = 2 * (kept bins - 1)``.
     """
+    smoothness_factor, lower_limit_stride, upper_limit_stride = _check_diffstride_call(
+        x, strides, 1, smoothness_factor, lower_limit_stride, upper_limit_stride, algorithm, "diff_stride1d")
     length = x.shape[-1]
     if plan is None:
         plan = diffstride_plan_1d(
-            length, stride_values(strides)[0], smoothness_factor, cropping,
+            length, _planned_values(strides, "diff_stride1d")[0], smoothness_factor, cropping,
             lower_limit_stride, upper_limit_stride, float64=strides.dtype == torch.float64,
         )
     s = _mask_strides(strides, (length,), smoothness_factor, lower_limit_stride, upper_limit_stride)
@@ -137,9 +179,11 @@ def diff_stride3d(
     Shape:
         x: (N, C, D, H, W) → (N, C, d, h, w), ``(d, h, w) = plan.out_size``.
     """
+    smoothness_factor, lower_limit_stride, upper_limit_stride = _check_diffstride_call(
+        x, strides, 3, smoothness_factor, lower_limit_stride, upper_limit_stride, algorithm, "diff_stride3d")
     size = tuple(x.shape[-3:])
     if plan is None:
-        plan = diffstride_plan_3d(size, stride_values(strides), smoothness_factor, cropping,
+        plan = diffstride_plan_3d(size, _planned_values(strides, "diff_stride3d"), smoothness_factor, cropping,
                                   lower_limit_stride, upper_limit_stride, float64=strides.dtype == torch.float64)
     s = _mask_strides(strides, size, smoothness_factor, lower_limit_stride, upper_limit_stride)
     s_d, s_h, s_w = (s[0], s[0], s[0]) if s.numel() == 1 else (s[0], s[1], s[2])
@@ -158,6 +202,7 @@ def fixed_spectral_pool2d(
     x: torch.Tensor, strides: Sequence[float], plan: Optional[SpectralPlan] = None, algorithm: str = "auto"
 ) -> torch.Tensor:
     """Spectral pooling with fixed ``strides`` (S_h, S_w) of a (N, C, H, W) tensor (no mask, hard crop)."""
+    strides = _check_fixed_call(x, strides, 2, algorithm, "fixed_spectral_pool2d")
     plan = plan or fixed_spectral_plan(tuple(x.shape[-2:]), strides)
     return spectral_resample2d(x, plan, _ones(len(plan.rows), x), _ones(plan.cols, x), algorithm)
 
@@ -166,6 +211,7 @@ def fixed_spectral_pool1d(
     x: torch.Tensor, stride: float, plan: Optional[SpectralPlan] = None, algorithm: str = "auto"
 ) -> torch.Tensor:
     """Spectral pooling with a fixed ``stride`` of a (N, C, L) tensor."""
+    (stride,) = _check_fixed_call(x, stride, 1, algorithm, "fixed_spectral_pool1d")
     plan = plan or fixed_spectral_plan_1d(x.shape[-1], stride)
     return spectral_resample1d(x, plan, _ones(plan.cols, x), algorithm)
 
@@ -174,6 +220,7 @@ def fixed_spectral_pool3d(
     x: torch.Tensor, strides: Sequence[float], plan: Optional[SpectralPlan] = None, algorithm: str = "auto"
 ) -> torch.Tensor:
     """Spectral pooling with fixed ``strides`` (S_d, S_h, S_w) of a (N, C, D, H, W) tensor."""
+    strides = _check_fixed_call(x, strides, 3, algorithm, "fixed_spectral_pool3d")
     plan = plan or fixed_spectral_plan_3d(tuple(x.shape[-3:]), strides)
     return spectral_resample3d(x, plan, _ones(len(plan.depth_rows), x), _ones(len(plan.rows), x),
                                _ones(plan.cols, x), algorithm)

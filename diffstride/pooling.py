@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from diffstride import functional as F
-from diffstride._validation import per_axis
+from diffstride import _validation as check
 
 __all__ = [
     "DiffStride",
@@ -33,56 +33,17 @@ __all__ = [
 ]
 
 Strides = Union[float, Sequence[float]]
-_DATA_FORMATS = ("channels_first", "channels_last")
 
 
-# --------------------------------------------------------------------------------------------
-# Validation helpers shared by every layer.
-
-
-def _check_strides(strides: Strides, ndim: int, name: str = "strides") -> Tuple[float, ...]:
-    """Returns ``ndim`` finite strides >= 1 as floats; a single number is used for every axis."""
-    return tuple(float(v) for v in per_axis(strides, ndim, name))
-
-
-_AXIS_NAMES = {1: ("length",), 2: ("height", "width"), 3: ("depth", "height", "width")}
-
-
-def _check_algorithm(algorithm: str, ndim: int) -> str:
-    F._check_algorithm(algorithm)  # one of F.ALGORITHMS
-    if ndim == 3 and algorithm == "matmul":
-        raise ValueError("algorithm='matmul' is not available for 3-D layers (their only form is 'fft'); "
-                         "use 'auto' or 'fft'")
-    return algorithm
-
-
-def _check_data_format(data_format: str) -> str:
-    if data_format not in _DATA_FORMATS:
-        raise ValueError(f"data_format must be one of {_DATA_FORMATS}, but got {data_format!r}")
-    return data_format
+def _check_strides(strides: Strides, ndim: int) -> Tuple[float, ...]:
+    """``ndim`` finite strides >= 1 as floats; a single number is used for every axis."""
+    return tuple(float(v) for v in check.per_axis(strides, ndim))
 
 
 def _to_channels_first(x: torch.Tensor, ndim: int, data_format: str, layer: str) -> torch.Tensor:
-    """Checks the rank and returns a channels-first *view* (no copy) of ``x``."""
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{layer} expects a torch.Tensor, but got {type(x).__name__}")
-    if x.dim() != ndim + 2:
-        axes = {1: "L", 2: "H, W", 3: "D, H, W"}[ndim]
-        layout = f"(N, C, {axes})" if data_format == "channels_first" else f"(N, {axes}, C)"
-        raise ValueError(f"{layer} expects a {ndim + 2}-D input {layout}, but got shape {tuple(x.shape)}")
-    if not x.is_floating_point():
-        raise TypeError(f"{layer} expects a floating-point input, but got dtype {x.dtype}")
-    if data_format == "channels_last":
-        return x.movedim(-1, 1)
-    return x
-
-
-def _spatial_size(input_size, ndim: int) -> Tuple[int, ...]:
-    """A spatial size as a tuple of ``ndim`` ints (a 1-D size may be a bare int)."""
-    size = (int(input_size),) if isinstance(input_size, int) else tuple(int(n) for n in input_size)
-    if len(size) != ndim:
-        raise ValueError(f"input_size must have {ndim} value(s), but got {input_size!r}")
-    return size
+    """Checks the input (rank in the layer's layout, dtype) and returns a channels-first *view*."""
+    check.spatial_input(x, ndim, layer, data_format)
+    return x.movedim(-1, 1) if data_format == "channels_last" else x
 
 
 def _from_channels_first(y: torch.Tensor, data_format: str) -> torch.Tensor:
@@ -153,27 +114,16 @@ class _DiffStrideNd(PoolingLayer):
         dtype=None,
     ) -> None:
         super().__init__()
+        # the functional op's checks, run early on the arguments
         self._init_strides = _check_strides(strides, self._ndim)
-        self.algorithm = _check_algorithm(algorithm, self._ndim)
-        smoothness_factor = float(smoothness_factor)
-        if not math.isfinite(smoothness_factor) or smoothness_factor < 0:
-            raise ValueError(f"smoothness_factor must be finite and >= 0, but got {smoothness_factor}")
-        if smoothness_factor == 0:
-            raise ValueError("smoothness_factor must be > 0 (the mask divides by it), but got 0")
+        self.algorithm = check.algorithm(algorithm, self._ndim)
+        self.smoothness_factor = check.smoothness_factor(smoothness_factor)
         if shared_stride and len(set(self._init_strides)) > 1:
             raise ValueError(f"shared_stride=True needs equal strides, but got {tuple(self._init_strides)}")
-        for name, limit in (("lower_limit_stride", lower_limit_stride), ("upper_limit_stride", upper_limit_stride)):
-            if limit is not None and (not math.isfinite(float(limit)) or float(limit) < 1.0):
-                raise ValueError(f"{name} must be None or a finite number >= 1, but got {limit!r}")
-        if lower_limit_stride is not None and upper_limit_stride is not None and lower_limit_stride > upper_limit_stride:
-            raise ValueError(
-                f"lower_limit_stride ({lower_limit_stride}) must not exceed upper_limit_stride ({upper_limit_stride})")
-        self.smoothness_factor = smoothness_factor
+        self.lower_limit_stride, self.upper_limit_stride = check.stride_limits(lower_limit_stride, upper_limit_stride)
         self.cropping = bool(cropping)
         self.shared_stride = bool(shared_stride) or self._ndim == 1
-        self.lower_limit_stride = None if lower_limit_stride is None else float(lower_limit_stride)
-        self.upper_limit_stride = None if upper_limit_stride is None else float(upper_limit_stride)
-        self.data_format = _check_data_format(data_format)
+        self.data_format = check.data_format(data_format)
         n = 1 if self.shared_stride else self._ndim
         self.strides = nn.Parameter(
             torch.empty(n, device=device, dtype=dtype or torch.float32), requires_grad=bool(trainable))
@@ -218,22 +168,15 @@ class _DiffStrideNd(PoolingLayer):
         self._frozen_values = F.stride_values(self.strides)
 
     def _check_size(self, size: Tuple[int, ...]) -> None:
-        for axis, n in zip(_AXIS_NAMES[self._ndim], size):
-            if n <= self.smoothness_factor or n < 2:
-                raise ValueError(
-                    f"{type(self).__name__} needs an input {axis} > smoothness_factor ({self.smoothness_factor:g}) "
-                    f"and >= 2, but got {axis} {n} (input spatial size {tuple(size)})")
-
-    def _min_strides(self, size: Tuple[int, ...]) -> List[float]:
-        mins = [F.min_stride(n, self.smoothness_factor) for n in size]
-        return [max(mins)] if self.strides.numel() == 1 else mins
+        check.diffstride_size(size, self.smoothness_factor, type(self).__name__)
 
     def _clamp_(self, size: Tuple[int, ...], values: Tuple[float, ...]) -> Tuple[float, ...]:
         """The reference's in-place clamp ``S = max(S, size / (size - R))``, on the stride values
         already read; the parameter is written only when a value changes. (Writing it at every
         call would bump its version between the two calls of a pooling layer shared by a
         residual block's branches, which compiled backward graphs refuse.)"""
-        clamped = tuple(max(v, m) for v, m in zip(values, self._min_strides(size)))
+        floors = F.clamp_floors(size, self.smoothness_factor, shared=self.strides.numel() == 1)
+        clamped = tuple(max(v, m) for v, m in zip(values, floors))
         if clamped != values:
             with torch.no_grad():
                 self.strides.copy_(torch.tensor(clamped, dtype=self.strides.dtype))
@@ -256,7 +199,7 @@ class _DiffStrideNd(PoolingLayer):
 
         ``input_size`` is ``(H, W)`` (2-D) or ``(L,)`` / ``L`` (1-D); the strides are not modified.
         """
-        size = _spatial_size(input_size, self._ndim)
+        size = check.spatial_size(input_size, self._ndim)
         self._check_size(size)
         return self._plan(size, F.stride_values(self.strides)).out_size
 
@@ -299,12 +242,7 @@ def _plan_from_tensor(layer: "_DiffStrideNd", size: Tuple[int, ...]) -> F.Spectr
     """Reads the strides (a device sync), applies the in-place clamp and plans the output. Kept
     out of compiled graphs, so that a compiled model recompiles only when the plan changes, not
     at every stride update."""
-    values = F.stride_values(layer.strides)
-    if not all(math.isfinite(v) for v in values):
-        raise FloatingPointError(
-            f"{type(layer).__name__} strides are not finite: {values}. Training has diverged "
-            "(lower the learning rate), or non-finite values were loaded into the strides.")
-    values = layer._clamp_(size, values)
+    values = layer._clamp_(size, F._planned_values(layer.strides, type(layer).__name__))
     if not layer.trainable:
         layer._frozen_values = values  # what a compiled frozen layer plans from
     return layer._plan(size, values)
@@ -426,7 +364,39 @@ class DiffStride3d(_DiffStrideNd):
 # Baselines.
 
 
-class FixedSpectralPooling(PoolingLayer):
+class _FixedSpectralPoolingNd(PoolingLayer):
+    """Common code of the 1-D, 2-D and 3-D spectral pooling layers (fixed strides)."""
+
+    def __init__(self, strides: Strides = 2.0, data_format: str = "channels_first", algorithm: str = "auto") -> None:
+        super().__init__()
+        self.strides = _check_strides(strides, self._ndim)
+        self.data_format = check.data_format(data_format)
+        self.algorithm = check.algorithm(algorithm, self._ndim)
+
+    def output_size(self, input_size: Sequence[int]) -> Tuple[int, ...]:
+        """Spatial output size for a spatial ``input_size`` (the layer is not run)."""
+        size = check.spatial_size(input_size, self._ndim)
+        check.fixed_size(size, type(self).__name__)
+        return self._plan(size).out_size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = _to_channels_first(x, self._ndim, self.data_format, type(self).__name__)
+        check.fixed_size(tuple(x.shape[2:]), type(self).__name__)
+        return _from_channels_first(self._pool(x), self.data_format)
+
+    def _plan(self, size: Tuple[int, ...]) -> F.SpectralPlan:
+        raise NotImplementedError
+
+    def _pool(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def extra_repr(self) -> str:
+        text = f"strides={tuple(float(s) for s in self.strides)}"
+        text += f", data_format={self.data_format!r}" if self.data_format != "channels_first" else ""
+        return text + (f", algorithm={self.algorithm!r}" if self.algorithm != "auto" else "")
+
+
+class FixedSpectralPooling(_FixedSpectralPoolingNd):
     """Spectral pooling with fixed strides (Rippel et al., 2015), as the reference's baseline.
 
     Keeps the ``h = floor(H/S_h)`` (rounded down to even) lowest frequency rows and the
@@ -443,45 +413,14 @@ class FixedSpectralPooling(PoolingLayer):
 
     _ndim = 2
 
-    def __init__(self, strides: Strides = 2.0, data_format: str = "channels_first", algorithm: str = "auto") -> None:
-        super().__init__()
-        self.strides = _check_strides(strides, self._ndim)
-        self.data_format = _check_data_format(data_format)
-        self.algorithm = _check_algorithm(algorithm, self._ndim)
-
-    def output_size(self, input_size: Sequence[int]) -> Tuple[int, ...]:
-        """Spatial output size for a spatial ``input_size`` (the layer is not run)."""
-        size = _spatial_size(input_size, self._ndim)
-        return self._plan(size).out_size
-
     def _plan(self, size):
-        for n in size:
-            if n < 2:
-                raise ValueError(f"{type(self).__name__} needs spatial sizes >= 2, but got {tuple(size)}")
-        if self._ndim == 3:
-            return F.fixed_spectral_plan_3d(size, self.strides)
-        if self._ndim == 2:
-            return F.fixed_spectral_plan(size, self.strides)
-        return F.fixed_spectral_plan_1d(size[0], self.strides[0])
+        return F.fixed_spectral_plan(size, self.strides)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = _to_channels_first(x, self._ndim, self.data_format, type(self).__name__)
-        plan = self._plan(tuple(x.shape[2:]))  # validates the size too
-        if self._ndim == 3:
-            y = F.fixed_spectral_pool3d(x, self.strides, plan, self.algorithm)
-        elif self._ndim == 2:
-            y = F.fixed_spectral_pool2d(x, self.strides, plan, self.algorithm)
-        else:
-            y = F.fixed_spectral_pool1d(x, self.strides[0], plan, self.algorithm)
-        return _from_channels_first(y, self.data_format)
-
-    def extra_repr(self) -> str:
-        text = f"strides={tuple(float(s) for s in self.strides)}"
-        text += f", data_format={self.data_format!r}" if self.data_format != "channels_first" else ""
-        return text + (f", algorithm={self.algorithm!r}" if self.algorithm != "auto" else "")
+    def _pool(self, x):
+        return F.fixed_spectral_pool2d(x, self.strides, algorithm=self.algorithm)
 
 
-class FixedSpectralPooling1d(FixedSpectralPooling):
+class FixedSpectralPooling1d(_FixedSpectralPoolingNd):
     """1-D spectral pooling with a fixed stride: keeps rfft bins ``[0, l//2 + 1)``, ``l = floor(L/S)``.
 
     Examples:
@@ -491,8 +430,14 @@ class FixedSpectralPooling1d(FixedSpectralPooling):
 
     _ndim = 1
 
+    def _plan(self, size):
+        return F.fixed_spectral_plan_1d(size[0], self.strides[0])
 
-class FixedSpectralPooling3d(FixedSpectralPooling):
+    def _pool(self, x):
+        return F.fixed_spectral_pool1d(x, self.strides[0], algorithm=self.algorithm)
+
+
+class FixedSpectralPooling3d(_FixedSpectralPoolingNd):
     """3-D spectral pooling with fixed strides (S_d, S_h, S_w) on (N, C, D, H, W): depth and
     height as the 2-D height (rounded down to even), width as the 2-D width.
 
@@ -503,30 +448,28 @@ class FixedSpectralPooling3d(FixedSpectralPooling):
 
     _ndim = 3
 
+    def _plan(self, size):
+        return F.fixed_spectral_plan_3d(size, self.strides)
 
-class SpatialPooling(PoolingLayer):
-    """Plain subsampling: average pooling with pool size 1 and 'same' padding, as the reference's baseline.
+    def _pool(self, x):
+        return F.fixed_spectral_pool3d(x, self.strides, algorithm=self.algorithm)
 
-    Output size ``ceil(size / stride)``; strides must be whole numbers.
 
-    Examples:
-        >>> SpatialPooling(strides=(3, 2))(torch.rand(2, 3, 32, 32)).shape
-        torch.Size([2, 3, 11, 16])
-    """
-
-    _ndim = 2
+class _SpatialPoolingNd(PoolingLayer):
+    """Plain subsampling (pool size 1, 'same' padding) in any dimensionality: output
+    ``ceil(size / stride)`` per axis; strides must be whole numbers."""
 
     def __init__(self, strides: Strides = 2, data_format: str = "channels_first") -> None:
         super().__init__()
         values = _check_strides(strides, self._ndim)
         if any(v != int(v) for v in values):
-            raise ValueError(f"SpatialPooling needs whole-number strides, but got {strides!r}")
+            raise ValueError(f"{type(self).__name__} needs whole-number strides, but got {strides!r}")
         self.strides = tuple(int(v) for v in values)
-        self.data_format = _check_data_format(data_format)
+        self.data_format = check.data_format(data_format)
 
     def output_size(self, input_size: Sequence[int]) -> Tuple[int, ...]:
         """Spatial output size ``ceil(size / stride)`` for a spatial ``input_size``."""
-        size = _spatial_size(input_size, self._ndim)
+        size = check.spatial_size(input_size, self._ndim)
         return tuple(-(-n // s) for n, s in zip(size, self.strides))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -539,13 +482,26 @@ class SpatialPooling(PoolingLayer):
         return text + (f", data_format={self.data_format!r}" if self.data_format != "channels_first" else "")
 
 
-class SpatialPooling1d(SpatialPooling):
+class SpatialPooling(_SpatialPoolingNd):
+    """Plain subsampling: average pooling with pool size 1 and 'same' padding, as the reference's baseline.
+
+    Output size ``ceil(size / stride)``; strides must be whole numbers.
+
+    Examples:
+        >>> SpatialPooling(strides=(3, 2))(torch.rand(2, 3, 32, 32)).shape
+        torch.Size([2, 3, 11, 16])
+    """
+
+    _ndim = 2
+
+
+class SpatialPooling1d(_SpatialPoolingNd):
     """1-D plain subsampling (pool size 1, 'same' padding): output length ``ceil(L / stride)``."""
 
     _ndim = 1
 
 
-class SpatialPooling3d(SpatialPooling):
+class SpatialPooling3d(_SpatialPoolingNd):
     """3-D plain subsampling (pool size 1, 'same' padding): output ``ceil(size / stride)`` per axis."""
 
     _ndim = 3

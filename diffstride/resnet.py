@@ -446,7 +446,7 @@ def load_reference_weights(model: "Resnet", weights: Iterable) -> None:
         >>> pairs = [(f"w{i}/{s.kind}:0", np.zeros(s.keras_shape, np.float32))
         ...          for i, s in enumerate(_reference_slots(model))]
         >>> load_reference_weights(model, pairs)
-        >>> float(model.fc.weight.abs().sum())
+        >>> float(model.fc.weight.detach().abs().sum())
         0.0
     """
     if not isinstance(model, Resnet):

@@ -11,7 +11,7 @@ from diffstride import functional as F
 from diffstride import pooling
 
 from .conftest import onnxruntime_outputs
-from .oracle import diffstride_fft
+from .oracle import diffstride_fft, diffstride_fft_3d, fixed_spectral_fft
 
 
 def _choice(shape, strides=2.0):
@@ -140,3 +140,42 @@ def test_3d_layer_compiles_and_trains_in_a_network():
     assert torch.allclose(compiled, eager, atol=1e-5)
     compiled.square().mean().backward()
     assert net[1].strides.grad is not None and torch.isfinite(net[1].strides.grad).all()
+
+
+@pytest.mark.parametrize("cls, shape, strides, fmt", [
+    (pooling.DiffStride, (3, 4, 40, 36), (4.0, 3.0), torch.contiguous_format),  # small kept spectrum: saved
+    (pooling.DiffStride, (3, 4, 40, 36), (1.0, 1.2), torch.contiguous_format),  # large: recomputed
+    (pooling.DiffStride, (3, 4, 40, 36), (1.0, 2.5), torch.channels_last),      # blocks along the batch
+    (pooling.DiffStride1d, (5, 3, 301), (4.0,), torch.contiguous_format),
+    (pooling.DiffStride1d, (5, 3, 301), (1.0,), torch.contiguous_format),
+    (pooling.DiffStride3d, (3, 2, 10, 12, 14), (1.0, 2.0, 3.0), torch.channels_last_3d),
+    (pooling.DiffStride3d, (3, 2, 10, 12, 14), (3.0, 2.0, 4.0), torch.contiguous_format),
+])
+def test_fft_form_backward_matches_autograd_of_the_oracle(cls, shape, strides, fmt):
+    """The FFT form's own backward (by blocks, the kept spectrum saved or recomputed) against
+    autograd through the float64 oracle (tests/oracle.py): gradients of the input and the strides."""
+    torch.manual_seed(0)
+    layer = cls(strides=strides if len(strides) > 1 else strides[0], algorithm="fft", dtype=torch.float64)
+    x = torch.randn(shape, dtype=torch.float64).contiguous(memory_format=fmt).requires_grad_(True)
+    y = layer(x)
+    w = torch.randn(y.shape, dtype=torch.float64)
+    (y * w).sum().backward()
+    oracle = diffstride_fft_3d if x.dim() == 5 else diffstride_fft
+    s = layer.strides.detach().clone().requires_grad_(True)
+    x_ref = x.detach().clone().requires_grad_(True)
+    y_ref = oracle(x_ref, s)
+    (y_ref * w).sum().backward()
+    assert torch.allclose(y, y_ref, rtol=0, atol=1e-12)
+    assert torch.allclose(x.grad, x_ref.grad, rtol=0, atol=1e-11)
+    assert torch.allclose(layer.strides.grad, s.grad, rtol=1e-10, atol=1e-10)
+
+
+def test_fft_form_backward_of_fixed_pooling_matches_autograd_of_the_oracle():
+    x = torch.randn(4, 3, 33, 20, dtype=torch.float64, requires_grad=True)
+    layer = pooling.FixedSpectralPooling(strides=(2.0, 3.0), algorithm="fft")
+    y = layer(x)
+    w = torch.randn(y.shape, dtype=torch.float64)
+    (y * w).sum().backward()
+    x_ref = x.detach().clone().requires_grad_(True)
+    (fixed_spectral_fft(x_ref, (2.0, 3.0)) * w).sum().backward()
+    assert torch.allclose(x.grad, x_ref.grad, rtol=0, atol=1e-12)

@@ -93,6 +93,57 @@ def test_fixed_spectral_pooling_too_small_input():
         pooling.FixedSpectralPooling()(torch.rand(1, 1, 1, 8))
 
 
+_S2 = torch.tensor([2.0, 2.0])
+
+
+@pytest.mark.parametrize("call, error, match", [
+    (lambda: F.diff_stride2d(torch.rand(3, 32, 32), _S2), ValueError,
+     r"diff_stride2d expects a 4-D input \(N, C, H, W\), but got shape \(3, 32, 32\)"),
+    (lambda: F.diff_stride1d(torch.ones(1, 1, 8, dtype=torch.long), torch.tensor([2.0])), TypeError,
+     "diff_stride1d expects a floating-point input, but got dtype torch.int64"),
+    (lambda: F.diff_stride2d(torch.rand(1, 1, 8, 8), (2.0, 2.0)), TypeError,
+     "diff_stride2d expects strides as a torch.Tensor .* but got tuple"),
+    (lambda: F.diff_stride2d(torch.rand(1, 1, 8, 8), torch.tensor([2.0, 2.0, 2.0])), ValueError,
+     r"strides tensor of shape \(1,\) or \(2,\), but got shape \(3,\)"),
+    (lambda: F.diff_stride3d(torch.rand(1, 1, 8, 8, 8), torch.tensor([2, 2, 2])), ValueError,
+     r"floating-point strides tensor .* dtype torch.int64"),
+    (lambda: F.diff_stride2d(torch.rand(1, 1, 4, 32), _S2), ValueError,
+     r"diff_stride2d needs an input height > smoothness_factor \(4\) and >= 2, but got height 4"),
+    (lambda: F.diff_stride3d(torch.rand(1, 1, 8, 8, 3), torch.tensor([2.0])), ValueError,
+     r"diff_stride3d needs an input width > smoothness_factor \(4\)"),
+    (lambda: F.diff_stride2d(torch.rand(1, 1, 8, 8), _S2, smoothness_factor=0.0), ValueError,
+     "smoothness_factor must be > 0"),
+    (lambda: F.diff_stride2d(torch.rand(1, 1, 8, 8), _S2, lower_limit_stride=0.5), ValueError,
+     "lower_limit_stride must be None or a finite number >= 1, but got 0.5"),
+    (lambda: F.diff_stride1d(torch.rand(1, 1, 64), torch.tensor([2.0]), algorithm="FFT"), ValueError,
+     r"algorithm must be one of \('auto', 'matmul', 'fft'\), but got 'FFT'"),
+    (lambda: F.diff_stride2d(torch.rand(1, 1, 8, 8), torch.tensor([float("nan"), 2.0])), FloatingPointError,
+     r"diff_stride2d strides are not finite: \(nan, 2.0\)"),
+    (lambda: F.fixed_spectral_pool2d(torch.rand(1, 1, 1, 8), (2, 2)), ValueError,
+     r"fixed_spectral_pool2d needs spatial sizes >= 2, but got \(1, 8\)"),
+    (lambda: F.fixed_spectral_pool1d(torch.rand(1, 1, 8), 0.5), ValueError,
+     r"strides must be finite numbers >= 1, but got 0.5"),
+    (lambda: F.fixed_spectral_pool3d(torch.rand(1, 8, 8, 8), 2), ValueError,
+     r"fixed_spectral_pool3d expects a 5-D input \(N, C, D, H, W\), but got shape \(1, 8, 8, 8\)"),
+])
+def test_functional_ops_check_their_input(call, error, match):
+    """The functional ops validate as the layers do (torchvision's ops' habit), naming the op."""
+    with pytest.raises(error, match=match):
+        call()
+
+
+def test_layers_are_siblings_over_one_base():
+    """1-D, 2-D and 3-D layers of a kind are siblings (no 1-D layer is a 2-D one), all PoolingLayers."""
+    families = [(pooling.DiffStride1d, pooling.DiffStride, pooling.DiffStride3d),
+                (pooling.FixedSpectralPooling1d, pooling.FixedSpectralPooling, pooling.FixedSpectralPooling3d),
+                (pooling.SpatialPooling1d, pooling.SpatialPooling, pooling.SpatialPooling3d)]
+    for family in families:
+        for cls in family:
+            assert issubclass(cls, pooling.PoolingLayer)
+            assert [other for other in family if other is not cls and issubclass(cls, other)] == []
+            assert cls._ndim == family.index(cls) + 1
+
+
 def test_parameter_and_state_dict():
     layer = pooling.DiffStride(strides=(2.0, 3.0))
     assert isinstance(layer.strides, nn.Parameter) and layer.strides.shape == (2,)

@@ -111,6 +111,35 @@ def test_plan_matches_float32_mask_on_a_dense_sweep():
                 assert plan1d.out_size == tuple(ref1d.shape[-1:])
 
 
+def test_stride_rule_is_the_same_in_python_and_in_tensors():
+    """The plan's stride rule (Python, float32 emulated) and the mask's (tensor, differentiable)
+    give the same strides, on the clamp and limit edges too, shared or per axis, 1-D to 3-D."""
+    rng = random.Random(3)
+    for _ in range(400):
+        ndim = rng.choice([1, 2, 3])
+        smoothness = rng.choice([0.5, 2.0, 4.0, 3.7])
+        size = tuple(rng.randint(int(smoothness) + 1, 40) for _ in range(ndim))
+        shared = ndim == 1 or rng.random() < 0.3
+        floors = [F.min_stride(n, smoothness) for n in size]
+        candidates = floors + [1.0, 1.0001, 2.0, 2.5, 3.0, 7.25]
+        values = [rng.choice(candidates) for _ in range(1 if shared else ndim)]
+        lower = rng.choice([None, 1.0, 1.5, 2.0, max(floors)])
+        upper = rng.choice([None, 2.0, 3.0, 8.0])
+        if lower is not None and upper is not None and lower > upper:
+            lower, upper = upper, lower
+        python = F.effective_strides(values, size, smoothness, lower, upper)
+        tensor = F._mask_strides(torch.tensor(values), size, smoothness, lower, upper).tolist()
+        tensor = tensor * ndim if len(tensor) == 1 else tensor
+        assert python == tuple(tensor), (values, size, smoothness, lower, upper)
+        # the value the rule implements, in plain words
+        for axis, s in enumerate(python):
+            v = values[0] if shared else values[axis]
+            floor = max(floors) if shared else floors[axis]
+            expected = max(v, floor, lower or 1.0)
+            expected = expected if upper is None else min(expected, upper)
+            assert s == pytest.approx(expected, rel=1e-6)
+
+
 @pytest.mark.parametrize("algorithm", ["matmul", "fft"])
 @pytest.mark.parametrize("size", [(9, 10), (11, 7), (8, 8)])
 @pytest.mark.parametrize("cropping", [True, False])
