@@ -342,12 +342,14 @@ def _apply_1d(x: torch.Tensor, b_real: torch.Tensor) -> torch.Tensor:
 # the FFT form when the matrix form's count exceeds FFT_COST_WEIGHT[ndim] times the FFT's, or
 # when its operators would hold more elements than the input itself (memory stays linear in
 # the input). Set from one run of `python benchmarks/algorithm.py` (2 threads of an AMD EPYC
-# with AVX-512, float32, forward+backward, 2026-11-22; the table is in the README): the 1-D
-# matrix form (one GEMM) won up to cost ratio 11.6 and lost from 35; the 2-D one (a layout copy
-# and two GEMMs) was within ±25% of the FFT form up to 11.5 (112x112, where runs disagreed on
-# the winner) and lost from 18.8 (1.7x at 224x224, 4.6x at 512x512); 10 sends 112x112 to the
-# FFT form. CUDA could not be measured here: the CPU values are used there too.
-FFT_COST_WEIGHT = {1: 16.0, 2: 10.0}
+# with AVX-512, float32, forward+backward, 2026-11-22 10:44 UTC, after the FFT form got its own
+# blocked backward; the table is in the README): the 1-D matrix form (one GEMM) won at cost
+# ratio 4.3 (L = 64, 0.70x the FFT form's time) and lost from 11.6 (L = 256, 1.37x); the 2-D one
+# lost from 4.0 (16x16, 1.08x: a tie) to 35.9 (6.3x). 7 lies between the 1-D points; 3.5 sends
+# 16x16 and larger maps to the FFT form, which also needs less memory there. Maps of at most
+# KRONECKER_MAX_PIXELS stay on the matrix form (one Kronecker GEMM: 4x faster than torch.fft at
+# 8x8). CUDA could not be measured here: the CPU values are used there too.
+FFT_COST_WEIGHT = {1: 7.0, 2: 3.5}
 
 
 def matmul_cost(size: Sequence[int], out_size: Sequence[int]) -> float:
@@ -405,7 +407,9 @@ def _fft_block(planes: torch.Tensor, nd: int) -> int:
     by_bytes = max(1, FFT_BLOCK_BYTES // entry_bytes)
     by_fraction = max(1, -(-count // FFT_BLOCK_FRACTION))
     # at least a plane per thread: one long 1-D FFT runs on one thread, a batch of them on all
-    return max(1, min(count, torch.get_num_threads()), min(count, by_bytes, by_fraction))
+    # (a compiled graph cannot read the thread count: one plane per block there)
+    threads = 1 if torch.compiler.is_compiling() else torch.get_num_threads()
+    return max(1, min(count, threads), min(count, by_bytes, by_fraction))
 
 
 def _as_planes(t: torch.Tensor, nd: int) -> torch.Tensor:
@@ -442,6 +446,32 @@ def _rfft_bin_factor(n: int, cols: int, interior: float, dtype, device) -> torch
     return torch.where(edge, torch.ones((), dtype=dtype, device=device), torch.full((), interior, dtype=dtype, device=device))
 
 
+def _runs(rows: Sequence[int]) -> list:
+    """``rows`` as ``(start, stop)`` runs of consecutive bins (a centred axis keeps two: the low
+    positive and the low negative frequencies)."""
+    runs = []
+    for r in rows:
+        if runs and runs[-1][1] == r:
+            runs[-1][1] = r + 1
+        else:
+            runs.append([r, r + 1])
+    return runs
+
+
+def _take_kept(spectrum: torch.Tensor, plan: SpectralPlan, lead: int) -> torch.Tensor:
+    """The kept block of a half spectrum (``spectrum[index]`` of :func:`_spectrum_index`) by
+    slices and a concatenation per centred axis: ONNX export has no complex gather."""
+    spectrum = spectrum[..., :plan.cols]
+    for axis, rows in enumerate(plan.centred_rows()):
+        dim = lead + axis
+        runs = _runs(rows)
+        if len(runs) == 1 and runs[0] == [0, spectrum.shape[dim]]:
+            continue
+        parts = [spectrum.narrow(dim, start, stop - start) for start, stop in runs]
+        spectrum = parts[0] if len(parts) == 1 else torch.cat(parts, dim)
+    return spectrum
+
+
 class _FFTResample(torch.autograd.Function):
     """``y = irfftn(mask ⊙ crop(rfftn(x)))`` over the last ``nd`` axes, by blocks of planes, with
     an explicit backward.
@@ -471,10 +501,11 @@ class _FFTResample(torch.autograd.Function):
         kept = torch.empty(kept_shape, dtype=mask.dtype.to_complex(), device=x.device) if keep else None
         block = _fft_block(planes, nd)
         for start in range(0, planes.shape[0], block):
-            spectrum = torch.fft.rfftn(planes[start:start + block].to(dtype), dim=dims)[index]
+            spectrum = _take_kept(torch.fft.rfftn(planes[start:start + block].to(dtype), dim=dims), plan, lead)
             if keep:
                 kept[start:start + block] = spectrum
-            y_planes[start:start + block] = torch.fft.irfftn(spectrum * mask, s=out_size, dim=dims)
+            spectrum = spectrum * mask  # drops the block's full spectrum before the inverse
+            y_planes[start:start + block] = torch.fft.irfftn(spectrum, s=out_size, dim=dims)
         recompute = ctx.needs_input_grad[1] and not keep
         ctx.save_for_backward(mask, kept if keep else None, x if recompute else None)
         ctx.plan, ctx.nd, ctx.dtype, ctx.block, ctx.index = plan, nd, dtype, block, index
@@ -506,11 +537,12 @@ class _FFTResample(torch.autograd.Function):
                     spectrum = kept[start:start + block]
                 else:
                     x_block = (x.view(-1, *size) if flat else x)[start:start + block]
-                    spectrum = torch.fft.rfftn(x_block.to(dtype), dim=dims)[index]
-                grad_mask += (g * doubling * spectrum.conj()).real.sum(dim=tuple(range(lead)))
+                    spectrum = _take_kept(torch.fft.rfftn(x_block.to(dtype), dim=dims), plan, lead)
+                grad_mask += torch.real(g * spectrum.conj()).sum(dim=tuple(range(lead))) * doubling
             if need_x:
                 full = torch.zeros(g.shape[:lead] + half, dtype=g.dtype, device=device)
                 full[index] = g.mul_(x_factor)
+                del g
                 gx_planes[start:start + block] = torch.fft.irfftn(full, s=size, dim=dims, norm="forward")
         return grad_x, grad_mask, None, None, None, None
 
