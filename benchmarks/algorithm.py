@@ -67,6 +67,10 @@ def main():
     for ndim, pairs in sorted(wins.items()):
         low = max((r for r, t in pairs if t < 1), default=0.0)
         high = min((r for r, t in pairs if t >= 1 and r > low), default=float("inf"))
+        if not any(t < 1 for _, t in pairs):
+            print(f"{ndim}-D: the FFT form is faster at every size measured (cost ratios from {high:.1f}); "
+                  f"FFT_COST_WEIGHT[{ndim}] = {F.FFT_COST_WEIGHT[ndim]:g} should be below {high:.1f}")
+            continue
         print(f"{ndim}-D: the matrix form is faster up to cost ratio {low:.1f}, the FFT form from {high:.1f}; "
               f"FFT_COST_WEIGHT[{ndim}] = {F.FFT_COST_WEIGHT[ndim]:g} should lie between")
 

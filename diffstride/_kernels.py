@@ -7,6 +7,7 @@ import math
 from typing import Optional, Sequence, Tuple
 
 import torch
+from torch.autograd.function import once_differentiable
 
 from diffstride._plans import SpectralPlan, clamp_floors, stride_limits
 from diffstride._validation import ALGORITHMS, algorithm as _check_algorithm  # noqa: F401  (ALGORITHMS: public via functional)
@@ -251,6 +252,7 @@ class _SeparableProduct(torch.autograd.Function):
         return out
 
     @staticmethod
+    @once_differentiable  # second derivatives would miss the saved intermediates' dependence on x
     def backward(ctx, grad_out):
         x, a_stack, b_real, b_imag, *saved = ctx.saved_tensors
         n, c, height, width = ctx.x_shape
@@ -513,6 +515,7 @@ class _FFTResample(torch.autograd.Function):
         return y
 
     @staticmethod
+    @once_differentiable  # second derivatives would miss the saved spectrum's dependence on x
     def backward(ctx, grad_y):
         mask, kept, x = ctx.saved_tensors
         plan, nd, dtype, block, index = ctx.plan, ctx.nd, ctx.dtype, ctx.block, ctx.index

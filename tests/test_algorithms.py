@@ -180,3 +180,14 @@ def test_fft_form_backward_of_fixed_pooling_matches_autograd_of_the_oracle():
     x_ref = x.detach().clone().requires_grad_(True)
     (fixed_spectral_fft(x_ref, (2.0, 3.0)) * w).sum().backward()
     assert torch.allclose(x.grad, x_ref.grad, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 12, 12), (2, 3, 40, 36)])  # the matrix form, the FFT form
+def test_second_derivatives_are_refused_not_wrong(shape):
+    """Both forms have their own backward, which is not itself differentiable: asking for a
+    second derivative (a gradient penalty) raises instead of returning a wrong value."""
+    layer = pooling.DiffStride(strides=2.0)
+    x = torch.randn(shape, requires_grad=True)
+    (g,) = torch.autograd.grad(layer(x).square().sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match="once_differentiable|differentiate twice"):
+        g.sum().backward()
