@@ -463,7 +463,8 @@ def _runs(rows: Sequence[int]) -> list:
 def _take_kept(spectrum: torch.Tensor, plan: SpectralPlan, lead: int) -> torch.Tensor:
     """The kept block of a half spectrum (``spectrum[index]`` of :func:`_spectrum_index`) by
     slices and a concatenation per centred axis: ONNX export has no complex gather."""
-    spectrum = spectrum[..., :plan.cols]
+    if plan.cols < spectrum.shape[-1]:  # (a no-op slice is an alias, which ONNX export refuses on complex)
+        spectrum = spectrum[..., :plan.cols]
     for axis, rows in enumerate(plan.centred_rows()):
         dim = lead + axis
         runs = _runs(rows)
