@@ -3,6 +3,7 @@ choice between them. Internal: :mod:`diffstride.functional` is the public API.
 """
 from __future__ import annotations
 
+import itertools
 import math
 from typing import Optional, Sequence, Tuple
 
@@ -402,7 +403,7 @@ FFT_BLOCK_FRACTION = 4
 KEEP_SPECTRUM_MAX = 0.75
 
 
-def _fft_block(planes: torch.Tensor, nd: int) -> int:
+def _fft_block(planes: torch.Tensor) -> int:
     """Leading-axis entries per block of the FFT form (see FFT_BLOCK_BYTES)."""
     count = planes.shape[0]
     entry_bytes = max(planes[:1].numel() * 4, 1)  # float32 (or wider) working copy
@@ -414,30 +415,11 @@ def _fft_block(planes: torch.Tensor, nd: int) -> int:
     return max(1, min(count, threads), min(count, by_bytes, by_fraction))
 
 
-def _as_planes(t: torch.Tensor, nd: int) -> torch.Tensor:
-    """``t`` (N, C, *spatial) as (N·C, *spatial) when that is a view, else itself (blocks then
-    run along the batch: a channels_last tensor's channel planes are interleaved)."""
-    return t.view(-1, *t.shape[-nd:]) if t.is_contiguous() else t
-
-
-def _spectrum_index(plan: SpectralPlan, size: Sequence[int], lead: int, device) -> tuple:
-    """The index of the kept block (centred axes' kept bins, rfft bins ``0 .. cols-1``) in a
-    half spectrum with ``lead`` leading axes; slices where every bin is kept in order."""
-    centred = plan.centred_rows()
-    selected = [axis for axis, rows in enumerate(centred) if list(rows) != list(range(size[axis]))]
-    index = [slice(None)] * lead
-    for axis, rows in enumerate(centred):
-        if axis not in selected:
-            index.append(slice(None))
-            continue
-        t = torch.tensor(rows, device=device)
-        if len(selected) > 1:  # broadcast against each other: an outer product of the kept bins
-            shape = [1] * len(selected)
-            shape[selected.index(axis)] = -1
-            t = t.view(shape)
-        index.append(t)
-    index.append(slice(0, plan.cols))
-    return tuple(index)
+def _planes(t: torch.Tensor, nd: int, flat: bool) -> torch.Tensor:
+    """``t`` (N, C, *spatial) as (N·C, *spatial) when ``flat`` (the input is contiguous), else
+    itself (blocks then run along the batch: a channels_last tensor's channel planes are
+    interleaved). A view: the blocks written into it land in ``t``."""
+    return t.view(-1, *t.shape[-nd:]) if flat else t
 
 
 def _rfft_bin_factor(n: int, cols: int, interior: float, dtype, device) -> torch.Tensor:
@@ -460,9 +442,24 @@ def _runs(rows: Sequence[int]) -> list:
     return runs
 
 
+def _kept_pieces(plan: SpectralPlan, lead: int) -> list:
+    """``(in_spectrum, in_kept)`` index pairs of slices, one per product of the centred axes'
+    runs: the kept block is those pieces of the half spectrum, laid side by side."""
+    per_axis = []
+    for rows in plan.centred_rows():
+        pairs, offset = [], 0
+        for start, stop in _runs(rows):
+            pairs.append((slice(start, stop), slice(offset, offset + stop - start)))
+            offset += stop - start
+        per_axis.append(pairs)
+    head, cols = (slice(None),) * lead, (slice(0, plan.cols),)
+    return [(head + tuple(p[0] for p in combo) + cols, head + tuple(p[1] for p in combo) + cols)
+            for combo in itertools.product(*per_axis)]
+
+
 def _take_kept(spectrum: torch.Tensor, plan: SpectralPlan, lead: int) -> torch.Tensor:
-    """The kept block of a half spectrum (``spectrum[index]`` of :func:`_spectrum_index`) by
-    slices and a concatenation per centred axis: ONNX export has no complex gather."""
+    """The kept block of a half spectrum by slices and a concatenation per centred axis (the
+    pieces of :func:`_kept_pieces`): ONNX export has no complex gather or slice scatter."""
     if plan.cols < spectrum.shape[-1]:  # (a no-op slice is an alias, which ONNX export refuses on complex)
         spectrum = spectrum[..., :plan.cols]
     for axis, rows in enumerate(plan.centred_rows()):
@@ -489,20 +486,19 @@ class _FFTResample(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, mask, plan, nd, dtype, out_dtype):
-        size, out_size = tuple(x.shape[-nd:]), tuple(plan.out_size)
+        out_size = tuple(plan.out_size)
         dims = tuple(range(-nd, 0))
-        fmt = _memory_format(x)
-        planes = _as_planes(x, nd)
+        fmt, flat = _memory_format(x), x.is_contiguous()
+        planes = _planes(x, nd, flat)
         lead = planes.dim() - nd
         y = torch.empty(x.shape[:-nd] + out_size, dtype=out_dtype, device=x.device, memory_format=fmt)
-        y_planes = _as_planes(y, nd) if planes.dim() != x.dim() else y
-        index = _spectrum_index(plan, size, lead, x.device)
+        y_planes = _planes(y, nd, flat)
         # the mask's gradient needs the kept spectrum: saved when small beside the input (a
         # stride of 2 per axis), else recomputed from the input block by block in the backward
         kept_shape = planes.shape[:lead] + mask.shape
         keep = ctx.needs_input_grad[1] and 2 * math.prod(kept_shape) <= x.numel() * KEEP_SPECTRUM_MAX
         kept = torch.empty(kept_shape, dtype=mask.dtype.to_complex(), device=x.device) if keep else None
-        block = _fft_block(planes, nd)
+        block = _fft_block(planes)
         for start in range(0, planes.shape[0], block):
             spectrum = _take_kept(torch.fft.rfftn(planes[start:start + block].to(dtype), dim=dims), plan, lead)
             if keep:
@@ -511,28 +507,29 @@ class _FFTResample(torch.autograd.Function):
             y_planes[start:start + block] = torch.fft.irfftn(spectrum, s=out_size, dim=dims)
         recompute = ctx.needs_input_grad[1] and not keep
         ctx.save_for_backward(mask, kept if keep else None, x if recompute else None)
-        ctx.plan, ctx.nd, ctx.dtype, ctx.block, ctx.index = plan, nd, dtype, block, index
-        ctx.x_meta = (x.shape, x.dtype, fmt, planes.dim() != x.dim())
+        ctx.plan, ctx.nd, ctx.dtype, ctx.block = plan, nd, dtype, block
+        ctx.x_meta = (x.shape, x.dtype, fmt, flat)
         return y
 
     @staticmethod
     @once_differentiable  # second derivatives would miss the saved spectrum's dependence on x
     def backward(ctx, grad_y):
         mask, kept, x = ctx.saved_tensors
-        plan, nd, dtype, block, index = ctx.plan, ctx.nd, ctx.dtype, ctx.block, ctx.index
+        plan, nd, dtype, block = ctx.plan, ctx.nd, ctx.dtype, ctx.block
         x_shape, x_dtype, fmt, flat = ctx.x_meta
         need_x, need_mask = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         size, out_size = tuple(x_shape[-nd:]), tuple(plan.out_size)
         dims = tuple(range(-nd, 0))
         device = grad_y.device
-        g_planes = grad_y.reshape(-1, *out_size) if flat else grad_y
+        g_planes = _planes(grad_y.contiguous() if flat else grad_y, nd, flat)
         lead = g_planes.dim() - nd
+        pieces = _kept_pieces(plan, lead)
         # inverse's adjoint: interior output bins doubled; forward's adjoint: interior input bins halved
         doubling = _rfft_bin_factor(out_size[-1], plan.cols, 2.0, dtype, device)
         x_factor = mask * doubling * _rfft_bin_factor(size[-1], plan.cols, 0.5, dtype, device)
         grad_mask = torch.zeros_like(mask) if need_mask else None
         grad_x = torch.empty(x_shape, dtype=x_dtype, device=device, memory_format=fmt) if need_x else None
-        gx_planes = (grad_x.view(-1, *size) if flat else grad_x) if need_x else None
+        gx_planes = _planes(grad_x, nd, flat) if need_x else None
         half = size[:-1] + (size[-1] // 2 + 1,)
         for start in range(0, g_planes.shape[0], block):
             g = torch.fft.rfftn(g_planes[start:start + block].to(dtype), dim=dims, norm="forward")
@@ -540,12 +537,14 @@ class _FFTResample(torch.autograd.Function):
                 if kept is not None:
                     spectrum = kept[start:start + block]
                 else:
-                    x_block = (x.view(-1, *size) if flat else x)[start:start + block]
+                    x_block = _planes(x, nd, flat)[start:start + block]
                     spectrum = _take_kept(torch.fft.rfftn(x_block.to(dtype), dim=dims), plan, lead)
                 grad_mask += torch.real(g * spectrum.conj()).sum(dim=tuple(range(lead))) * doubling
             if need_x:
                 full = torch.zeros(g.shape[:lead] + half, dtype=g.dtype, device=device)
-                full[index] = g.mul_(x_factor)
+                g.mul_(x_factor)
+                for in_spectrum, in_kept in pieces:
+                    full[in_spectrum] = g[in_kept]
                 del g
                 gx_planes[start:start + block] = torch.fft.irfftn(full, s=size, dim=dims, norm="forward")
         return grad_x, grad_mask, None, None, None, None
@@ -555,7 +554,7 @@ def _fft_resample(x: torch.Tensor, plan: SpectralPlan, centred_weights: Sequence
                   col_weights: torch.Tensor) -> torch.Tensor:
     """``irfftn(crop(mask ⊙ rfftn(x)))`` with torch.fft over the spatial axes of (N, C, *spatial).
 
-    The kept bins are taken by index (the plan's Python lists), the separable mask multiplies
+    The kept bins are taken by slices (the plan's runs of bins), the separable mask multiplies
     the kept block, and the inverse has the plan's output size; by blocks of (sample, channel)
     planes, with the explicit backward of :class:`_FFTResample` (memory: no full-size complex
     tensor beyond a block's). Runs in float32 (float64 for float64 inputs) with autocast off:

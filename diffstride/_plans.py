@@ -134,6 +134,28 @@ def _kept(positions: Sequence[int], threshold: float, smoothness_factor: float, 
     return [i for i, pos in enumerate(positions) if edge - pos > 0]
 
 
+def _plan(kept: Sequence[Tuple[int, ...]], cols: int, width: int) -> SpectralPlan:
+    """A plan from the kept bins of the centred axes (outermost first), the kept rfft bins and the
+    output width."""
+    return SpectralPlan(kept[-1] if kept else (), cols, tuple(len(k) for k in kept) + (width,),
+                        depth_rows=kept[0] if len(kept) == 2 else ())
+
+
+def _diffstride_plan_nd(size, strides, smoothness_factor, cropping, lower, upper, float64) -> SpectralPlan:
+    """DiffStride's plan in any dimensionality: every axis but the last follows the height rule
+    (centred positions), the last the rfft rule; ``strides`` one shared value or one per axis."""
+    rnd = _f64 if float64 else _f32
+    effective = effective_strides(strides, size, smoothness_factor, lower, upper, float64)
+    *centred, width = size
+    if cropping:
+        kept = [tuple(_kept(height_positions(n), _threshold(n, s, False, rnd), smoothness_factor, rnd))
+                for n, s in zip(centred, effective)]
+        cols = len(_kept(range(width // 2 + 1), _threshold(width, effective[-1], True, rnd), smoothness_factor, rnd))
+    else:
+        kept, cols = [tuple(range(n)) for n in centred], width // 2 + 1
+    return _plan(kept, cols, 2 * (cols - 1))
+
+
 def diffstride_plan(
     size: Tuple[int, int],
     strides: Sequence[float],
@@ -149,15 +171,8 @@ def diffstride_plan(
     reference's clamp to ``size / (size - R)``, which this function applies too. The mask's
     arithmetic is emulated exactly: float32 as the reference, or float64 for float64 strides.
     """
-    rnd = _f64 if float64 else _f32
-    height, width = size
-    s_h, s_w = effective_strides(strides, size, smoothness_factor, lower_limit_stride, upper_limit_stride, float64)
-    if cropping:
-        rows = _kept(height_positions(height), _threshold(height, s_h, False, rnd), smoothness_factor, rnd)
-        cols = len(_kept(range(width // 2 + 1), _threshold(width, s_w, True, rnd), smoothness_factor, rnd))
-    else:
-        rows, cols = list(range(height)), width // 2 + 1
-    return SpectralPlan(tuple(rows), cols, (len(rows), 2 * (cols - 1)))
+    return _diffstride_plan_nd(tuple(size), strides, smoothness_factor, cropping, lower_limit_stride,
+                               upper_limit_stride, float64)
 
 
 def diffstride_plan_1d(
@@ -170,26 +185,26 @@ def diffstride_plan_1d(
     float64: bool = False,
 ) -> SpectralPlan:
     """1-D version of :func:`diffstride_plan` (the width rule alone)."""
-    rnd = _f64 if float64 else _f32
-    (s,) = effective_strides((stride,), (length,), smoothness_factor, lower_limit_stride, upper_limit_stride, float64)
-    if cropping:
-        cols = len(_kept(range(length // 2 + 1), _threshold(length, s, True, rnd), smoothness_factor, rnd))
-    else:
-        cols = length // 2 + 1
-    return SpectralPlan((), cols, (2 * (cols - 1),))
+    return _diffstride_plan_nd((length,), (stride,), smoothness_factor, cropping, lower_limit_stride,
+                               upper_limit_stride, float64)
+
+
+def _fixed_spectral_plan_nd(size: Sequence[int], strides: Sequence[float]) -> SpectralPlan:
+    """FixedSpectralPooling in any dimensionality: every axis but the last keeps ``floor(n/S)``
+    bins rounded down to even (centred), the last inverts to ``w = floor(W/S)``; all >= 2."""
+    kept = [_fixed_centred(n, s) for n, s in zip(size[:-1], strides[:-1])]
+    w = max(int(math.floor(size[-1] / strides[-1])), 2)
+    return _plan(kept, w // 2 + 1, w)
 
 
 def fixed_spectral_plan(size: Tuple[int, int], strides: Sequence[float]) -> SpectralPlan:
     """FixedSpectralPooling: ``h = floor(H/S_h)`` rounded down to even, ``w = floor(W/S_w)``, both >= 2."""
-    rows, h = _fixed_centred(size[0], strides[0])
-    w = max(int(math.floor(size[1] / strides[1])), 2)
-    return SpectralPlan(rows, w // 2 + 1, (h, w))
+    return _fixed_spectral_plan_nd(size, strides)
 
 
 def fixed_spectral_plan_1d(length: int, stride: float) -> SpectralPlan:
     """1-D FixedSpectralPooling: keeps bins ``[0, l//2 + 1)`` and inverts to ``l = floor(L/S)`` (>= 2)."""
-    out = max(int(math.floor(length / stride)), 2)
-    return SpectralPlan((), out // 2 + 1, (out,))
+    return _fixed_spectral_plan_nd((length,), (stride,))
 
 
 def diffstride_plan_3d(
@@ -203,28 +218,18 @@ def diffstride_plan_3d(
 ) -> SpectralPlan:
     """3-D version of :func:`diffstride_plan` for (D, H, W): depth and height follow the height
     rule (centred positions), width the rfft rule; ``strides`` is one shared value or three."""
-    rnd = _f64 if float64 else _f32
-    effective = effective_strides(strides, size, smoothness_factor, lower_limit_stride, upper_limit_stride, float64)
-    depth, height, width = size
-    if cropping:
-        kept = [tuple(_kept(height_positions(n), _threshold(n, st, False, rnd), smoothness_factor, rnd))
-                for n, st in zip((depth, height), effective[:2])]
-        cols = len(_kept(range(width // 2 + 1), _threshold(width, effective[2], True, rnd), smoothness_factor, rnd))
-    else:
-        kept, cols = [tuple(range(depth)), tuple(range(height))], width // 2 + 1
-    return SpectralPlan(kept[1], cols, (len(kept[0]), len(kept[1]), 2 * (cols - 1)), depth_rows=kept[0])
+    return _diffstride_plan_nd(tuple(size), strides, smoothness_factor, cropping, lower_limit_stride,
+                               upper_limit_stride, float64)
 
 
-def _fixed_centred(n: int, stride: float) -> Tuple[Tuple[int, ...], int]:
+def _fixed_centred(n: int, stride: float) -> Tuple[int, ...]:
     """Kept bins of a centred axis of FixedSpectralPooling: ``floor(n/S)`` rounded down to even, >= 2."""
     out = max(2 * (int(math.floor(n / stride)) // 2), 2)
-    return tuple(range(out // 2)) + tuple(range(n - out // 2, n)), out
+    return tuple(range(out // 2)) + tuple(range(n - out // 2, n))
 
 
 def fixed_spectral_plan_3d(size: Tuple[int, int, int], strides: Sequence[float]) -> SpectralPlan:
     """3-D FixedSpectralPooling: depth and height as the 2-D height, width as the 2-D width."""
-    (depth_rows, d), (rows, h) = _fixed_centred(size[0], strides[0]), _fixed_centred(size[1], strides[1])
-    w = max(int(math.floor(size[2] / strides[2])), 2)
-    return SpectralPlan(rows, w // 2 + 1, (d, h, w), depth_rows=depth_rows)
+    return _fixed_spectral_plan_nd(size, strides)
 
 
