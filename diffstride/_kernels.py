@@ -392,12 +392,18 @@ def choose_algorithm(x: torch.Tensor, plan: SpectralPlan, algorithm: str = "auto
     return "fft" if matmul_cost(size, out_size) > FFT_COST_WEIGHT[len(size)] * fft_cost(size, out_size) else "matmul"
 
 
-# Blocks of the FFT form: at most this many bytes of input per block, and at most a quarter of
+# Blocks of the FFT form: at most this many bytes of input per block, and at most an eighth of
 # the input, so that the full-size spectra of a block stay small beside the input (the extra
 # peak memory of forward + backward is then the output, the input's gradient and the kept
-# spectrum, plus a block's temporaries). A single (sample, channel) plane is never split.
+# spectrum, plus a block's temporaries: about four times the block). A single (sample, channel)
+# plane is never split; inputs of at most FFT_BLOCK_MIN_BYTES are one block (splitting them
+# costs time and saves nothing that matters); a block has at least two planes per thread (the
+# FFT library runs a batch of transforms on all threads, and long 1-D ones are slower with
+# fewer: benchmarks/pooling.py --sweep, 13 x 160,000 samples).
 FFT_BLOCK_BYTES = 8 << 20
-FFT_BLOCK_FRACTION = 4
+FFT_BLOCK_FRACTION = 8
+FFT_BLOCK_MIN_BYTES = 1 << 20
+FFT_PLANES_PER_THREAD = 2
 # The kept spectrum is saved for the backward when it holds at most this fraction of the input's
 # elements (real and imaginary parts counted), else recomputed there (one more rfftn of the input).
 KEEP_SPECTRUM_MAX = 0.75
@@ -407,12 +413,13 @@ def _fft_block(planes: torch.Tensor) -> int:
     """Leading-axis entries per block of the FFT form (see FFT_BLOCK_BYTES)."""
     count = planes.shape[0]
     entry_bytes = max(planes[:1].numel() * 4, 1)  # float32 (or wider) working copy
+    if count * entry_bytes <= FFT_BLOCK_MIN_BYTES:
+        return max(count, 1)
     by_bytes = max(1, FFT_BLOCK_BYTES // entry_bytes)
     by_fraction = max(1, -(-count // FFT_BLOCK_FRACTION))
-    # at least a plane per thread: one long 1-D FFT runs on one thread, a batch of them on all
-    # (a compiled graph cannot read the thread count: one plane per block there)
+    # a compiled graph cannot read the thread count: taken as one there
     threads = 1 if torch.compiler.is_compiling() else torch.get_num_threads()
-    return max(1, min(count, threads), min(count, by_bytes, by_fraction))
+    return max(1, min(count, FFT_PLANES_PER_THREAD * threads), min(count, by_bytes, by_fraction))
 
 
 def _planes(t: torch.Tensor, nd: int, flat: bool) -> torch.Tensor:
@@ -491,20 +498,27 @@ class _FFTResample(torch.autograd.Function):
         fmt, flat = _memory_format(x), x.is_contiguous()
         planes = _planes(x, nd, flat)
         lead = planes.dim() - nd
-        y = torch.empty(x.shape[:-nd] + out_size, dtype=out_dtype, device=x.device, memory_format=fmt)
-        y_planes = _planes(y, nd, flat)
         # the mask's gradient needs the kept spectrum: saved when small beside the input (a
         # stride of 2 per axis), else recomputed from the input block by block in the backward
         kept_shape = planes.shape[:lead] + mask.shape
         keep = ctx.needs_input_grad[1] and 2 * math.prod(kept_shape) <= x.numel() * KEEP_SPECTRUM_MAX
         kept = torch.empty(kept_shape, dtype=mask.dtype.to_complex(), device=x.device) if keep else None
         block = _fft_block(planes)
+        # one block of a contiguous input: the inverse's result is the output (no second copy)
+        direct = block >= planes.shape[0] and flat and out_dtype == dtype
+        y_shape = x.shape[:-nd] + out_size
+        y = None if direct else torch.empty(y_shape, dtype=out_dtype, device=x.device, memory_format=fmt)
+        y_planes = None if direct else _planes(y, nd, flat)
         for start in range(0, planes.shape[0], block):
             spectrum = _take_kept(torch.fft.rfftn(planes[start:start + block].to(dtype), dim=dims), plan, lead)
             if keep:
                 kept[start:start + block] = spectrum
             spectrum = spectrum * mask  # drops the block's full spectrum before the inverse
-            y_planes[start:start + block] = torch.fft.irfftn(spectrum, s=out_size, dim=dims)
+            y_block = torch.fft.irfftn(spectrum, s=out_size, dim=dims)
+            if direct:
+                y = y_block.view(y_shape)
+            else:
+                y_planes[start:start + block] = y_block
         recompute = ctx.needs_input_grad[1] and not keep
         ctx.save_for_backward(mask, kept if keep else None, x if recompute else None)
         ctx.plan, ctx.nd, ctx.dtype, ctx.block = plan, nd, dtype, block
@@ -528,8 +542,9 @@ class _FFTResample(torch.autograd.Function):
         doubling = _rfft_bin_factor(out_size[-1], plan.cols, 2.0, dtype, device)
         x_factor = mask * doubling * _rfft_bin_factor(size[-1], plan.cols, 0.5, dtype, device)
         grad_mask = torch.zeros_like(mask) if need_mask else None
-        grad_x = torch.empty(x_shape, dtype=x_dtype, device=device, memory_format=fmt) if need_x else None
-        gx_planes = _planes(grad_x, nd, flat) if need_x else None
+        direct = need_x and block >= g_planes.shape[0] and flat and x_dtype == dtype
+        grad_x = torch.empty(x_shape, dtype=x_dtype, device=device, memory_format=fmt) if need_x and not direct else None
+        gx_planes = _planes(grad_x, nd, flat) if need_x and not direct else None
         half = size[:-1] + (size[-1] // 2 + 1,)
         for start in range(0, g_planes.shape[0], block):
             g = torch.fft.rfftn(g_planes[start:start + block].to(dtype), dim=dims, norm="forward")
@@ -540,13 +555,19 @@ class _FFTResample(torch.autograd.Function):
                     x_block = _planes(x, nd, flat)[start:start + block]
                     spectrum = _take_kept(torch.fft.rfftn(x_block.to(dtype), dim=dims), plan, lead)
                 grad_mask += torch.real(g * spectrum.conj()).sum(dim=tuple(range(lead))) * doubling
+                del spectrum  # (a recomputed one) before the inverse below
             if need_x:
                 full = torch.zeros(g.shape[:lead] + half, dtype=g.dtype, device=device)
                 g.mul_(x_factor)
                 for in_spectrum, in_kept in pieces:
                     full[in_spectrum] = g[in_kept]
                 del g
-                gx_planes[start:start + block] = torch.fft.irfftn(full, s=size, dim=dims, norm="forward")
+                gx_block = torch.fft.irfftn(full, s=size, dim=dims, norm="forward")
+                del full
+                if direct:
+                    grad_x = gx_block.view(x_shape)
+                else:
+                    gx_planes[start:start + block] = gx_block
         return grad_x, grad_mask, None, None, None, None
 
 

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import diffstride
+from diffstride import _kernels
 from diffstride import functional as F
 from diffstride import pooling
 
@@ -152,9 +153,17 @@ def test_3d_layer_compiles_and_trains_in_a_network():
     (pooling.DiffStride3d, (3, 2, 10, 12, 14), (1.0, 2.0, 3.0), torch.channels_last_3d),
     (pooling.DiffStride3d, (3, 2, 10, 12, 14), (3.0, 2.0, 4.0), torch.contiguous_format),
 ])
-def test_fft_form_backward_matches_autograd_of_the_oracle(cls, shape, strides, fmt):
-    """The FFT form's own backward (by blocks, the kept spectrum saved or recomputed) against
-    autograd through the float64 oracle (tests/oracle.py): gradients of the input and the strides."""
+@pytest.mark.parametrize("blocks", ["one", "several"])
+def test_fft_form_backward_matches_autograd_of_the_oracle(cls, shape, strides, fmt, blocks, monkeypatch):
+    """The FFT form's own backward (in one block, whose inverse is the result itself, or by
+    blocks of planes; the kept spectrum saved or recomputed) against autograd through the
+    float64 oracle (tests/oracle.py): gradients of the input and the strides."""
+    if blocks == "several":  # blocks of one plane (along the batch for channels_last)
+        monkeypatch.setattr(_kernels, "FFT_BLOCK_MIN_BYTES", 0)
+        monkeypatch.setattr(_kernels, "FFT_PLANES_PER_THREAD", 0)
+        monkeypatch.setattr(_kernels, "FFT_BLOCK_FRACTION", 1 << 20)
+    else:
+        monkeypatch.setattr(_kernels, "FFT_BLOCK_MIN_BYTES", 1 << 40)
     torch.manual_seed(0)
     layer = cls(strides=strides if len(strides) > 1 else strides[0], algorithm="fft", dtype=torch.float64)
     x = torch.randn(shape, dtype=torch.float64).contiguous(memory_format=fmt).requires_grad_(True)
