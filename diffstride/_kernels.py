@@ -397,9 +397,10 @@ def choose_algorithm(x: torch.Tensor, plan: SpectralPlan, algorithm: str = "auto
 # peak memory of forward + backward is then the output, the input's gradient and the kept
 # spectrum, plus a block's temporaries: about four times the block). A single (sample, channel)
 # plane is never split; inputs of at most FFT_BLOCK_MIN_BYTES are one block (splitting them
-# costs time and saves nothing that matters); a block has at least two planes per thread (the
-# FFT library runs a batch of transforms on all threads, and long 1-D ones are slower with
-# fewer: benchmarks/pooling.py --sweep, 13 x 160,000 samples).
+# costs time and saves nothing that matters). A 1-D plane is a single transform, which the FFT
+# library runs on one thread: 1-D blocks have at least two planes per thread (fewer made
+# 13 x 160,000 samples 1.25x slower, benchmarks/pooling.py --sweep); a 2-D or 3-D plane is
+# many lines, spread over the threads already.
 FFT_BLOCK_BYTES = 8 << 20
 FFT_BLOCK_FRACTION = 8
 FFT_BLOCK_MIN_BYTES = 1 << 20
@@ -409,17 +410,18 @@ FFT_PLANES_PER_THREAD = 2
 KEEP_SPECTRUM_MAX = 0.75
 
 
-def _fft_block(planes: torch.Tensor) -> int:
-    """Leading-axis entries per block of the FFT form (see FFT_BLOCK_BYTES)."""
+def _fft_block(planes: torch.Tensor, nd: int) -> int:
+    """Leading-axis entries per block of the FFT form over ``nd`` axes (see FFT_BLOCK_BYTES)."""
     count = planes.shape[0]
     entry_bytes = max(planes[:1].numel() * 4, 1)  # float32 (or wider) working copy
     if count * entry_bytes <= FFT_BLOCK_MIN_BYTES:
         return max(count, 1)
     by_bytes = max(1, FFT_BLOCK_BYTES // entry_bytes)
     by_fraction = max(1, -(-count // FFT_BLOCK_FRACTION))
-    # a compiled graph cannot read the thread count: taken as one there
-    threads = 1 if torch.compiler.is_compiling() else torch.get_num_threads()
-    return max(1, min(count, FFT_PLANES_PER_THREAD * threads), min(count, by_bytes, by_fraction))
+    floor = 1
+    if nd == 1:  # (a compiled graph cannot read the thread count: taken as one there)
+        floor = FFT_PLANES_PER_THREAD * (1 if torch.compiler.is_compiling() else torch.get_num_threads())
+    return max(1, min(count, floor), min(count, by_bytes, by_fraction))
 
 
 def _planes(t: torch.Tensor, nd: int, flat: bool) -> torch.Tensor:
@@ -503,7 +505,7 @@ class _FFTResample(torch.autograd.Function):
         kept_shape = planes.shape[:lead] + mask.shape
         keep = ctx.needs_input_grad[1] and 2 * math.prod(kept_shape) <= x.numel() * KEEP_SPECTRUM_MAX
         kept = torch.empty(kept_shape, dtype=mask.dtype.to_complex(), device=x.device) if keep else None
-        block = _fft_block(planes)
+        block = _fft_block(planes, nd)
         # one block of a contiguous input: the inverse's result is the output (no second copy)
         direct = block >= planes.shape[0] and flat and out_dtype == dtype
         y_shape = x.shape[:-nd] + out_size
