@@ -1,4 +1,4 @@
-"""Calibrates diffstride._kernels.FFT_COST_WEIGHT: the matrix form against the FFT form.
+"""Calibrates diffstride._kernels.FFT_COST_WEIGHT and FFT_CHANNELS_LAST_FACTOR: the matrix form against the FFT form.
 
     python benchmarks/algorithm.py [--threads 2] [--repeats 7] [--quick]
 
@@ -6,7 +6,9 @@ For DiffStride (stride 2, float32, forward+backward) at 1-D and 2-D sizes, both 
 and timed in turns, prints the cost model's ratio matmul_cost / fft_cost and the measured time
 ratio t_matmul / t_fft. The FFT form should win exactly where the cost ratio exceeds
 FFT_COST_WEIGHT: the crossover is where the time ratio passes 1, and the weight to set is the
-cost ratio there (the script prints the interval it lies in).
+cost ratio there (the script prints the interval it lies in). 2-D sizes are timed on contiguous
+and on channels_last inputs; the channels_last interval, over the contiguous weight, bounds
+FFT_CHANNELS_LAST_FACTOR.
 
 The constants in diffstride/_kernels.py come from one run of this script (see the README).
 """
@@ -23,15 +25,16 @@ from diffstride import pooling  # noqa: E402
 
 # (batch, channels, spatial size): inputs of 2-16 MB, channel counts as in real networks
 SIZES = [(64, 64, (64,)), (64, 64, (256,)), (32, 32, (1000,)), (8, 32, (4000,)), (4, 8, (16000,)),
-         (32, 64, (16, 16)), (32, 64, (32, 32)), (8, 64, (56, 56)), (8, 32, (112, 112)), (4, 16, (224, 224)),
-         (2, 3, (512, 512))]
+         (32, 64, (16, 16)), (32, 64, (20, 20)), (32, 64, (24, 24)), (32, 64, (28, 28)), (32, 64, (32, 32)),
+         (16, 64, (40, 40)), (8, 64, (56, 56)), (8, 32, (112, 112)), (4, 16, (224, 224)), (2, 3, (512, 512))]
 QUICK = [(64, 64, (256,)), (32, 32, (1000,)), (32, 64, (32, 32)), (8, 32, (112, 112)), (2, 3, (512, 512))]
 
 
-def _step(size, batch, channels, algorithm):
+def _step(size, batch, channels, algorithm, layout="contiguous"):
     cls = pooling.DiffStride1d if len(size) == 1 else pooling.DiffStride
     layer = cls(strides=2.0, algorithm=algorithm)
-    x = torch.randn((batch, channels) + size, requires_grad=True)
+    fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+    x = torch.randn((batch, channels) + size).contiguous(memory_format=fmt).requires_grad_(True)
     grad = torch.randn_like(layer(x))
 
     def step():
@@ -50,30 +53,34 @@ def main():
     torch.set_num_threads(args.threads)
     repeats = 3 if args.quick else args.repeats
     print(machine_header(torch.device("cpu"), args.threads), flush=True)
-    print("| input | output | cost ratio (matmul/fft) | matmul ms | fft ms | t_matmul / t_fft | auto takes |", flush=True)
-    print("|---|---|---:|---:|---:|---:|---|", flush=True)
+    print("| input | layout | output | cost ratio (matmul/fft) | matmul ms | fft ms | t_matmul / t_fft | auto takes |",
+          flush=True)
+    print("|---|---|---|---:|---:|---:|---:|---|", flush=True)
     wins = {}
     for batch, channels, size in QUICK if args.quick else SIZES:
-        layer, matmul = _step(size, batch, channels, "matmul")
-        _, fft = _step(size, batch, channels, "fft")
-        t_matmul, t_fft = interleaved_medians([matmul, fft], repeats, warmup=1)
-        out = layer.output_size(size)
-        ratio = F.matmul_cost(size, out) / F.fft_cost(size, out)
-        x = torch.empty((batch, channels) + size)
-        auto = F.choose_algorithm(x, layer._plan(size, F.stride_values(layer.strides)))
-        wins.setdefault(len(size), []).append((ratio, t_matmul / t_fft))
-        print(f"| {'x'.join(map(str, (batch, channels) + size))} | {'x'.join(map(str, out))} | {ratio:.1f} | "
-              f"{t_matmul:.2f} | {t_fft:.2f} | {t_matmul / t_fft:.2f} | {auto} |", flush=True)
-    for ndim, pairs in sorted(wins.items()):
+        for layout in ("contiguous", "channels_last") if len(size) == 2 else ("contiguous",):
+            layer, matmul = _step(size, batch, channels, "matmul", layout)
+            _, fft = _step(size, batch, channels, "fft", layout)
+            t_matmul, t_fft = interleaved_medians([matmul, fft], repeats, warmup=1)
+            out = layer.output_size(size)
+            ratio = F.matmul_cost(size, out) / F.fft_cost(size, out)
+            fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+            x = torch.empty((batch, channels) + size).contiguous(memory_format=fmt)
+            auto = F.choose_algorithm(x, layer._plan(size, F.stride_values(layer.strides)))
+            wins.setdefault((len(size), layout), []).append((ratio, t_matmul / t_fft))
+            print(f"| {'x'.join(map(str, (batch, channels) + size))} | {layout} | {'x'.join(map(str, out))} | "
+                  f"{ratio:.1f} | {t_matmul:.2f} | {t_fft:.2f} | {t_matmul / t_fft:.2f} | {auto} |", flush=True)
+    for (ndim, layout), pairs in sorted(wins.items()):
+        weight = F.FFT_COST_WEIGHT[ndim] * (F.FFT_CHANNELS_LAST_FACTOR if layout == "channels_last" else 1.0)
+        name = f"FFT_COST_WEIGHT[{ndim}]" + (" x FFT_CHANNELS_LAST_FACTOR" if layout == "channels_last" else "")
         low = max((r for r, t in pairs if t < 1), default=0.0)
         high = min((r for r, t in pairs if t >= 1 and r > low), default=float("inf"))
         if not any(t < 1 for _, t in pairs):
-            print(f"{ndim}-D: the FFT form is faster at every size measured (cost ratios from {high:.1f}); "
-                  f"FFT_COST_WEIGHT[{ndim}] = {F.FFT_COST_WEIGHT[ndim]:g} should be below {high:.1f}")
+            print(f"{ndim}-D {layout}: the FFT form is faster at every size measured (cost ratios from {high:.1f}); "
+                  f"{name} = {weight:g} should be below {high:.1f}")
             continue
-        print(f"{ndim}-D: the matrix form is faster up to cost ratio {low:.1f}, the FFT form from {high:.1f}; "
-              f"FFT_COST_WEIGHT[{ndim}] = {F.FFT_COST_WEIGHT[ndim]:g} should lie between")
-
+        print(f"{ndim}-D {layout}: the matrix form is faster up to cost ratio {low:.1f}, the FFT form from "
+              f"{high:.1f}; {name} = {weight:g} should lie between")
 
 if __name__ == "__main__":
     main()

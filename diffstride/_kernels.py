@@ -353,6 +353,12 @@ def _apply_1d(x: torch.Tensor, b_real: torch.Tensor) -> torch.Tensor:
 # KRONECKER_MAX_PIXELS stay on the matrix form (one Kronecker GEMM: 4x faster than torch.fft at
 # 8x8). CUDA could not be measured here: the CPU values are used there too.
 FFT_COST_WEIGHT = {1: 7.0, 2: 3.5}
+# channels_last 2-D inputs: the FFT form transforms interleaved channel planes (blocks run
+# along the batch) and was 1.3x-1.75x slower than on contiguous inputs where the matrix form
+# was 1.0x-1.25x slower; its weight is FFT_COST_WEIGHT[2] times this factor. Measured by the
+# same script's channels_last rows (README, "where the forms cross"): the matrix form still
+# won at 24x24 -> 20x20 (cost ratio 4.8) and lost from 32x32 -> 24x24 (5.5).
+FFT_CHANNELS_LAST_FACTOR = 1.5
 
 
 def matmul_cost(size: Sequence[int], out_size: Sequence[int]) -> float:
@@ -389,7 +395,10 @@ def choose_algorithm(x: torch.Tensor, plan: SpectralPlan, algorithm: str = "auto
     input_elements = x.shape[0] * x.shape[1] * math.prod(size)
     if operator_elements(size, out_size) > input_elements:
         return "fft"
-    return "fft" if matmul_cost(size, out_size) > FFT_COST_WEIGHT[len(size)] * fft_cost(size, out_size) else "matmul"
+    weight = FFT_COST_WEIGHT[len(size)]
+    if _memory_format(x) == torch.channels_last:
+        weight *= FFT_CHANNELS_LAST_FACTOR
+    return "fft" if matmul_cost(size, out_size) > weight * fft_cost(size, out_size) else "matmul"
 
 
 # Blocks of the FFT form: at most this many bytes of input per block, and at most an eighth of
