@@ -1,4 +1,4 @@
-"""Calibrates diffstride._kernels.FFT_COST_WEIGHT and FFT_CHANNELS_LAST_FACTOR: the matrix form against the FFT form.
+"""Calibrates diffstride._kernels.FFT_COST_WEIGHT: the matrix form against the FFT form.
 
     python benchmarks/algorithm.py [--threads 2] [--repeats 7] [--quick]
 
@@ -6,9 +6,9 @@ For DiffStride (stride 2, float32, forward+backward) at 1-D and 2-D sizes, both 
 and timed in turns, prints the cost model's ratio matmul_cost / fft_cost and the measured time
 ratio t_matmul / t_fft. The FFT form should win exactly where the cost ratio exceeds
 FFT_COST_WEIGHT: the crossover is where the time ratio passes 1, and the weight to set is the
-cost ratio there (the script prints the interval it lies in). 2-D sizes are timed on contiguous
-and on channels_last inputs; the channels_last interval, over the contiguous weight, bounds
-FFT_CHANNELS_LAST_FACTOR.
+cost ratio there (the script prints the interval it lies in), for each class of sizes that has
+its own weight: 1-D, 2-D maps whose sides are powers of two (FFT_COST_WEIGHT_POWER_OF_TWO), other
+2-D maps. 2-D sizes are timed on contiguous and on channels_last inputs.
 
 The constants in diffstride/_kernels.py come from one run of this script (see the README).
 """
@@ -67,20 +67,22 @@ def main():
             fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
             x = torch.empty((batch, channels) + size).contiguous(memory_format=fmt)
             auto = F.choose_algorithm(x, layer._plan(size, F.stride_values(layer.strides)))
-            wins.setdefault((len(size), layout), []).append((ratio, t_matmul / t_fft))
+            power_of_two = len(size) in F.FFT_COST_WEIGHT_POWER_OF_TWO and all(n & (n - 1) == 0 for n in size)
+            wins.setdefault((len(size), power_of_two), []).append((ratio, t_matmul / t_fft))
             print(f"| {'x'.join(map(str, (batch, channels) + size))} | {layout} | {'x'.join(map(str, out))} | "
                   f"{ratio:.1f} | {t_matmul:.2f} | {t_fft:.2f} | {t_matmul / t_fft:.2f} | {auto} |", flush=True)
-    for (ndim, layout), pairs in sorted(wins.items()):
-        weight = F.FFT_COST_WEIGHT[ndim] * (F.FFT_CHANNELS_LAST_FACTOR if layout == "channels_last" else 1.0)
-        name = f"FFT_COST_WEIGHT[{ndim}]" + (" x FFT_CHANNELS_LAST_FACTOR" if layout == "channels_last" else "")
+    for (ndim, power_of_two), pairs in sorted(wins.items()):
+        what = f"{ndim}-D" + (" sides powers of two" if power_of_two else " other sizes" if ndim > 1 else "")
+        name = f"FFT_COST_WEIGHT{'_POWER_OF_TWO' if power_of_two else ''}[{ndim}]"
+        weight = (F.FFT_COST_WEIGHT_POWER_OF_TWO if power_of_two else F.FFT_COST_WEIGHT)[ndim]
         low = max((r for r, t in pairs if t < 1), default=0.0)
         high = min((r for r, t in pairs if t >= 1 and r > low), default=float("inf"))
         if not any(t < 1 for _, t in pairs):
-            print(f"{ndim}-D {layout}: the FFT form is faster at every size measured (cost ratios from {high:.1f}); "
+            print(f"{what}: the FFT form is faster at every size measured (cost ratios from {high:.1f}); "
                   f"{name} = {weight:g} should be below {high:.1f}")
             continue
-        print(f"{ndim}-D {layout}: the matrix form is faster up to cost ratio {low:.1f}, the FFT form from "
-              f"{high:.1f}; {name} = {weight:g} should lie between")
+        print(f"{what}: the matrix form is faster up to cost ratio {low:.1f}, the FFT form from {high:.1f}; "
+              f"{name} = {weight:g} should lie between")
 
 if __name__ == "__main__":
     main()

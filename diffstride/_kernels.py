@@ -342,23 +342,29 @@ def _apply_1d(x: torch.Tensor, b_real: torch.Tensor) -> torch.Tensor:
 # The matrix form costs (multiply-adds per sample and channel) about
 #   1-D: L·l            2-D: 2·h·H·W + 2·h·W·w
 # and the FFT form about  n·log2(n) + m·log2(m)  (n, m: input and output pixels). 'auto' takes
-# the FFT form when the matrix form's count exceeds FFT_COST_WEIGHT[ndim] times the FFT's, or
-# when its operators would hold more elements than the input itself (memory stays linear in
-# the input). Set from one run of `python benchmarks/algorithm.py` (2 threads of an AMD EPYC
-# with AVX-512, float32, forward+backward, 2026-11-22 10:44 UTC, after the FFT form got its own
-# blocked backward; the table is in the README): the 1-D matrix form (one GEMM) won at cost
-# ratio 4.3 (L = 64, 0.70x the FFT form's time) and lost from 11.6 (L = 256, 1.37x); the 2-D one
-# lost from 4.0 (16x16, 1.08x: a tie) to 35.9 (6.3x). 7 lies between the 1-D points; 3.5 sends
-# 16x16 and larger maps to the FFT form, which also needs less memory there. Maps of at most
-# KRONECKER_MAX_PIXELS stay on the matrix form (one Kronecker GEMM: 4x faster than torch.fft at
-# 8x8). CUDA could not be measured here: the CPU values are used there too.
-FFT_COST_WEIGHT = {1: 7.0, 2: 3.5}
-# channels_last 2-D inputs: the FFT form transforms interleaved channel planes (blocks run
-# along the batch) and was 1.3x-1.75x slower than on contiguous inputs where the matrix form
-# was 1.0x-1.25x slower; its weight is FFT_COST_WEIGHT[2] times this factor. Measured by the
-# same script's channels_last rows (README, "where the forms cross"): the matrix form still
-# won at 24x24 -> 20x20 (cost ratio 4.8) and lost from 32x32 -> 24x24 (5.5).
-FFT_CHANNELS_LAST_FACTOR = 1.5
+# the FFT form when the matrix form's count exceeds FFT_COST_WEIGHT[ndim] times the FFT's (for
+# 2-D maps whose sides are powers of two, the FFT libraries' fastest lengths,
+# FFT_COST_WEIGHT_POWER_OF_TWO[2]), or when its operators would hold more elements than the
+# input itself (memory stays linear in the input). Set from one run of
+# `python benchmarks/algorithm.py` (2 threads of an AMD EPYC with AVX-512, float32,
+# forward+backward, 2026-11-22 14:11 UTC; the README has the table of the run after this
+# change): the 1-D matrix form (one GEMM) won at cost ratio 4.3 (L = 64, 0.64x the FFT form's
+# time) and lost from 11.6 (L = 256); in 2-D, contiguous and channels_last alike, it won at
+# 20x20 and 24x24 (ratios 4.4, 4.8; the FFT form 0.72x-0.85x) and lost from 28x28 (5.2, 1.1x);
+# 16x16 and 32x32 (4.0, 5.5) went to the FFT form (1.0x-1.2x and 1.3x-1.7x). A finer run of
+# sizes 16 to 32 agreed, except 26x26 (ratio 5.15, 2 x 13: a slow FFT length), where the matrix
+# form won. Maps of at most KRONECKER_MAX_PIXELS stay on the matrix form (one Kronecker GEMM:
+# 4x faster than torch.fft at 8x8). CUDA could not be measured here: the CPU values are used
+# there too.
+FFT_COST_WEIGHT = {1: 7.0, 2: 5.0}
+FFT_COST_WEIGHT_POWER_OF_TWO = {2: 3.5}
+
+
+def fft_cost_weight(size: Sequence[int]) -> float:
+    """The weight of the FFT form's cost for spatial ``size`` (see FFT_COST_WEIGHT)."""
+    if len(size) in FFT_COST_WEIGHT_POWER_OF_TWO and all(n & (n - 1) == 0 for n in size):
+        return FFT_COST_WEIGHT_POWER_OF_TWO[len(size)]
+    return FFT_COST_WEIGHT[len(size)]
 
 
 def matmul_cost(size: Sequence[int], out_size: Sequence[int]) -> float:
@@ -395,10 +401,7 @@ def choose_algorithm(x: torch.Tensor, plan: SpectralPlan, algorithm: str = "auto
     input_elements = x.shape[0] * x.shape[1] * math.prod(size)
     if operator_elements(size, out_size) > input_elements:
         return "fft"
-    weight = FFT_COST_WEIGHT[len(size)]
-    if _memory_format(x) == torch.channels_last:
-        weight *= FFT_CHANNELS_LAST_FACTOR
-    return "fft" if matmul_cost(size, out_size) > weight * fft_cost(size, out_size) else "matmul"
+    return "fft" if matmul_cost(size, out_size) > fft_cost_weight(size) * fft_cost(size, out_size) else "matmul"
 
 
 # Blocks of the FFT form: at most this many bytes of input per block, and at most an eighth of

@@ -23,7 +23,11 @@ def _choice(shape, strides=2.0):
 
 
 @pytest.mark.parametrize("shape, expected", [
-    ((32, 64, 32, 32), "fft"),        # ResNet-18 on CIFAR: the blocked FFT form wins from 16x16
+    ((32, 64, 32, 32), "fft"),        # ResNet-18 on CIFAR: the blocked FFT form wins at sides of powers of two
+    ((32, 256, 16, 16), "fft"),
+    ((32, 64, 24, 24), "matmul"),     # ... and from 28x28 at other sizes (the matrix form at 20x20, 24x24)
+    ((32, 64, 20, 20), "matmul"),
+    ((32, 64, 28, 28), "fft"),
     ((32, 512, 8, 8), "matmul"),      # at most 64 pixels: one Kronecker GEMM
     ((64, 64, 64), "matmul"),         # short 1-D signals: one GEMM
     ((8, 64, 56, 56), "fft"),
