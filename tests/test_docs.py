@@ -5,7 +5,7 @@ import importlib
 import pytest
 import torch
 
-MODULES = ["diffstride.pooling", "diffstride.functional", "diffstride._plans", "diffstride._kernels", "diffstride.resnet", "diffstride.complexity",
+MODULES = ["diffstride.pooling", "diffstride.functional", "diffstride._plans", "diffstride._kernels", "diffstride.resnet", "diffstride.complexity", "diffstride.metrics",
            "diffstride.convert", "diffstride.examples.data", "diffstride.examples.report"]
 
 

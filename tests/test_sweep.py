@@ -96,6 +96,49 @@ def test_one_dimensional_training_from_the_packaged_config(tmp_path):
     assert stem["output_size"] == list(pooling.DiffStride1d(strides=stem["strides"][0]).output_size(427))
 
 
+def test_cbf_series_follow_saitos_shapes_and_are_fixed_by_the_seed():
+    ds = data.load_datasets("cbf", batch_size=16)
+    again = data.load_datasets("cbf", batch_size=16)
+    x, y = ds.train.split.images[:, 0].double(), ds.train.split.labels
+    assert ds.image_shape == (1, 128) and ds.num_classes == 3 and (len(ds.train.split), len(ds.test.split)) == (1000, 1000)
+    assert torch.equal(ds.train.split.images, again.train.split.images) and y.bincount().tolist() == [334, 333, 333]
+    assert not torch.equal(ds.train.split.images, ds.test.split.images)
+    assert torch.allclose(x.mean(1), torch.zeros(1000, dtype=torch.float64), atol=1e-5)
+    # t = 32..48 lies inside every event window (a <= 32, b >= 48): there the class means are flat
+    # (cylinder), rising (bell) and falling (funnel)
+    slopes = [float(x[y == c][:, 48].mean() - x[y == c][:, 32].mean()) for c in range(3)]
+    assert abs(slopes[0]) < 0.15 and slopes[1] > 0.4 and slopes[2] < -0.4
+    # before any window (t < 16) every class is noise around a constant level
+    for c in range(3):
+        assert abs(float(x[y == c][:, :8].mean() - x[y == c][:, 8:16].mean())) < 0.05
+    import gin
+
+    gin.bind_parameter("data.cbf.length", 16)
+    with pytest.raises(ValueError, match=r"data.cbf.length must be >= 32, but got 16"):
+        data.load_datasets("cbf")
+
+
+def test_shift_consistency_is_measured_with_each_evaluation_and_does_not_change_training(tmp_path):
+    bindings = ["train.train.num_epochs = 1", "data.load_datasets.name = 'cbf'", "data.cbf.train_size = 96",
+                "data.cbf.test_size = 48", "resnet.Resnet.filters = [4, 8]", "resnet.Resnet.strides = [2, 2]"]
+    runs = {}
+    for name, extra in (("plain", []), ("measured", ["train.train.shift_consistency = 8"])):
+        workdir = str(tmp_path / name)
+        assert main_lib.main(["--gin_config=osuleaf.gin", f"--workdir={workdir}"]
+                             + [f"--gin_bindings={b}" for b in bindings + extra]) == 0
+        with open(os.path.join(workdir, "metrics.json")) as f:
+            runs[name] = json.load(f)
+    assert "shift_consistency" not in runs["plain"]
+    assert 0.0 <= runs["measured"]["shift_consistency"] <= 1.0
+    # the shifts come from their own generator: the training and its results are the same
+    for key in ("train_loss", "test_loss", "test_accuracy", "pooling"):
+        assert runs["plain"][key] == runs["measured"][key]
+    with pytest.raises(ValueError, match=r"shift_mode must be 'circular' or 'zeros', but got 'wrap'"):
+        from diffstride.examples import train as train_lib
+
+        train_lib.train(load_data_fn=lambda **_: None, model_cls=None, shift_mode="wrap")
+
+
 # ------------------------------------------------------------------------------------------
 # Report statistics
 

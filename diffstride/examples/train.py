@@ -133,6 +133,7 @@ def _format_strides(report: Dict[str, Dict[str, Any]]) -> str:
 UNCHECKED_PARAMETERS = frozenset({
     "num_epochs", "workdir", "keep_checkpoints", "checkpoint_every_steps", "checkpoint_every_minutes",
     "on_config_change", "restart", "progress", "log", "hooks", "device", "data_dir", "download",
+    "shift_consistency", "shift_mode",
 })
 
 
@@ -224,6 +225,7 @@ class Run:
     structure: Any  # the forward trace: pooling order and conv costs, for the complexity terms
     output_sizes: Dict[str, tuple]
     info: Dict[str, Any]
+    shift_consistency: Optional[Tuple[int, str]] = None  # (max_shift, mode) evaluated with the test split
 
 
 def build(ctx: _Context, load_data_fn, model_cls, optimizer_cls, loss_cls, complexity_fn, complexity_weight,
@@ -467,18 +469,33 @@ def train_one_epoch(run: Run, state: RunState, num_epochs: int, save_mid_epoch: 
 
 
 @torch.no_grad()
-def evaluate(run: Run) -> Tuple[float, float]:
-    """Test loss and accuracy over every rank's share of the test split."""
+def evaluate(run: Run, shift_consistency: Optional[Tuple[int, str]] = None) -> Dict[str, float]:
+    """Test loss and accuracy over every rank's share of the test split, and with
+    ``shift_consistency = (max_shift, mode)`` the shift consistency of the model on it
+    (:mod:`diffstride.metrics`; the shifts come from a generator seeded afresh at every
+    evaluation: the same shifts every epoch, and the training RNG untouched)."""
+    from diffstride import metrics as shift_metrics
+
     run.net.eval()
-    loss_sum = correct = count = 0.0
-    for images, labels in run.datasets.test:
+    loss_sum = correct = count = agree = 0.0
+    generator = torch.Generator().manual_seed(run.ctx.rank)
+
+    def model(x: torch.Tensor) -> torch.Tensor:
         with torch.autocast(run.ctx.device.type, dtype=run.amp_dtype, enabled=run.mixed_precision):
-            outputs = run.model(images.contiguous(memory_format=run.memory_format))
+            return run.model(x.contiguous(memory_format=run.memory_format))
+
+    for images, labels in run.datasets.test:
+        outputs = model(images)
         loss_sum += run.loss_fn(outputs, labels).item() * labels.shape[0]
         correct += (outputs.argmax(-1) == labels).sum().item()
         count += labels.shape[0]
-    loss_sum, correct, count = run.ctx.all_sum([loss_sum, correct, count])
-    return loss_sum / max(count, 1), correct / max(count, 1)
+        if shift_consistency is not None:
+            agree += shift_metrics.agreement(model, images, *shift_consistency, generator=generator).sum().item()
+    loss_sum, correct, count, agree = run.ctx.all_sum([loss_sum, correct, count, agree])
+    result = {"test_loss": loss_sum / max(count, 1), "test_accuracy": correct / max(count, 1)}
+    if shift_consistency is not None:
+        result["shift_consistency"] = agree / max(count, 1)
+    return result
 
 
 def epoch_metrics(run: Run, state: RunState, sums: Dict[str, float]) -> Dict[str, Any]:
@@ -489,12 +506,11 @@ def epoch_metrics(run: Run, state: RunState, sums: Dict[str, float]) -> Dict[str
     train_loss = loss_sum / max(seen, 1)
     if not math.isfinite(train_loss):
         return {"train_loss": train_loss}
-    test_loss, test_acc = evaluate(run)
     seconds = sums["seconds"]
     metrics = {
         "epoch": state.epoch, "step": state.step, "learning_rate": sums["learning_rate"],
         "train_loss": train_loss, "train_accuracy": correct / max(seen, 1),
-        "test_loss": test_loss, "test_accuracy": test_acc,
+        **evaluate(run, run.shift_consistency),
         "images_per_second": seen / seconds if seconds > 0 else 0.0,
         "steps_per_second": len(run.datasets.train) / seconds if seconds > 0 else 0.0,
         "pooling": pooling_report(run.model, run.output_sizes),
@@ -547,6 +563,8 @@ def train(
     channels_last: Optional[bool] = None,
     mixed_precision: Optional[bool] = None,
     seed: Optional[int] = None,
+    shift_consistency: Optional[int] = None,
+    shift_mode: str = "circular",
     progress: Optional[bool] = None,
     log: Callable[[str], None] = print,
     hooks: Sequence[Callable[[str, RunState], None]] = (),
@@ -578,6 +596,12 @@ def train(
         mixed_precision: autocast to bfloat16 (float16 with loss scaling on GPUs without bf16);
             None means on with CUDA, off on CPU (where bf16 autocast is opt-in).
         seed: seeds torch before the model is built (the command line's ``--seed``).
+        shift_consistency: when set, the largest shift (samples per spatial axis) of the shift
+            consistency measured with every evaluation (:func:`diffstride.metrics.shift_consistency`:
+            the fraction of test examples whose top-1 predictions agree on two random shifts),
+            recorded as ``shift_consistency`` in the metrics and TensorBoard; None: not measured.
+        shift_mode: ``'circular'`` (wrap around; Zhang 2019's CIFAR protocol) or ``'zeros'``
+            (pad with zeros in the normalised input, crop back).
         progress: a progress bar (None: when the output is a terminal).
         log: where the per-epoch lines go.
         hooks: ``hook(event, state)`` called at 'step', 'before_checkpoint', 'checkpoint_written'
@@ -592,6 +616,9 @@ def train(
                                                      and checkpoint_every_minutes > 0):
         raise ValueError(f"train.train.checkpoint_every_minutes must be a positive number or None, "
                          f"but got {checkpoint_every_minutes!r}")
+    check_int(shift_consistency, "train.train.shift_consistency (the largest shift)", minimum=0, allow_none=True)
+    if shift_mode not in ("circular", "zeros"):
+        raise ValueError(f"train.train.shift_mode must be 'circular' or 'zeros', but got {shift_mode!r}")
     if on_config_change not in ("stop", "continue"):
         raise ValueError(f"train.train.on_config_change must be 'stop' or 'continue', but got {on_config_change!r}")
     ctx = _Context(device)
@@ -609,6 +636,8 @@ def train(
 
         run = build(ctx, load_data_fn, model_cls, optimizer_cls, loss_cls, complexity_fn, complexity_weight,
                     channels_last, mixed_precision, seed)
+        if shift_consistency is not None:
+            run.shift_consistency = (shift_consistency, shift_mode)
         config = resolved_config(seed)
         state, resumed_from, changes = (resume(workdir, run, config, num_epochs, on_config_change, restart, say)
                                         if workdir is not None else (None, None, {}))
@@ -679,6 +708,7 @@ def _epoch_line(metrics: Dict[str, Any], num_epochs: int) -> str:
             f"acc {metrics['train_accuracy']:.4f}  test_loss {metrics['test_loss']:.4f}  "
             f"test_acc {metrics['test_accuracy']:.4f}  lr {metrics['learning_rate']:.4g}  "
             f"{metrics['images_per_second']:.0f} img/s  MMACs {metrics['flops'] / 1e6:.1f}"
+            + (f"  shift_cons {metrics['shift_consistency']:.4f}" if "shift_consistency" in metrics else "")
             + (f"  strides {_format_strides(report)}" if report else ""))
 
 
@@ -686,6 +716,8 @@ def _log_tensorboard(writer, metrics: Dict[str, Any], step: int) -> None:
     for split in ("train", "test"):
         writer.add_scalar(f"{split}/loss", metrics[f"{split}_loss"], step)
         writer.add_scalar(f"{split}/accuracy", metrics[f"{split}_accuracy"], step)
+    if "shift_consistency" in metrics:
+        writer.add_scalar("test/shift_consistency", metrics["shift_consistency"], step)
     writer.add_scalar("learning_rate", metrics["learning_rate"], step)
     writer.add_scalar("steps_per_second", metrics["steps_per_second"], step)
     writer.add_scalar("images_per_second", metrics["images_per_second"], step)
