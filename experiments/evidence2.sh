@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Evidence II (issue 22): the grids behind docs/results.md's equal-compute front, shift
+# consistency and 1-D CBF table. Resumable: run it again after an interruption and finished cells
+# are skipped, unfinished ones resume from their newest checkpoint. One CPU thread in all, so that
+# it can run beside other work on a 2-core machine.
+#
+#   ROOT=/work/runs experiments/evidence2.sh          # runs, then writes ROOT/*/report
+#
+# Budgets (smaller than the paper's, to fit this machine; said in the write-up):
+# - cbf: 1,000 generated training series of length 128, batch 32, 20 epochs (620 steps), the
+#   1-D pre-activation ResNet of osuleaf.gin; shift consistency with shifts up to 16 samples.
+# - translated_mnist: 4,000 digits on 56x56 canvases, 10 epochs (620 steps, a third of
+#   translated_mnist.gin's), shift consistency with shifts up to 8 pixels; the front is made of
+#   DiffStride with several complexity weights from good (1,2,2) and poor (4,2,2) strides, and
+#   strided / spectral networks at several fixed strides.
+set -euo pipefail
+ROOT=${ROOT:-/tmp/diffstride-runs/evidence2}
+SWEEP="python3 -m diffstride.examples.sweep --jobs 1 --threads 1"
+
+CBF=(--gin_config=osuleaf.gin
+     "--gin_bindings=data.load_datasets.name = 'cbf'" "--gin_bindings=data.load_datasets.batch_size = 32"
+     "--gin_bindings=train.train.num_epochs = 20"
+     "--gin_bindings=tf.keras.optimizers.schedules.PiecewiseConstantDecay.boundaries = [20, 496]"
+     "--gin_bindings=train.train.shift_consistency = 16" --root "$ROOT/cbf")
+$SWEEP "${CBF[@]}" --poolings DiffStride1d FixedSpectralPooling1d None --strides 1,2,2 4,2,2 --seeds 1 2 3
+
+MNIST=(--gin_config=translated_mnist.gin
+       "--gin_bindings=train.train.num_epochs = 10"
+       "--gin_bindings=tf.keras.optimizers.schedules.PiecewiseConstantDecay.boundaries = [20, 496]"
+       "--gin_bindings=train.train.shift_consistency = 8" --root "$ROOT/front")
+# the three poolings at good and poor strides (shift consistency with intervals)
+$SWEEP "${MNIST[@]}" --poolings DiffStride FixedSpectralPooling None --strides 1,2,2 4,2,2 --seeds 1 2
+# DiffStride along its complexity weight, from both starts
+$SWEEP "${MNIST[@]}" --poolings DiffStride --strides 1,2,2 4,2,2 --complexity_weights 0.3 1 3 --seeds 1 2
+# fixed strides between and beyond: more points of the strided and spectral fronts
+$SWEEP "${MNIST[@]}" --poolings FixedSpectralPooling None --strides 2,2,2 1,2,1 2,2,1 --seeds 1 2
