@@ -289,3 +289,36 @@ def test_a_checkpoint_that_cannot_be_written_stops_the_run_keeping_the_previous_
     # room again: the same command resumes
     result = _run(_args(workdir, epochs=2))
     assert result.returncode == 0 and "resumed from" in result.stdout
+
+
+# ----------------------------------------------------------------------------------------------
+# A finished run started again; a changed network
+
+
+def _events(workdir):
+    return sorted(n for n in os.listdir(workdir) if n.startswith("events."))
+
+
+@pytest.mark.slow
+def test_a_finished_run_started_again_changes_nothing_and_a_changed_network_is_listed_before_loading(tmp_path, capsys):
+    workdir = str(tmp_path / "run")
+    assert main_lib.main(_args(workdir, epochs=1)) == 0
+    before, events = _files(workdir), _events(workdir)
+    assert _metrics(workdir)["seconds"] > 0.1  # the run's own time, not the rerun's
+    capsys.readouterr()
+    assert main_lib.main(_args(workdir, epochs=1)) == 0
+    assert "has finished its 1 epochs; nothing to train" in capsys.readouterr().out
+    assert _files(workdir) == before and _events(workdir) == events  # no record rewritten, no new event file
+
+    # a different pooling class: compared before any weight is loaded, listed like any binding
+    changed = ["resnet.Resnet.pooling_cls = @pooling.FixedSpectralPooling"]
+    assert main_lib.main(_args(workdir, epochs=2, extra=changed)) == 2
+    err = capsys.readouterr().err
+    assert "these bindings differ" in err and "Resnet.pooling_cls: @pooling.DiffStride -> @pooling.FixedSpectralPooling" in err
+    assert "Traceback" not in err and "state_dict" not in err
+    assert _files(workdir) == before
+    # 'continue' cannot carry weights over to another architecture: said plainly, nothing written
+    assert main_lib.main(_args(workdir, epochs=2, extra=changed + ["train.train.on_config_change = 'continue'"])) == 2
+    err = capsys.readouterr().err
+    assert "a different architecture cannot continue from these weights" in err and "Resnet.pooling_cls" in err
+    assert _files(workdir) == before and _events(workdir) == events

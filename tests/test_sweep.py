@@ -234,3 +234,91 @@ def test_sweep_refuses_bad_grids_before_running_anything(tmp_path, capsys):
     assert sweep.main(["--gin_config=nope.gin", "--strides", "1,2", "--root", str(tmp_path)]) == 2
     assert "gin config 'nope.gin' not found" in capsys.readouterr().err
     assert os.listdir(tmp_path) == []
+
+
+# ------------------------------------------------------------------------------------------
+# Sweeps as safe as single runs
+
+
+def _one_cell_args(root, epochs=1, extra=()):
+    args = ["--gin_config=mnist.gin", "--poolings", "DiffStride", "--strides", "1,2", "--seeds", "1",
+            "--root", str(root), "--jobs", "1", "--threads", "1"]
+    for b in SWEEP_BINDINGS + [f"train.train.num_epochs = {epochs}"] + list(extra):
+        args += ["--gin_bindings", b]
+    return args
+
+
+def _until(condition, seconds=120.0):
+    """Polls ``condition`` until it holds (returns its value) or the deadline passes (fails)."""
+    import time
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"not reached within {seconds} s")
+
+
+@pytest.mark.slow
+def test_a_second_sweep_on_the_same_root_stops_at_once_and_damaged_records_are_rebuilt(tmp_path, capsys):
+    from diffstride.examples.workdir import held_by
+
+    first = subprocess.Popen([sys.executable, "-m", "diffstride.examples.sweep", *_one_cell_args(tmp_path)],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    holder = _until(lambda: os.path.exists(tmp_path) and held_by(str(tmp_path), ".sweep.lock"))
+    assert sweep.main(_one_cell_args(tmp_path)) == 2
+    err = capsys.readouterr().err
+    assert f"is in use by another sweep (PID {first.pid} on" in err and "choose another --root" in err
+    assert holder.startswith(f"PID {first.pid}")
+    out, _ = first.communicate(timeout=300)
+    assert first.returncode == 0 and "1/1 done" in out
+    cell = tmp_path / "DiffStride-strides1_2-seed1"
+    original = json.loads((cell / "metrics.json").read_text())
+    assert len((cell / "starts.jsonl").read_text().splitlines()) == 1  # the second sweep started nothing
+
+    # a finished cell whose metrics.json holds garbage is not finished: the cell runs again, and
+    # the run, finding its work done, rebuilds the records from its newest checkpoint
+    (cell / "metrics.json").write_text("{garbage")
+    (cell / "history.json").write_text('[{"epoch": 1, "trunc')
+    assert sweep.main(_one_cell_args(tmp_path)) == 0
+    capsys.readouterr()
+    rebuilt = json.loads((cell / "metrics.json").read_text())
+    assert rebuilt == original  # seconds included: the run's own time, kept in its checkpoint
+    assert json.loads((cell / "history.json").read_text())[-1]["test_accuracy"] == original["test_accuracy"]
+    log = (cell / "log.txt").read_text()
+    assert "rebuilt" in log and "metrics.json" in log and "history.json" in log
+    assert (tmp_path / "report" / "results.md").exists()
+    # the report leaves a damaged run out with a line, instead of dying
+    (cell / "metrics.json").write_text("not json")
+    lines = []
+    with pytest.raises(ValueError, match="none of the 1 work directories holds a finished run"):
+        report.write_report([str(cell)], str(tmp_path / "r2"), log=lines.append)
+    assert "left out" in lines[0] and "is not valid JSON" in lines[0]
+
+
+def test_a_misspelt_binding_stops_the_sweep_before_any_cell_naming_it_once(tmp_path, capsys):
+    root = tmp_path / "root"
+    assert sweep.main(_one_cell_args(root, extra=["train.train.num_epoch = 3"]) + ["--seeds", "1", "2"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("doesn't have a parameter named 'num_epoch'") == 1 and "(every cell)" in err
+    assert "no cell was started" in err and not root.exists()
+
+
+@pytest.mark.slow
+def test_killing_only_the_sweep_kills_its_cell_which_logs_its_end_and_a_rerun_finishes(tmp_path):
+    from diffstride.examples.workdir import held_by
+
+    args = _one_cell_args(tmp_path, epochs=8)
+    parent = subprocess.Popen([sys.executable, "-m", "diffstride.examples.sweep", *args],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    cell = tmp_path / "DiffStride-strides1_2-seed1"
+    _until(lambda: cell.exists() and held_by(str(cell)))  # the cell's run holds its lock
+    parent.kill()
+    parent.wait()
+    _until(lambda: held_by(str(cell)) is None, seconds=60)  # the child died with its parent
+    assert "interrupted" in (cell / "log.txt").read_text()
+    result = _sweep(args)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert "FAILED" not in result.stdout and json.loads((cell / "metrics.json").read_text())["epoch"] == 8

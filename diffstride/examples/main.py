@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from typing import Callable, List, Optional, Sequence
 
@@ -120,5 +121,17 @@ def _main(argv: Optional[Sequence[str]], hooks: Sequence[Callable]) -> int:
     return 0
 
 
-if __name__ == "__main__":
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def cli() -> None:
+    """The command line (``python3 -m diffstride.examples.main``, ``diffstride-train``): a SIGTERM
+    (``kill``, a sweep that stops, a scheduler's preemption) ends the run as Ctrl-C does, with its
+    last line printed; the newest checkpoint resumes it."""
+    signal.signal(signal.SIGTERM, _interrupt)
     sys.exit(main())
+
+
+if __name__ == "__main__":
+    cli()

@@ -26,7 +26,7 @@ import math
 import os
 import statistics
 import sys
-from typing import Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 __all__ = ["load_run", "results_table", "robustness_analysis", "strides_table", "contrast", "t975", "write_report",
            "main"]
@@ -38,10 +38,18 @@ def load_run(workdir: str) -> Dict:
     for name, path in paths.items():
         if not os.path.exists(path):
             raise FileNotFoundError(f"{workdir} is not a finished training run: {os.path.basename(path)} is missing")
-    with open(paths["metrics"]) as f:
-        metrics = json.load(f)
-    with open(paths["history"]) as f:
-        history = json.load(f)
+    loaded = {}
+    for name, path in paths.items():
+        try:
+            with open(path) as f:
+                loaded[name] = json.load(f)
+        except ValueError as err:
+            raise ValueError(f"{path} is not valid JSON ({err}); running the run's command again rebuilds it "
+                             "from its newest checkpoint") from None
+    metrics, history = loaded["metrics"], loaded["history"]
+    if not isinstance(metrics, dict) or "test_accuracy" not in metrics or not isinstance(history, list):
+        raise ValueError(f"{workdir} does not hold the records of a finished run (metrics.json without "
+                         "test_accuracy, or history.json not a list)")
     run = metrics.get("run", {})
     pooling = run.get("pooling", "?")
     if pooling[-2:] in ("1d", "2d", "3d"):  # one row per method, whatever the dimensionality
@@ -277,13 +285,23 @@ def _nth(values: Optional[List], index: int):
     return values[index] if values and len(values) > index else None
 
 
-def write_report(workdirs: Sequence[str], out: str, reference_strides: Optional[str] = None) -> List[str]:
+def write_report(workdirs: Sequence[str], out: str, reference_strides: Optional[str] = None,
+                 log: Callable[[str], None] = print) -> List[str]:
     """Writes results.md and the PNG plots for ``workdirs`` into ``out``; returns the paths written.
+
+    A work directory whose records are missing or damaged is left out, with a line through ``log``.
 
     ``reference_strides`` (e.g. ``'1, 2, 2'``) is the column the drops are measured from
     (default: the first initial strides met).
     """
-    runs = [load_run(w) for w in workdirs]
+    runs = []
+    for workdir in workdirs:
+        try:
+            runs.append(load_run(workdir))
+        except (OSError, ValueError) as err:  # a damaged run is left out, never the whole report
+            log(f"report: left out {workdir}: {err}")
+    if not runs:
+        raise ValueError(f"none of the {len(workdirs)} work directories holds a finished run")
     os.makedirs(out, exist_ok=True)
     names = ("results.md", "strides.png", "accuracy.png", "output_sizes.png", "accuracy_vs_macs.png")
     paths = {name: os.path.join(out, name) for name in names}
@@ -311,7 +329,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
     try:
         paths = write_report(args.workdirs, args.out, args.reference_strides)
-    except (FileNotFoundError, json.JSONDecodeError, KeyError) as err:
+    except (OSError, ValueError, KeyError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print("wrote " + ", ".join(paths))

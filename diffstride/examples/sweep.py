@@ -8,7 +8,15 @@ Each cell is one run of ``python3 -m diffstride.examples.main`` with the sweep's
 bindings plus the cell's pooling class, initial strides, seed and complexity weight, in its own
 work directory under ``--root`` (its output in ``log.txt`` there). ``--jobs`` cells run at once,
 the CPU threads split between them. Running the same command again skips finished cells (those
-with a ``metrics.json``) and resumes unfinished ones from their newest checkpoint. At the end
+with a valid ``metrics.json``) and resumes unfinished ones from their newest checkpoint; a cell
+whose records were damaged runs again, which rebuilds them from its newest checkpoint.
+
+Safety: every cell's configuration is parsed before any starts (a bad binding stops the sweep
+at once, exit 2, named once). One sweep at a time per root: a second one on the same ``--root``
+exits 2 at once naming the first (``ROOT/.sweep.lock``; the lock dies with its holder, so a
+killed sweep never blocks the next). A cell is checked again just before it starts. The cells
+die with the sweep (Ctrl-C, ``kill``, even ``kill -9`` of the sweep alone on Linux), each ending
+as an interrupted run does, its last lines in its ``log.txt``. At the end
 the report (:mod:`diffstride.examples.report`) of every finished run under the root (so a grid
 extended by another invocation, e.g. with ``--complexity_weights 1.0``, is reported whole) is
 written to ``ROOT/report``: the robustness table with intervals, the learned strides and feature
@@ -72,7 +80,14 @@ def grid(poolings: Sequence[str], strides: Sequence[str], seeds: Sequence[int],
 
 
 def _is_done(workdir: str) -> bool:
-    return os.path.exists(os.path.join(workdir, "metrics.json"))
+    """A finished cell: its ``metrics.json`` parses and holds a final test accuracy (a damaged one
+    is not finished: the cell runs again, which rebuilds the records from its newest checkpoint)."""
+    try:
+        with open(os.path.join(workdir, "metrics.json")) as f:
+            metrics = json.load(f)
+    except (OSError, ValueError):
+        return False
+    return isinstance(metrics, dict) and "test_accuracy" in metrics
 
 
 def _command(args: argparse.Namespace, cell: Cell, workdir: str) -> List[str]:
@@ -94,14 +109,45 @@ def _summary(workdir: str) -> str:
     return f"test accuracy {100 * m['test_accuracy']:.2f}%, {m.get('flops', 0) / 1e6:.1f} M MACs, {m.get('seconds', 0):.0f} s"
 
 
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child, between fork and exec
+    """Linux: the child gets SIGTERM when the sweep dies, even by SIGKILL (``PR_SET_PDEATHSIG``),
+    so no orphan keeps training and holding its cell's lock."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def _wait_unlocked(workdir: str, seconds: float, log) -> Optional[str]:
+    """Waits up to ``seconds`` for the cell's run lock to be free (a child of a sweep killed a
+    moment ago is still writing its last lines); returns the holder if it is still held."""
+    from diffstride.examples.workdir import held_by
+
+    deadline, said = time.monotonic() + seconds, False
+    while True:
+        holder = held_by(workdir)
+        if holder is None or time.monotonic() >= deadline:
+            return holder
+        if not said:
+            log(f"waiting for {workdir} to be released ({holder})")
+            said = True
+        time.sleep(0.2)
+
+
 def run_grid(args: argparse.Namespace, cells: Sequence[Cell], log=print) -> List[Cell]:
-    """Runs the unfinished cells, ``args.jobs`` at a time; returns the cells that failed."""
+    """Runs the unfinished cells, ``args.jobs`` at a time; returns the cells that failed.
+
+    Each cell is checked again just before it starts (finished since the list was made: skipped).
+    """
     os.makedirs(args.root, exist_ok=True)
     todo = [c for c in cells if not _is_done(os.path.join(args.root, c.name))]
     done, failed = len(cells) - len(todo), []
     log(f"sweep: {len(cells)} cells, {done} already finished, {len(todo)} to run, {args.jobs} at a time, "
         f"{_threads(args)} thread(s) each; results under {args.root}")
-    env = dict(os.environ, OMP_NUM_THREADS=str(_threads(args)), MKL_NUM_THREADS=str(_threads(args)))
+    env = dict(os.environ, OMP_NUM_THREADS=str(_threads(args)), MKL_NUM_THREADS=str(_threads(args)),
+               PYTHONUNBUFFERED="1")  # the log keeps a killed cell's last lines
     running: Dict[subprocess.Popen, tuple] = {}
     started = time.time()
     try:
@@ -109,11 +155,21 @@ def run_grid(args: argparse.Namespace, cells: Sequence[Cell], log=print) -> List
             while todo and len(running) < args.jobs:
                 cell = todo.pop(0)
                 workdir = os.path.join(args.root, cell.name)
+                if _is_done(workdir):
+                    done += 1
+                    log(f"[{done}/{len(cells)} done] {cell.name} finished meanwhile; skipped")
+                    continue
                 os.makedirs(workdir, exist_ok=True)
+                holder = _wait_unlocked(workdir, 30.0, log)
+                if holder is not None:
+                    failed.append(cell)
+                    log(f"[{done}/{len(cells)} done] {cell.name} not started: its work directory is in use ({holder})")
+                    continue
                 out = open(os.path.join(workdir, "log.txt"), "a")
                 resumed = " (resuming)" if any(f.startswith("ckpt-") for f in os.listdir(workdir)) else ""
                 proc = subprocess.Popen(_command(args, cell, workdir), stdout=out, stderr=subprocess.STDOUT, env=env,
-                                        stdin=subprocess.DEVNULL)
+                                        stdin=subprocess.DEVNULL,
+                                        preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None)
                 running[proc] = (cell, workdir, out, time.time())
                 log(f"[{done}/{len(cells)} done, {len(running)} running] start {cell.name}{resumed}")
             time.sleep(0.5)
@@ -129,13 +185,38 @@ def run_grid(args: argparse.Namespace, cells: Sequence[Cell], log=print) -> List
                     log(f"[{done}/{len(cells)} done] {cell.name} FAILED (exit {proc.returncode}); "
                         f"see {os.path.join(workdir, 'log.txt')}")
     except KeyboardInterrupt:
+        # Ctrl-C reached the children too (one process group); a SIGTERM to the sweep alone did
+        # not: stop what still runs. A child stops between checkpoints, printing its last line.
         for proc in running:
-            proc.terminate()  # a run ends between checkpoints: its newest checkpoint stays and resumes it
+            try:
+                proc.wait(timeout=2)
+            except subprocess.TimeoutExpired:
+                proc.terminate()
         for proc, (_, _, out, _) in running.items():
             proc.wait()
             out.close()
         raise
     return failed
+
+
+def check_cells(args: argparse.Namespace, cells: Sequence[Cell]) -> List[str]:
+    """Parses every cell's configuration as its run will; returns the distinct errors (each once,
+    with how many cells it concerns), empty when every cell parses."""
+    import gin
+
+    from diffstride.examples.main import UsageError, configure
+
+    errors: Dict[str, List[str]] = {}
+    for cell in cells:
+        ns = argparse.Namespace(gin_config=args.gin_config,
+                                gin_bindings=list(args.gin_bindings) + cell.bindings(args.strides_binding))
+        try:
+            configure(ns)
+        except UsageError as err:
+            errors.setdefault(str(err), []).append(cell.name)
+    gin.clear_config()
+    return [f"{message} ({'every cell' if len(names) == len(cells) else ', '.join(names)})"
+            for message, names in errors.items()]
 
 
 def _interrupt(signum, frame):
@@ -170,6 +251,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     from diffstride.examples.main import UsageError, resolve_config
 
+    from diffstride.examples.workdir import RunLock, WorkdirError
+
     args = parse_args(argv)
     try:
         cells = grid(args.poolings, args.strides, args.seeds, args.complexity_weights)
@@ -178,12 +261,27 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except (ValueError, UsageError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    problems = check_cells(args, cells)  # before any cell runs: a misspelt binding fails once, not per cell
+    if problems:
+        print("error: the sweep's configuration does not parse; no cell was started:\n  " + "\n  ".join(problems),
+              file=sys.stderr)
+        return 2
     started = time.time()
     signal.signal(signal.SIGTERM, _interrupt)  # `kill` as Ctrl-C (a background job may ignore SIGINT)
     if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
         signal.signal(signal.SIGINT, _interrupt)
     try:
-        failed = run_grid(args, cells)
+        os.makedirs(args.root, exist_ok=True)
+        # one sweep per root: a second one stops at once, naming the first (the lock dies with its holder)
+        with RunLock(args.root, filename=".sweep.lock", holder="another sweep",
+                     advice="wait for it to end (it runs the same grid), or choose another --root"):
+            failed = run_grid(args, cells)
+    except WorkdirError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:
+        print(f"error: cannot use the sweep root {args.root!r}: {err.strerror or err}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("interrupted; run the same command again to resume the unfinished cells", file=sys.stderr)
         return 130
@@ -193,11 +291,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     finished = sorted(os.path.join(args.root, d) for d in os.listdir(args.root) if _is_done(os.path.join(args.root, d)))
     if finished:
         reference = ", ".join(v.strip() for v in args.strides[0].split(","))
-        paths = report.write_report(finished, os.path.join(args.root, "report"), reference_strides=reference)
+        paths = report.write_report(finished, os.path.join(args.root, "report"), reference_strides=reference,
+                                    log=lambda line: print(line, file=sys.stderr))
         print(f"sweep: {len(finished)}/{len(cells)} cells finished ({(time.time() - started) / 60:.1f} min this "
               f"invocation); report: " + ", ".join(paths))
     if failed:
-        print("error: these cells failed (rerun the same command to retry them): "
+        print("error: these cells failed (see their log.txt; rerun the same command to retry them): "
               + ", ".join(c.name for c in failed), file=sys.stderr)
         return 1
     return 0

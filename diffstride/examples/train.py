@@ -156,6 +156,7 @@ class RunState:
     epoch_rng: Optional[Dict[str, Any]] = None
     checkpoints: List[str] = dataclasses.field(default_factory=list)  # names this run wrote, oldest first
     config_changes: List[Dict[str, Any]] = dataclasses.field(default_factory=list)
+    seconds: float = 0.0  # wall time of the complete epochs (training, evaluation, checkpoint), over all starts
 
     def effective_config(self) -> Dict[str, str]:
         config = dict(self.config)
@@ -311,15 +312,6 @@ def resume(workdir: str, run: Run, config: Dict[str, str], num_epochs: int, on_c
     if path is None:
         return None, None, {}
     saved = found[0] if found is not None else ckpt.load_checkpoint(path, map_location=ctx.device)
-    try:
-        run.model.load_state_dict(saved["model"])
-        run.optimizer.load_state_dict(saved["optimizer"])
-    except (RuntimeError, ValueError, KeyError) as err:
-        raise TrainingError(
-            f"the checkpoint {path} does not fit this model/optimizer ({str(err)[:300]}); "
-            f"use another workdir, or move its checkpoints away") from None
-    if "scaler" in saved and run.scaler.is_enabled():
-        run.scaler.load_state_dict(saved["scaler"])
     if "run" in saved:
         state = RunState(**saved["run"])
     else:  # format 1: no stored configuration
@@ -331,16 +323,34 @@ def resume(workdir: str, run: Run, config: Dict[str, str], num_epochs: int, on_c
         raise ValueError(
             f"the run in {workdir} has done {state.epoch} epochs, more than train.train.num_epochs = "
             f"{num_epochs}; raise num_epochs to extend it, or choose another --workdir")
+    # the configurations are compared before any weight is loaded: a changed model is listed
+    # like any other binding instead of failing in load_state_dict
     changes = config_differences(state.effective_config(), config)
-    if changes:
-        lines = "\n".join(f"  {key}: {old if old is not None else '(unbound)'} -> {new if new is not None else '(unbound)'}"
-                          for key, (old, new) in changes.items())
-        if on_config_change != "continue":
+    lines = "\n".join(f"  {key}: {old if old is not None else '(unbound)'} -> {new if new is not None else '(unbound)'}"
+                      for key, (old, new) in changes.items())
+    if changes and on_config_change != "continue":
+        raise ConfigChanged(
+            f"the run in {workdir} was trained with another configuration; these bindings differ "
+            f"(checkpoint -> now):\n{lines}\nTo proceed: choose another --workdir for a new run, restore the "
+            f"values above, or continue this run with the new values and a record of the change: "
+            f"--gin_bindings=\"train.train.on_config_change = 'continue'\"")
+    try:
+        run.model.load_state_dict(saved["model"])
+        run.optimizer.load_state_dict(saved["optimizer"])
+    except (RuntimeError, ValueError, KeyError) as err:
+        if changes:
             raise ConfigChanged(
-                f"the run in {workdir} was trained with another configuration; these bindings differ "
-                f"(checkpoint -> now):\n{lines}\nTo proceed: choose another --workdir for a new run, restore the "
-                f"values above, or continue this run with the new values and a record of the change: "
-                f"--gin_bindings=\"train.train.on_config_change = 'continue'\"")
+                f"the run in {workdir} cannot continue with these bindings: they change the network's "
+                f"architecture, and a different architecture cannot continue from these weights "
+                f"(train.train.on_config_change = 'continue' only carries over changes that keep every weight's "
+                f"name and shape):\n{lines}\nChoose another --workdir for the new network, or restore the values "
+                f"above. Nothing was written.") from None
+        raise TrainingError(
+            f"the checkpoint {path} does not fit this model/optimizer ({str(err)[:300]}); "
+            f"use another workdir, or move its checkpoints away") from None
+    if "scaler" in saved and run.scaler.is_enabled():
+        run.scaler.load_state_dict(saved["scaler"])
+    if changes:
         say(f"continuing with a changed configuration (recorded in starts.jsonl and metrics.json):\n{lines}")
         state.config_changes.append({"step": state.step, "epoch": state.epoch,
                                      "changes": {k: list(v) for k, v in changes.items()}})
@@ -642,6 +652,11 @@ def train(
         state, resumed_from, changes = (resume(workdir, run, config, num_epochs, on_config_change, restart, say)
                                         if workdir is not None else (None, None, {}))
         state = state or RunState(run_id=uuid.uuid4().hex, config=config)
+        if resumed_from is not None and state.epoch == num_epochs and state.batch == 0:
+            # finished: a rerun as is changes nothing it recorded (damaged records are rebuilt)
+            say(f"the run in {workdir} has finished its {num_epochs} epochs; nothing to train "
+                f"(raise train.train.num_epochs to extend it)")
+            return _final_records(workdir, run, state, num_epochs, writes, resumed_from, say)
         writer = None
         if writes:
             if not os.path.exists(os.path.join(workdir, "config.gin")):  # the first start's, never overwritten
@@ -664,11 +679,12 @@ def train(
         checkpointing = _Checkpointing(checkpoint_every_steps, checkpoint_every_minutes)
         save_mid_epoch = (lambda: save_now(True)) if writes and (checkpoint_every_steps or checkpoint_every_minutes) else None
         show_progress = (sys.stderr.isatty() if progress is None else progress) and ctx.is_main
-        started = time.time()
         while state.epoch < num_epochs:
             sums = train_one_epoch(run, state, num_epochs, save_mid_epoch, checkpointing, hooks, show_progress)
             state.epoch, state.batch, state.partial, state.epoch_rng = state.epoch + 1, 0, {}, None
+            evaluated = time.time()
             metrics = epoch_metrics(run, state, sums)
+            state.seconds += sums["seconds"] + time.time() - evaluated
             if not math.isfinite(metrics["train_loss"]):
                 last = os.path.join(workdir, state.checkpoints[-1]) if workdir and state.checkpoints else "none"
                 raise TrainingError(
@@ -693,13 +709,46 @@ def train(
             _fire(hooks, "epoch_end", state)
             ctx.barrier()
 
-        run.info["seed"] = ast.literal_eval(state.config.get("--seed", "None"))  # as trained: the first start's
-        run.info["config_changes"] = state.config_changes
-        final = {"num_epochs": num_epochs, "seconds": time.time() - started, "workdir": workdir, "run": run.info,
-                 **(state.history[-1] if state.history else {})}
-        if writes:
-            ckpt.write_json(os.path.join(workdir, "metrics.json"), final)
+        return _final_records(workdir, run, state, num_epochs, writes)
+
+
+def _final(workdir: Optional[str], run: Run, state: RunState, num_epochs: int) -> Dict[str, Any]:
+    """What ``metrics.json`` holds: the last epoch's metrics, the run's description, its time."""
+    info = dict(run.info, seed=ast.literal_eval(state.config.get("--seed", "None")),  # as trained: the first start's
+                config_changes=state.config_changes)
+    return {"num_epochs": num_epochs, "seconds": state.seconds, "workdir": workdir, "run": info,
+            **(state.history[-1] if state.history else {})}
+
+
+def _read_json(path: str) -> Any:
+    """The parsed file, or None when it is missing or does not parse."""
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def _final_records(workdir: Optional[str], run: Run, state: RunState, num_epochs: int, writes: bool,
+                   checkpoint: Optional[str] = None, say: Callable[[str], None] = print) -> Dict[str, Any]:
+    """Writes ``metrics.json`` at the end of training and returns it. For a finished run started
+    again (``checkpoint`` given) the records are kept as they are, except those that are missing
+    or do not parse, which are rebuilt from the checkpoint (with a line saying so)."""
+    final = _final(workdir, run, state, num_epochs)
+    if not writes:
         return final
+    if checkpoint is None:
+        ckpt.write_json(os.path.join(workdir, "metrics.json"), final)
+        return final
+    recorded = {name: _read_json(os.path.join(workdir, name)) for name in ("history.json", "metrics.json")}
+    intact = {"history.json": isinstance(recorded["history.json"], list),
+              "metrics.json": isinstance(recorded["metrics.json"], dict) and "test_accuracy" in recorded["metrics.json"]}
+    for name, content in (("history.json", state.history), ("metrics.json", final)):
+        if not intact[name]:
+            path = os.path.join(workdir, name)
+            ckpt.write_json(path, content)
+            say(f"rebuilt {path} from {checkpoint} (it was missing or not a valid record)")
+    return recorded["metrics.json"] if intact["metrics.json"] else final
 
 
 def _epoch_line(metrics: Dict[str, Any], num_epochs: int) -> str:

@@ -16,7 +16,7 @@ import os
 import socket
 from typing import Optional
 
-__all__ = ["WorkdirError", "WorkdirBusy", "prepare", "RunLock", "remove_orphans", "check_int"]
+__all__ = ["WorkdirError", "WorkdirBusy", "prepare", "RunLock", "held_by", "remove_orphans", "check_int"]
 
 
 class WorkdirError(RuntimeError):
@@ -95,11 +95,14 @@ class RunLock:
     """``with RunLock(workdir):`` holds ``workdir/.lock`` for one run (POSIX ``flock``).
 
     Raises :class:`WorkdirBusy` naming the holder (PID, host, start time) when another process
-    holds it. Where ``fcntl`` does not exist (Windows) no lock is taken.
+    holds it. Where ``fcntl`` does not exist (Windows) no lock is taken. ``filename``, ``holder``
+    and ``advice`` adapt it to other directories (the sweep locks its root with ``.sweep.lock``).
     """
 
-    def __init__(self, workdir: str) -> None:
-        self.path = os.path.join(workdir, ".lock")
+    def __init__(self, workdir: str, filename: str = ".lock", holder: str = "another run",
+                 advice: str = "wait for it to end, or choose another --workdir") -> None:
+        self.path = os.path.join(workdir, filename)
+        self.holder, self.advice = holder, advice
         self._file = None
 
     def __enter__(self) -> "RunLock":
@@ -115,8 +118,8 @@ class RunLock:
             holder = _holder(f.read())
             f.close()
             raise WorkdirBusy(
-                f"the work directory {os.path.dirname(self.path)!r} is in use by another run ({holder}); "
-                "wait for it to end, or choose another --workdir") from None
+                f"the work directory {os.path.dirname(self.path)!r} is in use by {self.holder} ({holder}); "
+                f"{self.advice}") from None
         f.seek(0)
         f.truncate()
         f.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
@@ -129,6 +132,25 @@ class RunLock:
         if self._file is not None:
             self._file.close()  # closing releases the flock
             self._file = None
+
+
+def held_by(workdir: str, filename: str = ".lock") -> Optional[str]:
+    """Who holds ``workdir``'s lock (as in :class:`RunLock`'s message), or None when nobody does."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        return None
+    path = os.path.join(workdir, filename)
+    if not os.path.exists(path):
+        return None
+    with open(path, "a+") as f:
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            f.seek(0)
+            return _holder(f.read())
+        fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+    return None
 
 
 def _holder(text: str) -> str:
