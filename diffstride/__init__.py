@@ -1,17 +1,21 @@
 """DiffStride: downsampling with learnable strides (Riad et al., ICLR 2022) for PyTorch."""
-from diffstride import functional
+from diffstride import functional, metrics
 from diffstride.complexity import complexity_loss, count_flops
 from diffstride.convert import convert, freeze
 from diffstride.pooling import (
     DiffStride,
     DiffStride1d,
     DiffStride2d,
+    DiffStride3d,
     FixedSpectralPooling,
     FixedSpectralPooling1d,
     FixedSpectralPooling2d,
+    FixedSpectralPooling3d,
+    PoolingLayer,
     SpatialPooling,
     SpatialPooling1d,
     SpatialPooling2d,
+    SpatialPooling3d,
     param_groups,
     pooling_layers,
 )
@@ -20,6 +24,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "functional",
+    "metrics",
     "complexity_loss",
     "count_flops",
     "convert",
@@ -27,12 +32,16 @@ __all__ = [
     "DiffStride",
     "DiffStride1d",
     "DiffStride2d",
+    "DiffStride3d",
     "FixedSpectralPooling",
     "FixedSpectralPooling1d",
     "FixedSpectralPooling2d",
+    "FixedSpectralPooling3d",
+    "PoolingLayer",
     "SpatialPooling",
     "SpatialPooling1d",
     "SpatialPooling2d",
+    "SpatialPooling3d",
     "param_groups",
     "pooling_layers",
 ]

@@ -3,9 +3,8 @@
 File layout (format 2): ``torch.save({"diffstride_checkpoint": 2, "sha256": hex, "payload": bytes})``
 where ``payload`` is the ``torch.save`` of the training state. The checksum travels with the
 ``.pt`` file, so copying only the ``.pt`` files keeps them verifiable, and a damaged or missing
-sidecar can neither make a corrupted file trusted nor an intact one rejected. Files of format 1
-(a plain ``torch.save`` with a ``.sha256`` sidecar, written by earlier versions) are read when
-their sidecar matches and refused otherwise.
+sidecar can neither make a corrupted file trusted nor an intact one rejected. Any other file
+(a plain ``torch.save``, another tool's checkpoint) is refused.
 
 Names: ``ckpt-0003.pt`` after 3 complete epochs; ``ckpt-0003-step000123.pt`` in the middle of
 epoch 4, at global step 123. Newest first means larger ``(epoch, step)`` first.
@@ -151,17 +150,6 @@ def list_checkpoints(workdir: str) -> List[Tuple[int, str]]:
     return [(key[0], path) for key, path in sorted(found, reverse=True)]
 
 
-def _legacy_sidecar_check(path: str, raw: bytes) -> None:
-    digest_path = path + ".sha256"
-    if not os.path.exists(digest_path):
-        raise ValueError("format 1 (no checksum inside) and its .sha256 sidecar is missing: cannot be verified")
-    with open(digest_path) as f:
-        expected = f.read().strip()
-    actual = hashlib.sha256(raw).hexdigest()
-    if actual != expected:
-        raise ValueError(f"its SHA-256 {actual[:12]}... differs from the one saved with it ({expected[:12]}...)")
-
-
 def load_checkpoint(path: str, map_location=None) -> Dict[str, Any]:
     """The verified training state in ``path``; ``ValueError`` (or an unpickling error) says why not."""
     with open(path, "rb") as f:
@@ -176,8 +164,7 @@ def load_checkpoint(path: str, map_location=None) -> Dict[str, Any]:
             raise ValueError(f"its SHA-256 {actual[:12]}... differs from the one stored in it ({expected[:12]}...)")
         state = torch.load(io.BytesIO(payload), map_location=map_location, weights_only=True)
     else:
-        _legacy_sidecar_check(path, raw)
-        state = torch.load(io.BytesIO(raw), map_location=map_location, weights_only=True)
+        raise ValueError("not a diffstride checkpoint (no checksum inside)")
     missing = [k for k in REQUIRED_KEYS if k not in state]
     if missing:
         raise ValueError(f"missing {missing}")
@@ -208,6 +195,5 @@ def set_aside(refused: List[Unusable]) -> List[str]:
 
 def remove(paths: List[str]) -> None:
     for path in paths:
-        for stale in (path, path + ".sha256"):
-            if os.path.exists(stale):
-                os.remove(stale)
+        if os.path.exists(path):
+            os.remove(path)

@@ -302,5 +302,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """The ``diffstride-sweep`` console script."""
     sys.exit(main())
+
+
+if __name__ == "__main__":
+    cli()

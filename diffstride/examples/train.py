@@ -312,13 +312,7 @@ def resume(workdir: str, run: Run, config: Dict[str, str], num_epochs: int, on_c
     if path is None:
         return None, None, {}
     saved = found[0] if found is not None else ckpt.load_checkpoint(path, map_location=ctx.device)
-    if "run" in saved:
-        state = RunState(**saved["run"])
-    else:  # format 1: no stored configuration
-        say(f"note: {path} was written by an earlier version and stores no configuration; it is not compared")
-        state = RunState(run_id=uuid.uuid4().hex, config=dict(config), epoch=int(saved["epoch"]),
-                         step=int(saved["step"]), history=list(saved.get("history", [])),
-                         checkpoints=[os.path.basename(p) for _, p in reversed(ckpt.list_checkpoints(workdir))])
+    state = RunState(**saved["run"])
     if state.epoch > num_epochs:
         raise ValueError(
             f"the run in {workdir} has done {state.epoch} epochs, more than train.train.num_epochs = "
