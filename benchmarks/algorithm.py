@@ -1,16 +1,27 @@
-"""Calibrates diffstride._kernels.FFT_COST_WEIGHT: the matrix form against the FFT form.
+"""Calibrates the settings' fft_cost_weight_*: the matrix form against the FFT form.
 
     python benchmarks/algorithm.py [--threads 2] [--repeats 7] [--quick]
 
 For DiffStride (stride 2, float32, forward+backward) at 1-D and 2-D sizes, both forms forced
 and timed in turns, prints the cost model's ratio matmul_cost / fft_cost and the measured time
-ratio t_matmul / t_fft. The FFT form should win exactly where the cost ratio exceeds
-FFT_COST_WEIGHT: the crossover is where the time ratio passes 1, and the weight to set is the
-cost ratio there (the script prints the interval it lies in), for each class of sizes that has
-its own weight: 1-D, 2-D maps whose sides are powers of two (FFT_COST_WEIGHT_POWER_OF_TWO), other
-2-D maps. 2-D sizes are timed on contiguous and on channels_last inputs.
+ratio t_matmul / t_fft. The FFT form should win exactly where the cost ratio exceeds the
+weight (``diffstride.settings``): the crossover is where the time ratio passes 1, and the weight
+to set is the cost ratio there (the script prints the interval it lies in), for each class of
+sizes that has its own weight: 1-D (``fft_cost_weight_1d``), 2-D maps whose sides are powers of
+two (``fft_cost_weight_2d_power_of_two``), other 2-D maps (``fft_cost_weight_2d``). 2-D sizes are
+timed on contiguous and on channels_last inputs. On another machine, set what it finds with
+``diffstride.settings.set_defaults(fft_cost_weight_2d=...)``.
 
-The constants in diffstride/_kernels.py come from one run of this script (see the README).
+How the defaults were set: one run of this script (2 threads of an AMD EPYC with AVX-512,
+float32, forward+backward, 2026-11-22 14:11 UTC; table in docs/speed.md). The 1-D matrix form (one
+GEMM) won at cost ratio 4.3 (L = 64, 0.64x the FFT form's time) and lost from 11.6 (L = 256):
+weight 7. In 2-D, contiguous and channels_last alike, it won at 20x20 and 24x24 (ratios 4.4, 4.8;
+the FFT form 0.72x-0.85x) and lost from 28x28 (5.2, 1.1x): weight 5; 16x16 and 32x32 (4.0, 5.5)
+went to the FFT form (1.0x-1.2x and 1.3x-1.7x): weight 3.5 for sides that are powers of two. A
+finer run of sizes 16 to 32 agreed, except 26x26 (ratio 5.15, 2 x 13: a slow FFT length), where
+the matrix form won. Maps of at most ``kronecker_max_pixels`` (64) stay on the matrix form (one
+Kronecker GEMM: 4x faster than torch.fft at 8x8, benchmarks/pooling.py). CUDA could not be
+measured: the CPU values are used there too.
 """
 import argparse
 import os
@@ -21,7 +32,7 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from benchmarks.common import interleaved_medians, machine_header  # noqa: E402
 from diffstride import functional as F  # noqa: E402
-from diffstride import pooling  # noqa: E402
+from diffstride import pooling, settings  # noqa: E402
 
 # (batch, channels, spatial size): inputs of 2-16 MB, channel counts as in real networks
 SIZES = [(64, 64, (64,)), (64, 64, (256,)), (32, 32, (1000,)), (8, 32, (4000,)), (4, 8, (16000,)),
@@ -67,14 +78,14 @@ def main():
             fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
             x = torch.empty((batch, channels) + size).contiguous(memory_format=fmt)
             auto = F.choose_algorithm(x, layer._plan(size, F.stride_values(layer.strides)))
-            power_of_two = len(size) in F.FFT_COST_WEIGHT_POWER_OF_TWO and all(n & (n - 1) == 0 for n in size)
+            power_of_two = len(size) == 2 and all(n & (n - 1) == 0 for n in size)
             wins.setdefault((len(size), power_of_two), []).append((ratio, t_matmul / t_fft))
             print(f"| {'x'.join(map(str, (batch, channels) + size))} | {layout} | {'x'.join(map(str, out))} | "
                   f"{ratio:.1f} | {t_matmul:.2f} | {t_fft:.2f} | {t_matmul / t_fft:.2f} | {auto} |", flush=True)
     for (ndim, power_of_two), pairs in sorted(wins.items()):
         what = f"{ndim}-D" + (" sides powers of two" if power_of_two else " other sizes" if ndim > 1 else "")
-        name = f"FFT_COST_WEIGHT{'_POWER_OF_TWO' if power_of_two else ''}[{ndim}]"
-        weight = (F.FFT_COST_WEIGHT_POWER_OF_TWO if power_of_two else F.FFT_COST_WEIGHT)[ndim]
+        name = f"fft_cost_weight_{ndim}d{'_power_of_two' if power_of_two else ''}"
+        weight = getattr(settings.current(), name)
         low = max((r for r, t in pairs if t < 1), default=0.0)
         high = min((r for r, t in pairs if t >= 1 and r > low), default=float("inf"))
         if not any(t < 1 for _, t in pairs):

@@ -10,6 +10,7 @@ from typing import Optional, Sequence, Tuple
 import torch
 from torch.autograd.function import once_differentiable
 
+from diffstride import settings
 from diffstride._plans import SpectralPlan, clamp_floors, stride_limits
 from diffstride._validation import ALGORITHMS, algorithm as _check_algorithm  # noqa: F401  (ALGORITHMS: public via functional)
 
@@ -111,7 +112,7 @@ def spectral_operator(
     ``freqs_in`` weighted by ``weights`` and laid out at output bins ``0 .. K-1`` (``K <= n_out``).
     Large operators are built as ``n_out · ifft_k(w_k exp(−2πi f_k m / n_in))``:
     ``O(n_out · n_in · log n_out)`` work, not the ``K``-long inner product per entry. Small ones
-    (``K · n_out · n_in <= DIRECT_OPERATOR_MAX``), and every one inside ``torch.compile`` or an
+    (``K · n_out · n_in <= settings.direct_operator_max``), and every one inside ``torch.compile`` or an
     export (no complex tensors in the graph, so that ONNX export works), use the direct real
     products. Angles are reduced modulo the period in integers first, so that they stay exact
     before the cosine.
@@ -124,7 +125,7 @@ def spectral_operator(
     angle_in = (f[:, None] * m[None, :] % n_in).to(dtype) * (2 * math.pi / n_in)
     cos_in, sin_in = torch.cos(angle_in), torch.sin(angle_in)
     w = weights.to(dtype)
-    if len(freqs_in) * n_out * n_in <= DIRECT_OPERATOR_MAX or torch.compiler.is_compiling():
+    if len(freqs_in) * n_out * n_in <= settings.current().direct_operator_max or torch.compiler.is_compiling():
         k = torch.arange(len(freqs_in), device=device)
         p = torch.arange(n_out, device=device)
         angle_out = (p[:, None] * k[None, :] % n_out).to(dtype) * (2 * math.pi / n_out)
@@ -135,8 +136,6 @@ def spectral_operator(
     return op.real, op.imag
 
 
-# Operators up to this many multiply-adds (K · n_out · n_in) are built by direct products.
-DIRECT_OPERATOR_MAX = 1 << 22
 
 
 def _irfft_coefficients(cols: int, out_len: int, dtype: torch.dtype, device) -> torch.Tensor:
@@ -152,12 +151,6 @@ def _irfft_coefficients(cols: int, out_len: int, dtype: torch.dtype, device) -> 
 # Applying the operators: two large matrix products, no complex tensors of the input's size.
 
 
-# Inputs with at most this many pixels use the Kronecker form (one GEMM with an HW × hw
-# matrix): more multiply-adds, but one large GEMM beats many tiny ones there. Set from
-# benchmarks/pooling.py on a 2-core CPU.
-KRONECKER_MAX_PIXELS = 64
-# Size of the intermediate per block of images on CPU (see _apply_2d).
-CPU_BLOCK_BYTES = 4 << 20
 
 
 def _autocast_dtype(x: torch.Tensor) -> torch.dtype:
@@ -192,7 +185,7 @@ def _apply_2d(
     fmt = _memory_format(x)
     with torch.autocast(x.device.type, enabled=False):
         x = x.to(dtype)
-        if height * width <= KRONECKER_MAX_PIXELS:
+        if height * width <= settings.current().kronecker_max_pixels:
             # K[(m, n), (p, q)] = A_r[p, m] B_r[q, n] - A_i[p, m] B_i[q, n]
             kron = torch.einsum("pm,qn->mnpq", a_real, b_real) - torch.einsum("pm,qn->mnpq", a_imag, b_imag)
             kron = kron.reshape(height * width, h * w).to(dtype)
@@ -213,7 +206,7 @@ def _batch_block(x: torch.Tensor, pixels_per_image: int) -> int:
     if x.device.type != "cpu":
         return n
     per_sample = c * pixels_per_image * x.element_size()
-    return max(1, min(n, CPU_BLOCK_BYTES // max(per_sample, 1)))
+    return max(1, min(n, settings.current().cpu_block_bytes // max(per_sample, 1)))
 
 
 class _SeparableProduct(torch.autograd.Function):
@@ -342,29 +335,18 @@ def _apply_1d(x: torch.Tensor, b_real: torch.Tensor) -> torch.Tensor:
 # The matrix form costs (multiply-adds per sample and channel) about
 #   1-D: L·l            2-D: 2·h·H·W + 2·h·W·w
 # and the FFT form about  n·log2(n) + m·log2(m)  (n, m: input and output pixels). 'auto' takes
-# the FFT form when the matrix form's count exceeds FFT_COST_WEIGHT[ndim] times the FFT's (for
-# 2-D maps whose sides are powers of two, the FFT libraries' fastest lengths,
-# FFT_COST_WEIGHT_POWER_OF_TWO[2]), or when its operators would hold more elements than the
-# input itself (memory stays linear in the input). Set from one run of
-# `python benchmarks/algorithm.py` (2 threads of an AMD EPYC with AVX-512, float32,
-# forward+backward, 2026-11-22 14:11 UTC; the README has the table of the run after this
-# change): the 1-D matrix form (one GEMM) won at cost ratio 4.3 (L = 64, 0.64x the FFT form's
-# time) and lost from 11.6 (L = 256); in 2-D, contiguous and channels_last alike, it won at
-# 20x20 and 24x24 (ratios 4.4, 4.8; the FFT form 0.72x-0.85x) and lost from 28x28 (5.2, 1.1x);
-# 16x16 and 32x32 (4.0, 5.5) went to the FFT form (1.0x-1.2x and 1.3x-1.7x). A finer run of
-# sizes 16 to 32 agreed, except 26x26 (ratio 5.15, 2 x 13: a slow FFT length), where the matrix
-# form won. Maps of at most KRONECKER_MAX_PIXELS stay on the matrix form (one Kronecker GEMM:
-# 4x faster than torch.fft at 8x8). CUDA could not be measured here: the CPU values are used
-# there too.
-FFT_COST_WEIGHT = {1: 7.0, 2: 5.0}
-FFT_COST_WEIGHT_POWER_OF_TWO = {2: 3.5}
+# the FFT form when the matrix form's count exceeds the settings' weight times the FFT's, or when
+# its operators would hold more elements than the input itself (memory stays linear in the
+# input). The weights' calibration: benchmarks/algorithm.py and docs/speed.md.
 
 
 def fft_cost_weight(size: Sequence[int]) -> float:
-    """The weight of the FFT form's cost for spatial ``size`` (see FFT_COST_WEIGHT)."""
-    if len(size) in FFT_COST_WEIGHT_POWER_OF_TWO and all(n & (n - 1) == 0 for n in size):
-        return FFT_COST_WEIGHT_POWER_OF_TWO[len(size)]
-    return FFT_COST_WEIGHT[len(size)]
+    """The weight of the FFT form's cost for spatial ``size`` (settings' ``fft_cost_weight_*``;
+    3-D has only the FFT form)."""
+    config = settings.current()
+    if len(size) == 2 and all(n & (n - 1) == 0 for n in size):
+        return config.fft_cost_weight_2d_power_of_two
+    return config.fft_cost_weight_1d if len(size) == 1 else config.fft_cost_weight_2d
 
 
 def matmul_cost(size: Sequence[int], out_size: Sequence[int]) -> float:
@@ -396,7 +378,7 @@ def choose_algorithm(x: torch.Tensor, plan: SpectralPlan, algorithm: str = "auto
     size, out_size = tuple(x.shape[2:]), plan.out_size
     if len(size) == 3:
         return "fft"
-    if math.prod(size) <= KRONECKER_MAX_PIXELS:
+    if math.prod(size) <= settings.current().kronecker_max_pixels:
         return "matmul"
     input_elements = x.shape[0] * x.shape[1] * math.prod(size)
     if operator_elements(size, out_size) > input_elements:
@@ -404,35 +386,27 @@ def choose_algorithm(x: torch.Tensor, plan: SpectralPlan, algorithm: str = "auto
     return "fft" if matmul_cost(size, out_size) > fft_cost_weight(size) * fft_cost(size, out_size) else "matmul"
 
 
-# Blocks of the FFT form: at most this many bytes of input per block, and at most an eighth of
-# the input, so that the full-size spectra of a block stay small beside the input (the extra
-# peak memory of forward + backward is then the output, the input's gradient and the kept
-# spectrum, plus a block's temporaries: about four times the block). A single (sample, channel)
-# plane is never split; inputs of at most FFT_BLOCK_MIN_BYTES are one block (splitting them
+# Blocks of the FFT form (settings.fft_block_*): the full-size spectra of a block stay small
+# beside the input (the extra peak memory of forward + backward is then the output, the input's
+# gradient and the kept spectrum, plus a block's temporaries: about four times the block). A
+# single (sample, channel) plane is never split; small inputs are one block (splitting them
 # costs time and saves nothing that matters). A 1-D plane is a single transform, which the FFT
-# library runs on one thread: 1-D blocks have at least two planes per thread (fewer made
-# 13 x 160,000 samples 1.25x slower, benchmarks/pooling.py --sweep); a 2-D or 3-D plane is
-# many lines, spread over the threads already.
-FFT_BLOCK_BYTES = 8 << 20
-FFT_BLOCK_FRACTION = 8
-FFT_BLOCK_MIN_BYTES = 1 << 20
-FFT_PLANES_PER_THREAD = 2
-# The kept spectrum is saved for the backward when it holds at most this fraction of the input's
-# elements (real and imaginary parts counted), else recomputed there (one more rfftn of the input).
-KEEP_SPECTRUM_MAX = 0.75
+# library runs on one thread: 1-D blocks have a floor of planes per thread; a 2-D or 3-D plane
+# is many lines, spread over the threads already.
 
 
 def _fft_block(planes: torch.Tensor, nd: int) -> int:
-    """Leading-axis entries per block of the FFT form over ``nd`` axes (see FFT_BLOCK_BYTES)."""
+    """Leading-axis entries per block of the FFT form over ``nd`` axes (settings' ``fft_block_*``)."""
+    config = settings.current()
     count = planes.shape[0]
     entry_bytes = max(planes[:1].numel() * 4, 1)  # float32 (or wider) working copy
-    if count * entry_bytes <= FFT_BLOCK_MIN_BYTES:
+    if count * entry_bytes <= config.fft_block_min_bytes:
         return max(count, 1)
-    by_bytes = max(1, FFT_BLOCK_BYTES // entry_bytes)
-    by_fraction = max(1, -(-count // FFT_BLOCK_FRACTION))
+    by_bytes = max(1, config.fft_block_bytes // entry_bytes)
+    by_fraction = max(1, -(-count // config.fft_block_fraction))
     floor = 1
     if nd == 1:  # (a compiled graph cannot read the thread count: taken as one there)
-        floor = FFT_PLANES_PER_THREAD * (1 if torch.compiler.is_compiling() else torch.get_num_threads())
+        floor = config.fft_planes_per_thread * (1 if torch.compiler.is_compiling() else torch.get_num_threads())
     return max(1, min(count, floor), min(count, by_bytes, by_fraction))
 
 
@@ -515,7 +489,7 @@ class _FFTResample(torch.autograd.Function):
         # the mask's gradient needs the kept spectrum: saved when small beside the input (a
         # stride of 2 per axis), else recomputed from the input block by block in the backward
         kept_shape = planes.shape[:lead] + mask.shape
-        keep = ctx.needs_input_grad[1] and 2 * math.prod(kept_shape) <= x.numel() * KEEP_SPECTRUM_MAX
+        keep = ctx.needs_input_grad[1] and 2 * math.prod(kept_shape) <= x.numel() * settings.current().keep_spectrum_max
         kept = torch.empty(kept_shape, dtype=mask.dtype.to_complex(), device=x.device) if keep else None
         block = _fft_block(planes, nd)
         # one block of a contiguous input: the inverse's result is the output (no second copy)

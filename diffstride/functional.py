@@ -27,7 +27,7 @@ from typing import Optional, Sequence, Tuple
 import torch
 
 from diffstride._kernels import (  # noqa: F401  (the kernels' names stay reachable here)
-    ALGORITHMS, CPU_BLOCK_BYTES, DIRECT_OPERATOR_MAX, FFT_COST_WEIGHT, FFT_COST_WEIGHT_POWER_OF_TWO, KRONECKER_MAX_PIXELS,
+    ALGORITHMS,
     _apply_1d, _apply_2d, _autocast_dtype, _axis_stride, _axis_weights, _batch_block, _check_algorithm, _clamped, _fft_resample,
     _working_dtype, choose_algorithm, clip_inclusive, fft_cost, fft_cost_weight, matmul_cost, maximum_inclusive, operator_elements,
     spectral_mask, spectral_operator, spectral_resample1d, spectral_resample2d, spectral_resample3d,

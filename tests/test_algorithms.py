@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import diffstride
-from diffstride import _kernels
+from diffstride import _kernels, settings
 from diffstride import functional as F
 from diffstride import pooling
 
@@ -118,11 +118,11 @@ def test_frozen_fft_form_exports_to_onnx():
 
 
 def test_large_operators_are_built_by_fft_and_match_the_direct_build():
-    """Above DIRECT_OPERATOR_MAX the operator comes from an inverse FFT (no cubic inner product);
+    """Above settings.direct_operator_max the operator comes from an inverse FFT (no cubic inner product);
     it equals the direct products' operator."""
     weights = torch.rand(130, dtype=torch.float64)
     n_in, n_out = 700, 258
-    assert 130 * n_out * n_in > F.DIRECT_OPERATOR_MAX
+    assert 130 * n_out * n_in > settings.current().direct_operator_max
     fast = F.spectral_operator(n_in, n_out, range(130), weights, torch.float64)
     small = F.spectral_operator(n_in // 7, n_out // 2, range(60), weights[:60], torch.float64)  # direct
     # direct formula, written out, for both
@@ -158,22 +158,21 @@ def test_3d_layer_compiles_and_trains_in_a_network():
     (pooling.DiffStride3d, (3, 2, 10, 12, 14), (3.0, 2.0, 4.0), torch.contiguous_format),
 ])
 @pytest.mark.parametrize("blocks", ["one", "several"])
-def test_fft_form_backward_matches_autograd_of_the_oracle(cls, shape, strides, fmt, blocks, monkeypatch):
+def test_fft_form_backward_matches_autograd_of_the_oracle(cls, shape, strides, fmt, blocks):
     """The FFT form's own backward (in one block, whose inverse is the result itself, or by
     blocks of planes; the kept spectrum saved or recomputed) against autograd through the
     float64 oracle (tests/oracle.py): gradients of the input and the strides."""
     if blocks == "several":  # blocks of one plane (along the batch for channels_last)
-        monkeypatch.setattr(_kernels, "FFT_BLOCK_MIN_BYTES", 0)
-        monkeypatch.setattr(_kernels, "FFT_PLANES_PER_THREAD", 0)
-        monkeypatch.setattr(_kernels, "FFT_BLOCK_FRACTION", 1 << 20)
+        blocking = settings.override(fft_block_min_bytes=0, fft_planes_per_thread=0, fft_block_fraction=1 << 20)
     else:
-        monkeypatch.setattr(_kernels, "FFT_BLOCK_MIN_BYTES", 1 << 40)
+        blocking = settings.override(fft_block_min_bytes=1 << 40)
     torch.manual_seed(0)
     layer = cls(strides=strides if len(strides) > 1 else strides[0], algorithm="fft", dtype=torch.float64)
     x = torch.randn(shape, dtype=torch.float64).contiguous(memory_format=fmt).requires_grad_(True)
-    y = layer(x)
-    w = torch.randn(y.shape, dtype=torch.float64)
-    (y * w).sum().backward()
+    with blocking:
+        y = layer(x)
+        w = torch.randn(y.shape, dtype=torch.float64)
+        (y * w).sum().backward()
     oracle = diffstride_fft_3d if x.dim() == 5 else diffstride_fft
     s = layer.strides.detach().clone().requires_grad_(True)
     x_ref = x.detach().clone().requires_grad_(True)
@@ -204,3 +203,28 @@ def test_second_derivatives_are_refused_not_wrong(shape):
     (g,) = torch.autograd.grad(layer(x).square().sum(), x, create_graph=True)
     with pytest.raises(RuntimeError, match="once_differentiable|differentiate twice"):
         g.sum().backward()
+
+
+def test_settings_steer_the_choice_and_blocks_and_refuse_bad_values():
+    x = torch.rand(8, 4, 48, 48)
+    layer = pooling.DiffStride(strides=2.0)
+    plan = layer._plan((48, 48), F.stride_values(layer.strides))
+    assert F.choose_algorithm(x, plan) == "fft"  # cost ratio above the 2-D weight
+    with settings.override(fft_cost_weight_2d=1e6):
+        assert F.choose_algorithm(x, plan) == "matmul"
+        with settings.override(kronecker_max_pixels=0, fft_cost_weight_2d=0.0):  # nested blocks stack
+            assert F.choose_algorithm(x, plan) == "fft"
+        assert settings.current().fft_cost_weight_2d == 1e6
+    assert settings.current() == settings.Settings()
+    planes = torch.empty(64, 4, 48, 48)
+    assert _kernels._fft_block(planes, 2) < 64
+    with settings.override(fft_block_min_bytes=1 << 40):
+        assert _kernels._fft_block(planes, 2) == 64
+    with pytest.raises(TypeError, match=r"unknown setting\(s\) \['fft_weight'\]"):
+        with settings.override(fft_weight=2.0):
+            pass
+    with pytest.raises(ValueError, match=r"settings.fft_block_fraction must be >= 0, but got -1"):
+        settings.override(fft_block_fraction=-1).__enter__()
+    with pytest.raises(TypeError, match=r"settings.kronecker_max_pixels must be an integer, but got 6.5"):
+        settings.override(kronecker_max_pixels=6.5).__enter__()
+    assert settings.current() == settings.Settings()

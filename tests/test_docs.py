@@ -5,7 +5,7 @@ import importlib
 import pytest
 import torch
 
-MODULES = ["diffstride.pooling", "diffstride.functional", "diffstride._plans", "diffstride._kernels", "diffstride.resnet", "diffstride.complexity", "diffstride.metrics",
+MODULES = ["diffstride.pooling", "diffstride.functional", "diffstride._plans", "diffstride._kernels", "diffstride.resnet", "diffstride.complexity", "diffstride.metrics", "diffstride.settings",
            "diffstride.convert", "diffstride.examples.data", "diffstride.examples.report"]
 
 
