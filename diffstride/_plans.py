@@ -157,7 +157,7 @@ def _diffstride_plan_nd(size, strides, smoothness_factor, cropping, lower, upper
 
 
 def diffstride_plan(
-    size: Tuple[int, int],
+    size: Sequence[int],
     strides: Sequence[float],
     smoothness_factor: float = 4.0,
     cropping: bool = True,
@@ -165,27 +165,15 @@ def diffstride_plan(
     upper_limit_stride: Optional[float] = None,
     float64: bool = False,
 ) -> SpectralPlan:
-    """The rows, columns and output size DiffStride keeps for an input of spatial ``size``.
+    """The bins and output size DiffStride keeps for an input of spatial ``size``: ``(L,)``,
+    ``(H, W)`` or ``(D, H, W)`` (every axis but the last follows the height rule, the last the
+    rfft rule).
 
-    ``strides`` are the stride values (one shared value or ``(S_h, S_w)``), before the
+    ``strides`` are the stride values (one shared value or one per axis), before the
     reference's clamp to ``size / (size - R)``, which this function applies too. The mask's
     arithmetic is emulated exactly: float32 as the reference, or float64 for float64 strides.
     """
     return _diffstride_plan_nd(tuple(size), strides, smoothness_factor, cropping, lower_limit_stride,
-                               upper_limit_stride, float64)
-
-
-def diffstride_plan_1d(
-    length: int,
-    stride: float,
-    smoothness_factor: float = 4.0,
-    cropping: bool = True,
-    lower_limit_stride: Optional[float] = None,
-    upper_limit_stride: Optional[float] = None,
-    float64: bool = False,
-) -> SpectralPlan:
-    """1-D version of :func:`diffstride_plan` (the width rule alone)."""
-    return _diffstride_plan_nd((length,), (stride,), smoothness_factor, cropping, lower_limit_stride,
                                upper_limit_stride, float64)
 
 
@@ -197,39 +185,14 @@ def _fixed_spectral_plan_nd(size: Sequence[int], strides: Sequence[float]) -> Sp
     return _plan(kept, w // 2 + 1, w)
 
 
-def fixed_spectral_plan(size: Tuple[int, int], strides: Sequence[float]) -> SpectralPlan:
-    """FixedSpectralPooling: ``h = floor(H/S_h)`` rounded down to even, ``w = floor(W/S_w)``, both >= 2."""
-    return _fixed_spectral_plan_nd(size, strides)
-
-
-def fixed_spectral_plan_1d(length: int, stride: float) -> SpectralPlan:
-    """1-D FixedSpectralPooling: keeps bins ``[0, l//2 + 1)`` and inverts to ``l = floor(L/S)`` (>= 2)."""
-    return _fixed_spectral_plan_nd((length,), (stride,))
-
-
-def diffstride_plan_3d(
-    size: Tuple[int, int, int],
-    strides: Sequence[float],
-    smoothness_factor: float = 4.0,
-    cropping: bool = True,
-    lower_limit_stride: Optional[float] = None,
-    upper_limit_stride: Optional[float] = None,
-    float64: bool = False,
-) -> SpectralPlan:
-    """3-D version of :func:`diffstride_plan` for (D, H, W): depth and height follow the height
-    rule (centred positions), width the rfft rule; ``strides`` is one shared value or three."""
-    return _diffstride_plan_nd(tuple(size), strides, smoothness_factor, cropping, lower_limit_stride,
-                               upper_limit_stride, float64)
+def fixed_spectral_plan(size: Sequence[int], strides: Sequence[float]) -> SpectralPlan:
+    """FixedSpectralPooling's plan for spatial ``size`` of any rank: every axis but the last keeps
+    ``floor(n/S)`` bins rounded down to even (centred), the last inverts to ``w = floor(W/S_w)``;
+    all >= 2. (1-D: bins ``[0, l//2 + 1)``, ``l = floor(L/S)``.)"""
+    return _fixed_spectral_plan_nd(tuple(size), tuple(strides))
 
 
 def _fixed_centred(n: int, stride: float) -> Tuple[int, ...]:
     """Kept bins of a centred axis of FixedSpectralPooling: ``floor(n/S)`` rounded down to even, >= 2."""
     out = max(2 * (int(math.floor(n / stride)) // 2), 2)
     return tuple(range(out // 2)) + tuple(range(n - out // 2, n))
-
-
-def fixed_spectral_plan_3d(size: Tuple[int, int, int], strides: Sequence[float]) -> SpectralPlan:
-    """3-D FixedSpectralPooling: depth and height as the 2-D height, width as the 2-D width."""
-    return _fixed_spectral_plan_nd(size, strides)
-
-

@@ -15,9 +15,13 @@ The plan (which frequencies are kept and the output size) is computed in Python 
 values, emulating the reference's float32 arithmetic exactly, so that the output size is a
 Python int and never the result of a data-dependent ``nonzero``.
 
-The ops check their input (rank, dtype, the strides tensor's shape, sizes against the smoothness
-factor, limits, algorithm) with the functions of :mod:`diffstride._validation`, the same the
-layers run on their arguments, and raise errors that name the op, the value and what was expected.
+One code path for every dimensionality: the public ops (``diff_stride1d/2d/3d``,
+``fixed_spectral_pool1d/2d/3d``) check their input (rank, dtype, the strides tensor's shape, sizes
+against the smoothness factor, limits, algorithm) with the functions of
+:mod:`diffstride._validation`, raising errors that name the op, the value and what was expected,
+then call one unchecked core per family (:func:`diff_stride_unchecked`,
+:func:`fixed_spectral_pool_unchecked`), which the layers call directly after their own checks
+(one check per call).
 """
 from __future__ import annotations
 
@@ -26,23 +30,21 @@ from typing import Optional, Sequence, Tuple
 
 import torch
 
-from diffstride._kernels import (  # noqa: F401  (the kernels' names stay reachable here)
-    ALGORITHMS,
-    _apply_1d, _apply_2d, _autocast_dtype, _axis_stride, _axis_weights, _batch_block, _check_algorithm, _clamped, _fft_resample,
-    _working_dtype, choose_algorithm, clip_inclusive, fft_cost, fft_cost_weight, matmul_cost, maximum_inclusive, operator_elements,
-    spectral_mask, spectral_operator, spectral_resample1d, spectral_resample2d, spectral_resample3d,
+from diffstride._kernels import (
+    ALGORITHMS, _axis_stride, _axis_weights, _clamped, _working_dtype, choose_algorithm, spectral_resample1d,
+    spectral_resample2d, spectral_resample3d,
 )
-from diffstride._plans import (  # noqa: F401
-    SpectralPlan, _f32, clamp_floors, diffstride_plan, diffstride_plan_1d, diffstride_plan_3d, effective_strides,
-    fixed_spectral_plan, fixed_spectral_plan_1d, fixed_spectral_plan_3d, height_positions, min_stride,
-)
+from diffstride._plans import SpectralPlan, diffstride_plan, effective_strides, fixed_spectral_plan, height_positions
 from diffstride import _validation as check
 
 __all__ = [
     "diff_stride1d", "diff_stride2d", "diff_stride3d",
     "fixed_spectral_pool1d", "fixed_spectral_pool2d", "fixed_spectral_pool3d",
+    "diff_stride_unchecked", "fixed_spectral_pool_unchecked", "diffstride_plan", "fixed_spectral_plan",
     "stride_values", "effective_strides", "choose_algorithm", "ALGORITHMS", "SpectralPlan",
 ]
+
+_RESAMPLE = {1: spectral_resample1d, 2: spectral_resample2d, 3: spectral_resample3d}
 
 
 # --------------------------------------------------------------------------------------------
@@ -95,6 +97,50 @@ def stride_values(strides: torch.Tensor) -> Tuple[float, ...]:
     return tuple(float(v) for v in strides.detach().to(_working_dtype(strides)).cpu().tolist())
 
 
+def _centred_kept(plan: SpectralPlan, ndim: int) -> Tuple[Sequence[int], ...]:
+    """The kept bins of each centred axis (every spatial axis but the last), outermost first."""
+    return (plan.depth_rows, plan.rows) if ndim == 3 else (plan.rows,) if ndim == 2 else ()
+
+
+def diff_stride_unchecked(
+    x: torch.Tensor,
+    strides: torch.Tensor,
+    smoothness_factor: float,
+    lower_limit_stride: Optional[float],
+    upper_limit_stride: Optional[float],
+    plan: SpectralPlan,
+    algorithm: str = "auto",
+) -> torch.Tensor:
+    """DiffStride on a (N, C, *spatial) tensor of 1 to 3 spatial axes, with ``plan`` already made
+    (:func:`diffstride_plan`) and nothing checked: the core of :func:`diff_stride1d` /
+    :func:`diff_stride2d` / :func:`diff_stride3d`, for callers that checked their arguments.
+
+    Every spatial axis but the last is centred (the reference's height rule), the last is the
+    real-FFT axis (its width rule); the mask of each axis is a differentiable function of its
+    stride (one shared value or one per axis).
+    """
+    size = tuple(x.shape[2:])
+    s = _mask_strides(strides, size, smoothness_factor, lower_limit_stride, upper_limit_stride)
+    stride = (lambda axis: s[0]) if s.numel() == 1 else (lambda axis: s[axis])  # noqa: E731
+    weights = []
+    for axis, (n, kept) in enumerate(zip(size[:-1], _centred_kept(plan, len(size)))):
+        positions = height_positions(n)
+        weights.append(_axis_weights(n, stride(axis), [positions[r] for r in kept], smoothness_factor, False))
+    weights.append(_axis_weights(size[-1], stride(len(size) - 1), range(plan.cols), smoothness_factor, True))
+    return _RESAMPLE[len(size)](x, plan, *weights, algorithm)
+
+
+def _diff_stride(x, strides, ndim, name, smoothness_factor, cropping, lower, upper, plan, algorithm):
+    """The checked op: the checks, the plan (from the stride values, a device read) unless given,
+    then the core."""
+    smoothness_factor, lower, upper = _check_diffstride_call(x, strides, ndim, smoothness_factor, lower, upper,
+                                                             algorithm, name)
+    if plan is None:
+        plan = diffstride_plan(tuple(x.shape[2:]), _planned_values(strides, name), smoothness_factor, cropping,
+                               lower, upper, float64=strides.dtype == torch.float64)
+    return diff_stride_unchecked(x, strides, smoothness_factor, lower, upper, plan, algorithm)
+
+
 def diff_stride2d(
     x: torch.Tensor,
     strides: torch.Tensor,
@@ -116,20 +162,8 @@ def diff_stride2d(
     Shape:
         x: (N, C, H, W) → (N, C, h, w), ``(h, w) = plan.out_size``.
     """
-    smoothness_factor, lower_limit_stride, upper_limit_stride = _check_diffstride_call(
-        x, strides, 2, smoothness_factor, lower_limit_stride, upper_limit_stride, algorithm, "diff_stride2d")
-    height, width = x.shape[-2:]
-    if plan is None:
-        plan = diffstride_plan(
-            (height, width), _planned_values(strides, "diff_stride2d"), smoothness_factor, cropping,
-            lower_limit_stride, upper_limit_stride, float64=strides.dtype == torch.float64,
-        )
-    s = _mask_strides(strides, (height, width), smoothness_factor, lower_limit_stride, upper_limit_stride)
-    s_h, s_w = (s[0], s[0]) if s.numel() == 1 else (s[0], s[1])
-    positions = height_positions(height)
-    row_weights = _axis_weights(height, s_h, [positions[r] for r in plan.rows], smoothness_factor, False)
-    col_weights = _axis_weights(width, s_w, range(plan.cols), smoothness_factor, True)
-    return spectral_resample2d(x, plan, row_weights, col_weights, algorithm)
+    return _diff_stride(x, strides, 2, "diff_stride2d", smoothness_factor, cropping, lower_limit_stride,
+                        upper_limit_stride, plan, algorithm)
 
 
 def diff_stride1d(
@@ -148,17 +182,8 @@ def diff_stride1d(
     Shape:
         x: (N, C, L) → (N, C, l), ``l = 2 * (kept bins - 1)``.
     """
-    smoothness_factor, lower_limit_stride, upper_limit_stride = _check_diffstride_call(
-        x, strides, 1, smoothness_factor, lower_limit_stride, upper_limit_stride, algorithm, "diff_stride1d")
-    length = x.shape[-1]
-    if plan is None:
-        plan = diffstride_plan_1d(
-            length, _planned_values(strides, "diff_stride1d")[0], smoothness_factor, cropping,
-            lower_limit_stride, upper_limit_stride, float64=strides.dtype == torch.float64,
-        )
-    s = _mask_strides(strides, (length,), smoothness_factor, lower_limit_stride, upper_limit_stride)
-    weights = _axis_weights(length, s[0], range(plan.cols), smoothness_factor, True)
-    return spectral_resample1d(x, plan, weights, algorithm)
+    return _diff_stride(x, strides, 1, "diff_stride1d", smoothness_factor, cropping, lower_limit_stride,
+                        upper_limit_stride, plan, algorithm)
 
 
 def diff_stride3d(
@@ -179,49 +204,41 @@ def diff_stride3d(
     Shape:
         x: (N, C, D, H, W) → (N, C, d, h, w), ``(d, h, w) = plan.out_size``.
     """
-    smoothness_factor, lower_limit_stride, upper_limit_stride = _check_diffstride_call(
-        x, strides, 3, smoothness_factor, lower_limit_stride, upper_limit_stride, algorithm, "diff_stride3d")
-    size = tuple(x.shape[-3:])
-    if plan is None:
-        plan = diffstride_plan_3d(size, _planned_values(strides, "diff_stride3d"), smoothness_factor, cropping,
-                                  lower_limit_stride, upper_limit_stride, float64=strides.dtype == torch.float64)
-    s = _mask_strides(strides, size, smoothness_factor, lower_limit_stride, upper_limit_stride)
-    s_d, s_h, s_w = (s[0], s[0], s[0]) if s.numel() == 1 else (s[0], s[1], s[2])
-    depth_pos, height_pos = height_positions(size[0]), height_positions(size[1])
-    depth_weights = _axis_weights(size[0], s_d, [depth_pos[r] for r in plan.depth_rows], smoothness_factor, False)
-    row_weights = _axis_weights(size[1], s_h, [height_pos[r] for r in plan.rows], smoothness_factor, False)
-    col_weights = _axis_weights(size[2], s_w, range(plan.cols), smoothness_factor, True)
-    return spectral_resample3d(x, plan, depth_weights, row_weights, col_weights, algorithm)
+    return _diff_stride(x, strides, 3, "diff_stride3d", smoothness_factor, cropping, lower_limit_stride,
+                        upper_limit_stride, plan, algorithm)
 
 
-def _ones(n: int, x: torch.Tensor) -> torch.Tensor:
-    return torch.ones(n, dtype=_working_dtype(x), device=x.device)
+def fixed_spectral_pool_unchecked(x: torch.Tensor, plan: SpectralPlan, algorithm: str = "auto") -> torch.Tensor:
+    """Spectral pooling of a (N, C, *spatial) tensor with ``plan`` already made
+    (:func:`fixed_spectral_plan`) and nothing checked: the core of the ``fixed_spectral_pool*d`` ops."""
+    ndim = x.dim() - 2
+    ones = lambda n: torch.ones(n, dtype=_working_dtype(x), device=x.device)  # noqa: E731 - no mask: a hard crop
+    weights = [ones(len(kept)) for kept in _centred_kept(plan, ndim)] + [ones(plan.cols)]
+    return _RESAMPLE[ndim](x, plan, *weights, algorithm)
+
+
+def _fixed_spectral_pool(x, strides, ndim, name, plan, algorithm) -> torch.Tensor:
+    strides = _check_fixed_call(x, strides, ndim, algorithm, name)
+    plan = plan or fixed_spectral_plan(tuple(x.shape[2:]), strides)
+    return fixed_spectral_pool_unchecked(x, plan, algorithm)
 
 
 def fixed_spectral_pool2d(
     x: torch.Tensor, strides: Sequence[float], plan: Optional[SpectralPlan] = None, algorithm: str = "auto"
 ) -> torch.Tensor:
     """Spectral pooling with fixed ``strides`` (S_h, S_w) of a (N, C, H, W) tensor (no mask, hard crop)."""
-    strides = _check_fixed_call(x, strides, 2, algorithm, "fixed_spectral_pool2d")
-    plan = plan or fixed_spectral_plan(tuple(x.shape[-2:]), strides)
-    return spectral_resample2d(x, plan, _ones(len(plan.rows), x), _ones(plan.cols, x), algorithm)
+    return _fixed_spectral_pool(x, strides, 2, "fixed_spectral_pool2d", plan, algorithm)
 
 
 def fixed_spectral_pool1d(
     x: torch.Tensor, stride: float, plan: Optional[SpectralPlan] = None, algorithm: str = "auto"
 ) -> torch.Tensor:
     """Spectral pooling with a fixed ``stride`` of a (N, C, L) tensor."""
-    (stride,) = _check_fixed_call(x, stride, 1, algorithm, "fixed_spectral_pool1d")
-    plan = plan or fixed_spectral_plan_1d(x.shape[-1], stride)
-    return spectral_resample1d(x, plan, _ones(plan.cols, x), algorithm)
+    return _fixed_spectral_pool(x, stride, 1, "fixed_spectral_pool1d", plan, algorithm)
 
 
 def fixed_spectral_pool3d(
     x: torch.Tensor, strides: Sequence[float], plan: Optional[SpectralPlan] = None, algorithm: str = "auto"
 ) -> torch.Tensor:
     """Spectral pooling with fixed ``strides`` (S_d, S_h, S_w) of a (N, C, D, H, W) tensor."""
-    strides = _check_fixed_call(x, strides, 3, algorithm, "fixed_spectral_pool3d")
-    plan = plan or fixed_spectral_plan_3d(tuple(x.shape[-3:]), strides)
-    return spectral_resample3d(x, plan, _ones(len(plan.depth_rows), x), _ones(len(plan.rows), x),
-                               _ones(plan.cols, x), algorithm)
-
+    return _fixed_spectral_pool(x, strides, 3, "fixed_spectral_pool3d", plan, algorithm)

@@ -13,6 +13,7 @@ from torch import nn
 
 from diffstride import functional as F
 from diffstride import _validation as check
+from diffstride._plans import clamp_floors
 
 __all__ = [
     "DiffStride",
@@ -95,7 +96,7 @@ class PoolingLayer(nn.Module):
 
 
 class _DiffStrideNd(PoolingLayer):
-    """Common code of the 1-D and 2-D DiffStride layers."""
+    """DiffStride in any dimensionality; a subclass only sets ``_ndim`` (and documents itself)."""
 
     _ndim: int
 
@@ -175,7 +176,7 @@ class _DiffStrideNd(PoolingLayer):
         already read; the parameter is written only when a value changes. (Writing it at every
         call would bump its version between the two calls of a pooling layer shared by a
         residual block's branches, which compiled backward graphs refuse.)"""
-        floors = F.clamp_floors(size, self.smoothness_factor, shared=self.strides.numel() == 1)
+        floors = clamp_floors(size, self.smoothness_factor, shared=self.strides.numel() == 1)
         clamped = tuple(max(v, m) for v, m in zip(values, floors))
         if clamped != values:
             with torch.no_grad():
@@ -192,7 +193,8 @@ class _DiffStrideNd(PoolingLayer):
         return _plan_from_tensor(self, size)
 
     def _plan(self, size: Tuple[int, ...], values: Sequence[float]) -> F.SpectralPlan:
-        raise NotImplementedError
+        return F.diffstride_plan(size, values, self.smoothness_factor, self.cropping, self.lower_limit_stride,
+                                 self.upper_limit_stride, float64=self.strides.dtype == torch.float64)
 
     def output_size(self, input_size: Sequence[int]) -> Tuple[int, ...]:
         """Spatial output size for a spatial ``input_size`` at the current strides (the layer is not run).
@@ -212,7 +214,9 @@ class _DiffStrideNd(PoolingLayer):
         return _from_channels_first(y, self.data_format)
 
     def _downsample(self, x: torch.Tensor, plan: F.SpectralPlan) -> torch.Tensor:
-        raise NotImplementedError
+        # the layer checked its input and arguments: the op's core, without its checks
+        return F.diff_stride_unchecked(x, self.strides, self.smoothness_factor, self.lower_limit_stride,
+                                       self.upper_limit_stride, plan, self.algorithm)
 
     def extra_repr(self) -> str:
         values = ", ".join(f"{v:.3g}" for v in self.strides.detach().float().cpu().tolist())
@@ -256,8 +260,9 @@ class DiffStride(_DiffStrideNd):
     The strides receive gradients and are trained with the rest of the network. Exactly the
     reference's layer (google-research/diffstride), including its output size ``≈ size / S + 2R``,
     its in-place clamp ``S >= size / (size - R)`` and TensorFlow's gradient at clip bounds; it is
-    computed as two real matrix products (no FFT), tested against the reference's outputs and
-    gradients and against a float64 FFT oracle.
+    computed as two real matrix products for small maps or with torch.fft for large ones
+    (``algorithm``), tested against the reference's outputs and gradients and against a float64
+    FFT oracle.
 
     Args:
         strides: initial strides ``(S_h, S_w)`` or one number for both; finite, >= 1.
@@ -284,15 +289,6 @@ class DiffStride(_DiffStrideNd):
 
     _ndim = 2
 
-    def _plan(self, size, values):
-        return F.diffstride_plan(
-            size, values, self.smoothness_factor, self.cropping, self.lower_limit_stride, self.upper_limit_stride,
-            float64=self.strides.dtype == torch.float64)
-
-    def _downsample(self, x, plan):
-        return F.diff_stride2d(
-            x, self.strides, self.smoothness_factor, self.cropping,
-            self.lower_limit_stride, self.upper_limit_stride, plan=plan, algorithm=self.algorithm)
 
 
 class DiffStride1d(_DiffStrideNd):
@@ -317,15 +313,6 @@ class DiffStride1d(_DiffStrideNd):
         kwargs.pop("shared_stride", None)
         super().__init__(strides, *args, **kwargs)
 
-    def _plan(self, size, values):
-        return F.diffstride_plan_1d(
-            size[0], values[0], self.smoothness_factor, self.cropping, self.lower_limit_stride, self.upper_limit_stride,
-            float64=self.strides.dtype == torch.float64)
-
-    def _downsample(self, x, plan):
-        return F.diff_stride1d(
-            x, self.strides, self.smoothness_factor, self.cropping,
-            self.lower_limit_stride, self.upper_limit_stride, plan=plan, algorithm=self.algorithm)
 
 
 class DiffStride3d(_DiffStrideNd):
@@ -349,15 +336,6 @@ class DiffStride3d(_DiffStrideNd):
 
     _ndim = 3
 
-    def _plan(self, size, values):
-        return F.diffstride_plan_3d(
-            size, values, self.smoothness_factor, self.cropping, self.lower_limit_stride, self.upper_limit_stride,
-            float64=self.strides.dtype == torch.float64)
-
-    def _downsample(self, x, plan):
-        return F.diff_stride3d(
-            x, self.strides, self.smoothness_factor, self.cropping,
-            self.lower_limit_stride, self.upper_limit_stride, plan=plan, algorithm=self.algorithm)
 
 
 # --------------------------------------------------------------------------------------------
@@ -365,7 +343,7 @@ class DiffStride3d(_DiffStrideNd):
 
 
 class _FixedSpectralPoolingNd(PoolingLayer):
-    """Common code of the 1-D, 2-D and 3-D spectral pooling layers (fixed strides)."""
+    """Spectral pooling with fixed strides in any dimensionality; a subclass only sets ``_ndim``."""
 
     def __init__(self, strides: Strides = 2.0, data_format: str = "channels_first", algorithm: str = "auto") -> None:
         super().__init__()
@@ -385,10 +363,10 @@ class _FixedSpectralPoolingNd(PoolingLayer):
         return _from_channels_first(self._pool(x), self.data_format)
 
     def _plan(self, size: Tuple[int, ...]) -> F.SpectralPlan:
-        raise NotImplementedError
+        return F.fixed_spectral_plan(size, self.strides)
 
     def _pool(self, x: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        return F.fixed_spectral_pool_unchecked(x, self._plan(tuple(x.shape[2:])), self.algorithm)
 
     def extra_repr(self) -> str:
         text = f"strides={tuple(float(s) for s in self.strides)}"
@@ -413,11 +391,6 @@ class FixedSpectralPooling(_FixedSpectralPoolingNd):
 
     _ndim = 2
 
-    def _plan(self, size):
-        return F.fixed_spectral_plan(size, self.strides)
-
-    def _pool(self, x):
-        return F.fixed_spectral_pool2d(x, self.strides, algorithm=self.algorithm)
 
 
 class FixedSpectralPooling1d(_FixedSpectralPoolingNd):
@@ -430,11 +403,6 @@ class FixedSpectralPooling1d(_FixedSpectralPoolingNd):
 
     _ndim = 1
 
-    def _plan(self, size):
-        return F.fixed_spectral_plan_1d(size[0], self.strides[0])
-
-    def _pool(self, x):
-        return F.fixed_spectral_pool1d(x, self.strides[0], algorithm=self.algorithm)
 
 
 class FixedSpectralPooling3d(_FixedSpectralPoolingNd):
@@ -448,11 +416,6 @@ class FixedSpectralPooling3d(_FixedSpectralPoolingNd):
 
     _ndim = 3
 
-    def _plan(self, size):
-        return F.fixed_spectral_plan_3d(size, self.strides)
-
-    def _pool(self, x):
-        return F.fixed_spectral_pool3d(x, self.strides, algorithm=self.algorithm)
 
 
 class _SpatialPoolingNd(PoolingLayer):

@@ -27,10 +27,11 @@ $SWEEP "${CBF[@]}" --poolings DiffStride1d FixedSpectralPooling1d None --strides
 MNIST=(--gin_config=translated_mnist.gin
        "--gin_bindings=train.train.num_epochs = 10"
        "--gin_bindings=tf.keras.optimizers.schedules.PiecewiseConstantDecay.boundaries = [20, 496]"
-       "--gin_bindings=train.train.shift_consistency = 8" --root "$ROOT/front")
+       "--gin_bindings=train.train.shift_consistency = 8" "--gin_bindings=train.train.checkpoint_every_minutes = 3"
+       --root "$ROOT/front")
 # the three poolings at good and poor strides (shift consistency with intervals)
 $SWEEP "${MNIST[@]}" --poolings DiffStride FixedSpectralPooling None --strides 1,2,2 4,2,2 --seeds 1 2
 # DiffStride along its complexity weight, from both starts
-$SWEEP "${MNIST[@]}" --poolings DiffStride --strides 1,2,2 4,2,2 --complexity_weights 0.3 1 3 --seeds 1 2
+$SWEEP "${MNIST[@]}" --poolings DiffStride --strides 1,2,2 4,2,2 --complexity_weights 1 3 --seeds 1 2
 # fixed strides between and beyond: more points of the strided and spectral fronts
-$SWEEP "${MNIST[@]}" --poolings FixedSpectralPooling None --strides 2,2,2 1,2,1 2,2,1 --seeds 1 2
+$SWEEP "${MNIST[@]}" --poolings FixedSpectralPooling None --strides 2,2,2 2,2,1 --seeds 1 2

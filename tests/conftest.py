@@ -7,16 +7,15 @@ import torch
 
 DATA = os.path.join(os.path.dirname(__file__), "data")
 
+# Under pytest-xdist, the workers share the cores: one worker per core and its own threads.
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
+
 
 @pytest.fixture(autouse=True)
-def _seed_and_clean_gin():
-    """Each test starts seeded and without Gin bindings (the command line's bindings are global)."""
-    import gin
-
+def _seeded():
+    """Each test starts seeded (the training system's tests also clean Gin: tests/examples/conftest.py)."""
     torch.manual_seed(0)
-    gin.clear_config()
-    yield
-    gin.clear_config()
 
 
 def load_golden():

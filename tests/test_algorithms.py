@@ -43,7 +43,7 @@ def test_auto_choice_at_clear_sizes(shape, expected):
 
 def test_forced_algorithm_is_kept_and_bad_names_are_refused():
     x = torch.empty(1, 1, 16000)
-    plan = F.diffstride_plan_1d(16000, 2.0)
+    plan = F.diffstride_plan((16000,), (2.0,))
     assert F.choose_algorithm(x, plan, "matmul") == "matmul"
     with pytest.raises(ValueError, match=r"algorithm must be one of \('auto', 'matmul', 'fft'\), but got 'FFT'"):
         F.choose_algorithm(x, plan, "FFT")
@@ -123,8 +123,8 @@ def test_large_operators_are_built_by_fft_and_match_the_direct_build():
     weights = torch.rand(130, dtype=torch.float64)
     n_in, n_out = 700, 258
     assert 130 * n_out * n_in > settings.current().direct_operator_max
-    fast = F.spectral_operator(n_in, n_out, range(130), weights, torch.float64)
-    small = F.spectral_operator(n_in // 7, n_out // 2, range(60), weights[:60], torch.float64)  # direct
+    fast = _kernels.spectral_operator(n_in, n_out, range(130), weights, torch.float64)
+    small = _kernels.spectral_operator(n_in // 7, n_out // 2, range(60), weights[:60], torch.float64)  # direct
     # direct formula, written out, for both
     for (real, imag), (nin, nout, k) in ((fast, (n_in, n_out, 130)), (small, (n_in // 7, n_out // 2, 60))):
         p = torch.arange(nout, dtype=torch.float64)[:, None, None]

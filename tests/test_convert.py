@@ -9,7 +9,7 @@ import torchvision
 from torch import nn
 
 import diffstride
-from diffstride import pooling
+from diffstride import pooling, resnet
 from diffstride.convert import ConversionError
 
 from .conftest import onnxruntime_outputs
@@ -182,7 +182,10 @@ def test_zoo_converts_survives_moving_strides_and_keeps_the_function_by_subsampl
                                     example_input=torch.zeros(1, 3, 64, 64))
         x = torch.randn(2, 3, 64, 64)
         with torch.no_grad():
-            assert torch.allclose(sub(x), original(x), atol=1e-5, rtol=1e-4)
+            ours, theirs = sub(x), original(x)
+        # float32 convolutions at stride 1 + subsampling against stride 2 sum in another order
+        # (which depends on the thread count): measured 7e-7 of the largest output (resnet50, 1 thread)
+        assert (ours - theirs).abs().max() <= 1e-5 * theirs.abs().max()
 
 
 def test_complexity_follows_the_traced_stage_order_on_a_converted_model():
@@ -205,3 +208,101 @@ def test_frozen_converted_models_export_to_onnx(name):
     with torch.no_grad():
         expected = frozen(x)
     assert torch.allclose(out, expected, atol=1e-4, rtol=1e-3)
+
+
+# ------------------------------------------------------------------------------------------
+# convert
+
+
+@pytest.mark.parametrize("factory", [torchvision.models.resnet18, torchvision.models.resnet50])
+def test_convert_torchvision_resnets(factory):
+    torch.manual_seed(0)
+    original = factory(weights=None)
+    model, changes = diffstride.convert(original)
+    names = [c.name for c in changes]
+    assert "conv1" in names and "maxpool" in names and "layer2.0.downsample.0" in names
+    for stage in ("layer2", "layer3", "layer4"):
+        block = model.get_submodule(f"{stage}.0")
+        main = block.conv1 if factory is torchvision.models.resnet18 else block.conv2
+        assert isinstance(main[1], pooling.DiffStride) and block.downsample[0][1] is main[1]  # one shared instance
+        assert main[0].stride == (1, 1)
+    assert torch.equal(model.conv1[0].weight, original.conv1.weight)  # weights kept
+    assert original.conv1.stride == (2, 2)  # the original is untouched
+    x = torch.randn(2, 3, 64, 64)
+    out = model(x)
+    assert out.shape == (2, 1000)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    out.logsumexp(-1).mean().backward()
+    strides = [m.strides for _, m in pooling.pooling_layers(model)]
+    assert len(strides) == 5 and all(s.grad is not None and s.grad.abs().sum() > 0 for s in strides)
+    opt.step()
+    assert "shared with layer2.0.conv1" in str(changes[names.index("layer2.0.downsample.0")]) or \
+        "shared with layer2.0.conv2" in str(changes[names.index("layer2.0.downsample.0")])
+
+
+def test_convert_with_subsampling_reproduces_the_original_outputs():
+    """Stride-1 layer + SpatialPooling (subsampling) is the strided layer: same outputs, weights kept."""
+    torch.manual_seed(0)
+    original = torchvision.models.resnet18(weights=None).eval()
+    model, _ = diffstride.convert(original, pooling_cls=pooling.SpatialPooling)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.allclose(model(x), original(x), atol=1e-5)
+
+
+def test_convert_options_choose_which_layers():
+    net = nn.Sequential(nn.Conv2d(3, 4, 3, stride=2, padding=1), nn.AvgPool2d(2), nn.MaxPool2d(3, stride=2, padding=1),
+                        nn.Conv2d(4, 4, 1))
+    only_conv, changes = diffstride.convert(net, layers=("conv",))
+    assert [c.kind for c in changes] == ["conv"] and isinstance(only_conv[1], nn.AvgPool2d)
+    pools, changes = diffstride.convert(net, pooling_cls=pooling.FixedSpectralPooling, layers=("avgpool", "maxpool"))
+    assert [(c.name, c.kind, c.strides) for c in changes] == [("1", "avgpool", (2, 2)), ("2", "maxpool", (2, 2))]
+    assert pools[1][0].stride == (1, 1) and isinstance(pools[1][1], pooling.FixedSpectralPooling)
+    assert pools(torch.randn(1, 3, 32, 32)).shape[1] == 4
+    with pytest.raises(ValueError, match=r"layers must be among \['avgpool', 'conv', 'maxpool'\], but got \['lstm'\]"):
+        diffstride.convert(net, layers=("lstm",))
+
+
+def test_convert_passes_pooling_arguments():
+    model, _ = diffstride.convert(torchvision.models.resnet18(weights=None), smoothness_factor=2.0, layers=("conv",))
+    assert all(m.smoothness_factor == 2.0 for _, m in pooling.pooling_layers(model))
+
+
+# ------------------------------------------------------------------------------------------
+# freeze
+
+
+def _trained_model():
+    torch.manual_seed(0)
+    model = resnet.Resnet([4, 8, 8], [1, 2, 2], num_output_classes=3, pooling_cls=pooling.DiffStride, num_layers=1,
+                          kernel_size=3)
+    with torch.no_grad():
+        for i, (_, layer) in enumerate(pooling.pooling_layers(model)):
+            layer.strides.copy_(torch.tensor([1.7 + i, 2.3 + 0.5 * i]))
+    return model.eval()
+
+
+def test_freeze_gives_the_same_outputs_without_stride_parameters():
+    model = _trained_model()
+    frozen = diffstride.freeze(model)
+    assert not [n for n, _ in frozen.named_parameters() if n.endswith("strides")]
+    assert [n for n, _ in frozen.named_buffers() if n.endswith("strides")]
+    assert [n for n, _ in model.named_parameters() if n.endswith("strides")]  # original untouched
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(frozen(x), model(x), atol=1e-6)
+    frozen.load_state_dict(frozen.state_dict())
+    # dynamic=False: after other compiles of the same code with other input sizes, dynamo would
+    # otherwise make the sizes symbolic, and the frozen plan is Python arithmetic on them
+    compiled = torch.compile(frozen, backend="eager", fullgraph=True, dynamic=False)
+    with torch.no_grad():
+        assert torch.allclose(compiled(x), model(x), atol=1e-5)
+
+
+def test_frozen_model_exports_to_onnx_and_runs_in_onnxruntime():
+    model = _trained_model()
+    frozen = diffstride.freeze(model)
+    x = torch.randn(2, 3, 32, 32)
+    out = onnxruntime_outputs(frozen, x)
+    with torch.no_grad():
+        assert torch.allclose(out, model(x), atol=1e-4)

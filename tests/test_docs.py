@@ -5,12 +5,15 @@ import importlib
 import pytest
 import torch
 
-MODULES = ["diffstride.pooling", "diffstride.functional", "diffstride._plans", "diffstride._kernels", "diffstride.resnet", "diffstride.complexity", "diffstride.metrics", "diffstride.settings",
-           "diffstride.convert", "diffstride.examples.data", "diffstride.examples.report"]
+MODULES = ["diffstride.pooling", "diffstride.functional", "diffstride._plans", "diffstride._kernels", "diffstride.resnet",
+           "diffstride.complexity", "diffstride.metrics", "diffstride.settings", "diffstride.convert"]
+EXAMPLES = ["diffstride.examples.data", "diffstride.examples.report"]  # the training system: needs the train extra
 
 
-@pytest.mark.parametrize("name", MODULES)
+@pytest.mark.parametrize("name", MODULES + EXAMPLES)
 def test_docstring_examples(name):
+    if name in EXAMPLES:
+        pytest.importorskip("gin")
     module = importlib.import_module(name)
     torch.manual_seed(0)
     result = doctest.testmod(module, extraglobs={"torch": torch}, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)

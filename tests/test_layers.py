@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from diffstride import functional as F
+from diffstride import _kernels
 from diffstride import pooling
 
 from .conftest import onnxruntime_outputs
@@ -255,7 +256,7 @@ def test_data_format_channels_last_1d():
 def test_large_batch_crosses_cpu_blocks():
     """Several blocks of samples (CPU cache blocking) give the same values and gradients as one."""
     x = torch.randn(40, 64, 32, 32)
-    assert F._batch_block(x, 32 * 32) < 40 and F._batch_block(x[:8], 32 * 32) == 8
+    assert _kernels._batch_block(x, 32 * 32) < 40 and _kernels._batch_block(x[:8], 32 * 32) == 8
 
     def grads(part, weight):
         part = part.detach().requires_grad_(True)
@@ -394,8 +395,8 @@ def test_blocks_only_on_cpu():
     """Cache blocking is a CPU matter: other devices (CUDA) take the whole batch in one block."""
     cpu = torch.empty(40, 64, 32, 32)
     meta = torch.empty(40, 64, 32, 32, device="meta")
-    assert F._batch_block(cpu, 32 * 32) < 40
-    assert F._batch_block(meta, 32 * 32) == 40
+    assert _kernels._batch_block(cpu, 32 * 32) < 40
+    assert _kernels._batch_block(meta, 32 * 32) == 40
 
 
 def test_1d_layer_compiles_and_autocasts():

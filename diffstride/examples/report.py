@@ -328,7 +328,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         help="initial strides the drops are measured from, as in the table (e.g. '1, 2, 2')")
     args = parser.parse_args(argv)
     try:
-        paths = write_report(args.workdirs, args.out, args.reference_strides)
+        paths = write_report(args.workdirs, args.out, args.reference_strides,
+                             log=lambda line: print(line, file=sys.stderr))
     except (OSError, ValueError, KeyError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -18,7 +18,7 @@ import torch
 from diffstride.examples import checkpoint as ckpt
 from diffstride.examples import main as main_lib
 
-from .test_train import _args, _metrics, _run, _run_killed_at
+from .conftest import _args, _metrics, _run, _run_killed_at
 
 # the pad-crop-flip augmentation draws random numbers in every batch: a resume must continue them
 AUGMENTED = ["data.load_datasets.augment_fn = @data.augment"]

@@ -1,4 +1,8 @@
-"""Data on the device: offline MNIST, CIFAR's error when absent, batched augmentation and Mixup."""
+"""Data on the device: offline MNIST (plain and translated), UCR and CBF series, CIFAR's error when
+absent, batched augmentation and Mixup."""
+import os
+
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -25,7 +29,7 @@ def test_mnist_offline_split_is_deterministic_and_stratified(mnist):
 
 
 def test_unknown_dataset_name():
-    with pytest.raises(ValueError, match=r"unknown dataset name 'imagenet'; expected one of \['acsf1', 'cifar10', 'cifar100', 'gunpoint', 'mnist', 'osuleaf', 'translated_mnist'\]"):
+    with pytest.raises(ValueError, match=r"unknown dataset name 'imagenet'; expected one of \['acsf1', 'cbf', 'cifar10', 'cifar100', 'gunpoint', 'mnist', 'osuleaf', 'translated_mnist'\]"):
         data.load_datasets("imagenet")
 
 
@@ -126,3 +130,64 @@ def test_every_rank_gets_its_shard_of_every_batch():
         assert torch.equal(torch.cat([got[0][i][1], got[1][i][1]]), y)
     with pytest.raises(ValueError, match=r"batch_size \(9\) must be divisible by the number of processes \(2\)"):
         data.load_datasets("mnist", batch_size=9, world_size=2)
+
+
+# ------------------------------------------------------------------------------------------
+# Datasets
+
+
+def test_translated_mnist_pastes_each_digit_whole_at_a_fixed_random_position():
+    plain = data.load_datasets("mnist", batch_size=8)
+    moved = data.load_datasets("translated_mnist", batch_size=8)
+    again = data.load_datasets("translated_mnist", batch_size=8)
+    a, b = plain.train.split.images[:200], moved.train.split.images[:200]
+    assert moved.image_shape == (1, 56, 56) and moved.num_classes == 10
+    assert torch.equal(moved.train.split.labels, plain.train.split.labels)
+    assert torch.equal(moved.train.split.images, again.train.split.images)
+    assert torch.equal(moved.test.split.images, again.test.split.images)
+    positions = set()
+    for digit, canvas in zip(a[:, 0], b[:, 0]):
+        assert canvas.sum() == digit.sum()  # the whole digit, nothing else (no clutter)
+        rows, cols = torch.nonzero(canvas, as_tuple=True)
+        drows, dcols = torch.nonzero(digit, as_tuple=True)
+        top, left = int(rows.min() - drows.min()), int(cols.min() - dcols.min())
+        assert torch.equal(canvas[top:top + 28, left:left + 28], digit)
+        positions.add((top, left))
+    assert len(positions) > 150  # positions differ from example to example
+
+
+def test_translated_mnist_options_and_their_errors():
+    import gin
+
+    gin.bind_parameter("data.translated_mnist.canvas_size", 40)
+    gin.bind_parameter("data.translated_mnist.clutter", 3)
+    cluttered = data.load_datasets("translated_mnist", batch_size=8)
+    plain = data.load_datasets("mnist", batch_size=8)
+    assert cluttered.image_shape == (1, 40, 40)
+    # fragments of other digits add ink (pasted with max, so the sums can only grow)
+    sums = cluttered.train.split.images.flatten(1).float().sum(1), plain.train.split.images.flatten(1).float().sum(1)
+    assert (sums[0] >= sums[1]).all() and (sums[0] > sums[1]).float().mean() > 0.9
+    gin.bind_parameter("data.translated_mnist.canvas_size", 20)
+    with pytest.raises(ValueError, match=r"canvas_size must be an integer >= 28 \(the digits are 28x28\), but got 20"):
+        data.load_datasets("translated_mnist")
+    gin.bind_parameter("data.translated_mnist.canvas_size", 56)
+    gin.bind_parameter("data.translated_mnist.clutter", -1)
+    with pytest.raises(ValueError, match=r"clutter must be an integer >= 0, but got -1"):
+        data.load_datasets("translated_mnist")
+
+
+def test_ucr_series_load_from_sktime_with_its_own_reader():
+    pytest.importorskip("sktime")
+    from sktime.datasets import load_from_tsfile
+    import sktime
+
+    ds = data.load_datasets("osuleaf", batch_size=16)
+    assert ds.image_shape == (1, 427) and ds.num_classes == 6
+    assert (len(ds.train.split), len(ds.test.split)) == (200, 242)
+    path = os.path.join(os.path.dirname(sktime.__file__), "datasets", "data", "OSULeaf", "OSULeaf_TEST.ts")
+    x, y = load_from_tsfile(path, return_data_type="numpy3D")
+    assert np.allclose(ds.test.split.images.numpy(), x.astype(np.float32))
+    classes = sorted(set(np.asarray(y).astype(str)))
+    assert ds.test.split.labels.tolist() == [classes.index(c) for c in np.asarray(y).astype(str)]
+    images, labels = next(iter(ds.train))
+    assert images.shape == (16, 1, 427) and images.dtype == torch.float32 and labels.shape == (16, 6)

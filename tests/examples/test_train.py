@@ -15,33 +15,7 @@ from diffstride import pooling
 from diffstride.examples import checkpoint as ckpt
 from diffstride.examples import main as main_lib
 
-TINY = [
-    "data.load_datasets.train_examples = 256",
-    "data.load_datasets.test_examples = 128",
-    "data.load_datasets.batch_size = 32",
-    "resnet.Resnet.filters = [4, 8]",
-    "resnet.Resnet.strides = [1, 2]",
-    "tf.keras.optimizers.schedules.PiecewiseConstantDecay.boundaries = [4]",
-    "tf.keras.optimizers.schedules.PiecewiseConstantDecay.values = [0.02, 0.05]",
-]
-
-
-def _args(workdir, epochs=2, extra=()):
-    args = ["--gin_config=mnist.gin", f"--workdir={workdir}", f"--gin_bindings=train.train.num_epochs = {epochs}"]
-    return args + [f"--gin_bindings={b}" for b in TINY + list(extra)]
-
-
-def _run(args, env=None, cwd=None):
-    """The real command in a fresh process."""
-    full_env = dict(os.environ, OMP_NUM_THREADS="1", **(env or {}))
-    return subprocess.run([sys.executable, "-m", "diffstride.examples.main", *args], capture_output=True, text=True,
-                          env=full_env, cwd=cwd, timeout=300)
-
-
-def _metrics(workdir):
-    with open(os.path.join(workdir, "metrics.json")) as f:
-        return json.load(f)
-
+from .conftest import _args, _metrics, _run, _run_killed_at
 
 @pytest.mark.slow
 def test_main_job_writes_logs_checkpoints_configs_and_metrics(tmp_path, capsys):
@@ -94,18 +68,6 @@ def test_running_again_resumes_from_the_latest_checkpoint(tmp_path, capsys):
     assert "resumed from" in out and "ckpt-0001.pt" in out and "epoch   1/2" not in out and "epoch   2/2" in out
     assert _metrics(workdir)["step"] == 16
     assert len(json.load(open(os.path.join(workdir, "history.json")))) == 2
-
-
-def _run_killed_at(args, event, step):
-    """The real command in a fresh process that SIGKILLs itself at the hook ``event`` of ``step``."""
-    code = ("import os, signal, sys\n"
-            "from diffstride.examples import main\n"
-            "def hook(event, state):\n"
-            f"    if event == {event!r} and state.step == {step}:\n"
-            "        os.kill(os.getpid(), signal.SIGKILL)\n"
-            "sys.exit(main.main(sys.argv[1:], hooks=[hook]))\n")
-    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True,
-                          env=dict(os.environ, OMP_NUM_THREADS="1"), timeout=300)
 
 
 @pytest.mark.slow

@@ -11,7 +11,7 @@ import pytest
 from diffstride.examples import main as main_lib
 from diffstride.examples import workdir as wd
 
-from .test_train import _args, _metrics, _run
+from .conftest import _args, _metrics, _run
 
 
 def _listing(path):

@@ -1,7 +1,7 @@
-"""The evidence sweeps: offline datasets (translated MNIST, UCR series), the 1-D training path,
-the sweep command (grid, parallel cells, resume after an interruption) and its report."""
+"""The evidence sweeps: the 1-D training path, shift consistency in training, the sweep command
+(grid, parallel cells, resume after an interruption, one sweep per root, damaged records, bad
+bindings, a killed parent) and its report."""
 import json
-import math
 import os
 import signal
 import subprocess
@@ -14,68 +14,7 @@ import torch
 from diffstride.examples import data, report, sweep
 from diffstride.examples import main as main_lib
 
-from .test_train import TINY
-
-
-# ------------------------------------------------------------------------------------------
-# Datasets
-
-
-def test_translated_mnist_pastes_each_digit_whole_at_a_fixed_random_position():
-    plain = data.load_datasets("mnist", batch_size=8)
-    moved = data.load_datasets("translated_mnist", batch_size=8)
-    again = data.load_datasets("translated_mnist", batch_size=8)
-    a, b = plain.train.split.images[:200], moved.train.split.images[:200]
-    assert moved.image_shape == (1, 56, 56) and moved.num_classes == 10
-    assert torch.equal(moved.train.split.labels, plain.train.split.labels)
-    assert torch.equal(moved.train.split.images, again.train.split.images)
-    assert torch.equal(moved.test.split.images, again.test.split.images)
-    positions = set()
-    for digit, canvas in zip(a[:, 0], b[:, 0]):
-        assert canvas.sum() == digit.sum()  # the whole digit, nothing else (no clutter)
-        rows, cols = torch.nonzero(canvas, as_tuple=True)
-        drows, dcols = torch.nonzero(digit, as_tuple=True)
-        top, left = int(rows.min() - drows.min()), int(cols.min() - dcols.min())
-        assert torch.equal(canvas[top:top + 28, left:left + 28], digit)
-        positions.add((top, left))
-    assert len(positions) > 150  # positions differ from example to example
-
-
-def test_translated_mnist_options_and_their_errors():
-    import gin
-
-    gin.bind_parameter("data.translated_mnist.canvas_size", 40)
-    gin.bind_parameter("data.translated_mnist.clutter", 3)
-    cluttered = data.load_datasets("translated_mnist", batch_size=8)
-    plain = data.load_datasets("mnist", batch_size=8)
-    assert cluttered.image_shape == (1, 40, 40)
-    # fragments of other digits add ink (pasted with max, so the sums can only grow)
-    sums = cluttered.train.split.images.flatten(1).float().sum(1), plain.train.split.images.flatten(1).float().sum(1)
-    assert (sums[0] >= sums[1]).all() and (sums[0] > sums[1]).float().mean() > 0.9
-    gin.bind_parameter("data.translated_mnist.canvas_size", 20)
-    with pytest.raises(ValueError, match=r"canvas_size must be an integer >= 28 \(the digits are 28x28\), but got 20"):
-        data.load_datasets("translated_mnist")
-    gin.bind_parameter("data.translated_mnist.canvas_size", 56)
-    gin.bind_parameter("data.translated_mnist.clutter", -1)
-    with pytest.raises(ValueError, match=r"clutter must be an integer >= 0, but got -1"):
-        data.load_datasets("translated_mnist")
-
-
-def test_ucr_series_load_from_sktime_with_its_own_reader():
-    pytest.importorskip("sktime")
-    from sktime.datasets import load_from_tsfile
-    import sktime
-
-    ds = data.load_datasets("osuleaf", batch_size=16)
-    assert ds.image_shape == (1, 427) and ds.num_classes == 6
-    assert (len(ds.train.split), len(ds.test.split)) == (200, 242)
-    path = os.path.join(os.path.dirname(sktime.__file__), "datasets", "data", "OSULeaf", "OSULeaf_TEST.ts")
-    x, y = load_from_tsfile(path, return_data_type="numpy3D")
-    assert np.allclose(ds.test.split.images.numpy(), x.astype(np.float32))
-    classes = sorted(set(np.asarray(y).astype(str)))
-    assert ds.test.split.labels.tolist() == [classes.index(c) for c in np.asarray(y).astype(str)]
-    images, labels = next(iter(ds.train))
-    assert images.shape == (16, 1, 427) and images.dtype == torch.float32 and labels.shape == (16, 6)
+from .conftest import TINY
 
 
 def test_one_dimensional_training_from_the_packaged_config(tmp_path):
@@ -140,27 +79,6 @@ def test_shift_consistency_is_measured_with_each_evaluation_and_does_not_change_
 
 
 # ------------------------------------------------------------------------------------------
-# Report statistics
-
-
-def test_contrast_interval_against_scipy_welch():
-    stats = pytest.importorskip("scipy.stats")
-    a, b = [94.1, 93.2, 95.0], [88.0, 90.5, 86.9, 89.1]
-    estimate, half = report.contrast([a, b], [1, -1])
-    ci = stats.ttest_ind(a, b, equal_var=False).confidence_interval(0.95)
-    assert estimate == pytest.approx(np.mean(a) - np.mean(b))
-    exact = (ci.high - ci.low) / 2
-    # our t quantile rounds the Welch degrees of freedom down: never narrower, at most a little wider
-    assert exact <= half <= 1.15 * exact
-
-
-def test_contrast_needs_two_values_per_group_for_an_interval():
-    estimate, half = report.contrast([[90.0], [80.0, 81.0]], [1, -1])
-    assert estimate == pytest.approx(9.5) and math.isnan(half)
-    assert report.t975(4) == 2.776 and report.t975(4.9) == 2.776 and report.t975(200) == 1.96
-
-
-# ------------------------------------------------------------------------------------------
 # The sweep command
 
 SWEEP_BINDINGS = TINY[:3] + ["resnet.Resnet.filters = [4, 8]", "train.train.num_epochs = 1",
@@ -184,7 +102,7 @@ def _sweep(args, **kwargs):
 def test_sweep_runs_the_grid_and_writes_the_report(tmp_path):
     result = _sweep(_sweep_args(tmp_path))
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
-    cells = sorted(d for d in os.listdir(tmp_path) if d != "report")
+    cells = sorted(d for d in os.listdir(tmp_path) if d not in ("report", ".sweep.lock"))
     assert cells == sorted(f"{p}-strides{s}-seed{seed}" for p in ("DiffStride", "strided") for s in ("1_2", "2_2")
                            for seed in (1, 2))
     runs = {c: json.load(open(tmp_path / c / "metrics.json")) for c in cells}
@@ -223,7 +141,8 @@ def test_an_interrupted_sweep_resumes_where_it_stopped(tmp_path, sig):
     assert result.returncode == 0, result.stderr[-2000:]
     assert f"{len(finished)} already finished, {4 - len(finished)} to run" in result.stdout
     assert all(os.path.getmtime(tmp_path / d / "metrics.json") == t for d, t in stamps.items())  # not rerun
-    assert all(os.path.exists(tmp_path / d / "metrics.json") for d in os.listdir(tmp_path) if d != "report")
+    assert all(os.path.exists(tmp_path / d / "metrics.json") for d in os.listdir(tmp_path)
+               if d not in ("report", ".sweep.lock"))
 
 
 def test_sweep_refuses_bad_grids_before_running_anything(tmp_path, capsys):

@@ -1,0 +1,75 @@
+"""Reports on real runs (tables and plots), the complexity weight in training, and the report's statistics."""
+import json
+import math
+import os
+
+import numpy as np
+import pytest
+
+from diffstride.examples import main as main_lib
+from diffstride.examples import report
+
+from .conftest import TINY
+
+
+# ------------------------------------------------------------------------------------------
+# the complexity weight in training, and reports
+
+
+def _train(workdir, extra, epochs=2, seed=1):
+    args = ["--gin_config=mnist.gin", f"--workdir={workdir}", f"--seed={seed}",
+            f"--gin_bindings=train.train.num_epochs = {epochs}"] + [f"--gin_bindings={b}" for b in TINY + list(extra)]
+    assert main_lib.main(args) == 0
+    with open(os.path.join(workdir, "metrics.json")) as f:
+        return json.load(f)
+
+
+@pytest.mark.slow
+def test_complexity_weight_ends_with_larger_strides_and_fewer_flops(tmp_path):
+    plain = _train(str(tmp_path / "w0"), [])
+    costly = _train(str(tmp_path / "w1"), ["train.train.complexity_weight = 2.0"])
+    product = lambda m: [s[0] * s[-1] for s in (v["strides"] for v in m["pooling"].values())]  # noqa: E731
+    assert all(c > p for c, p in zip(product(costly), product(plain)))
+    assert costly["flops"] < plain["flops"] and costly["complexity"] < plain["complexity"]
+    assert costly["run"]["complexity_weight"] == 2.0
+
+
+@pytest.mark.slow
+def test_report_table_and_plots_from_real_runs(tmp_path, capsys):
+    runs = [str(tmp_path / f"diff{seed}") for seed in (1, 2)] + [str(tmp_path / "fixed")]
+    accs = [_train(runs[0], [], seed=1)["test_accuracy"], _train(runs[1], [], seed=2)["test_accuracy"]]
+    _train(runs[2], ["resnet.Resnet.pooling_cls = @pooling.FixedSpectralPooling"], seed=1)
+    out = tmp_path / "report"
+    assert report.main(runs + ["--out", str(out)]) == 0
+    table = (out / "results.md").read_text()
+    assert "| pooling | mnist, strides 1, 2 |" in table
+    mean = 100 * sum(accs) / 2
+    std = 100 * abs(accs[0] - accs[1]) / 2 ** 0.5
+    assert f"| DiffStride | {mean:.2f} ± {std:.2f} (2 runs) |" in table
+    assert "| FixedSpectralPooling |" in table and "(1 run)" in table
+    for name in ("strides.png", "accuracy.png", "output_sizes.png"):
+        data = (out / name).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
+    assert report.main([str(tmp_path), "--out", str(out)]) == 2
+    assert "is not a finished training run" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------
+# Report statistics
+
+
+def test_contrast_interval_against_scipy_welch():
+    stats = pytest.importorskip("scipy.stats")
+    a, b = [94.1, 93.2, 95.0], [88.0, 90.5, 86.9, 89.1]
+    estimate, half = report.contrast([a, b], [1, -1])
+    ci = stats.ttest_ind(a, b, equal_var=False).confidence_interval(0.95)
+    assert estimate == pytest.approx(np.mean(a) - np.mean(b))
+    exact = (ci.high - ci.low) / 2
+    # our t quantile rounds the Welch degrees of freedom down: never narrower, at most a little wider
+    assert exact <= half <= 1.15 * exact
+
+
+def test_contrast_needs_two_values_per_group_for_an_interval():
+    estimate, half = report.contrast([[90.0], [80.0, 81.0]], [1, -1])
+    assert estimate == pytest.approx(9.5) and math.isnan(half)
+    assert report.t975(4) == 2.776 and report.t975(4.9) == 2.776 and report.t975(200) == 1.96
