@@ -274,6 +274,11 @@ class DiffStride(_DiffStrideNd):
         lower_limit_stride, upper_limit_stride: clip of the strides inside the graph
             (default 1 and none).
         data_format: ``'channels_first'`` (N, C, H, W) or ``'channels_last'`` (N, H, W, C).
+        algorithm: ``'auto'`` (the matrix form for small maps, the FFT form for large ones, by a
+            cost model; see :mod:`diffstride.settings`), ``'matmul'`` or ``'fft'``; same values
+            and gradients.
+        device, dtype: of the strides parameter (float32 by default; float64 strides give a
+            float64 mask).
 
     Shape:
         - Input: (N, C, H, W) with H, W > smoothness_factor (or (N, H, W, C)).

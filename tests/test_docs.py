@@ -5,7 +5,7 @@ import importlib
 import pytest
 import torch
 
-MODULES = ["diffstride.pooling", "diffstride.functional", "diffstride._plans", "diffstride._kernels", "diffstride.resnet",
+MODULES = ["diffstride.pooling", "diffstride.functional", "diffstride._plans", "diffstride._kernels", "diffstride.resnet", "diffstride.keras_weights",
            "diffstride.complexity", "diffstride.metrics", "diffstride.settings", "diffstride.convert"]
 EXAMPLES = ["diffstride.examples.data", "diffstride.examples.report"]  # the training system: needs the train extra
 

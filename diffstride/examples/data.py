@@ -294,10 +294,6 @@ class TrainBatches:
     def __len__(self) -> int:
         return len(self.split) // (self.batch_size * self.per_example)
 
-    @property
-    def examples_per_step(self) -> int:
-        return self.batch_size
-
     def permutation(self) -> torch.Tensor:
         """The order of one epoch, drawn from torch's global generator (of the split's device)."""
         return torch.randperm(len(self.split), device=self.split.images.device)

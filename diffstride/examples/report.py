@@ -10,13 +10,19 @@ and writes to ``DIR``:
 - ``strides.png``: each pooling layer's strides over training steps, one panel per run;
 - ``accuracy.png``: train and test accuracy over steps, every run;
 - ``output_sizes.png``: each pooling layer's output height over steps, one panel per run;
-- ``accuracy_vs_macs.png``: final test accuracy against multiply-adds per example, every run.
+- ``accuracy_vs_macs.png``: final test accuracy against multiply-adds per example, every run;
+- ``front.png``: each method's configurations (mean ± std over seeds) against multiply-adds, and
+  its Pareto front.
 
 With runs at several initial strides of one dataset, ``results.md`` also gives the robustness
 analysis: the drop of each pooling's mean accuracy from the reference strides (``--reference_strides``,
 default the first column) to each other strides, with a 95% Welch t-interval; the interaction (the
 strided convolutions' drop minus DiffStride's) with its interval; and the learned strides (mean
-over seeds) and final feature sizes of every pooling layer.
+over seeds) and final feature sizes of every pooling layer. With configurations at several
+compute levels (fixed strides, complexity weights), each method's Pareto front (accuracy against
+mean multiply-adds) and, for each point of another method's front, DiffStride's best configuration
+at no more compute with the difference and its 95% Welch interval. Runs that measured shift
+consistency (``train.train.shift_consistency``) get a table of it with 95% t-intervals.
 """
 from __future__ import annotations
 
@@ -28,8 +34,10 @@ import statistics
 import sys
 from typing import Callable, Dict, List, Optional, Sequence
 
+from diffstride.examples.logs import AXES
+
 __all__ = ["load_run", "results_table", "robustness_analysis", "strides_table", "contrast", "t975", "write_report",
-           "main"]
+           "pareto_front", "front_analysis", "shift_consistency_table", "main"]
 
 
 def load_run(workdir: str) -> Dict:
@@ -223,6 +231,9 @@ def _grid(n: int):
     return math.ceil(n / cols), cols
 
 
+_LINESTYLES = ("-", "--", ":")
+
+
 def _per_layer_plot(runs, path, value, ylabel, title):
     import matplotlib
 
@@ -235,11 +246,13 @@ def _per_layer_plot(runs, path, value, ylabel, title):
         steps = [h["step"] for h in run["history"]]
         layers = list(run["history"][-1].get("pooling", {})) if run["history"] else []
         for name in layers:
-            for axis_index, axis in enumerate(("h", "w")):
+            # the axes by the layer's dimensionality: (l), (h, w) or (d, h, w)
+            axes_names = AXES.get(len(run["history"][-1]["pooling"][name].get("strides", ())), ("h", "w"))
+            for axis_index, axis in enumerate(axes_names):
                 series = [value(h["pooling"].get(name, {}), axis_index) for h in run["history"]]
                 if all(v is None for v in series):
                     continue
-                ax.plot(steps, series, marker="o", markersize=3, linestyle="-" if axis == "h" else "--",
+                ax.plot(steps, series, marker="o", markersize=3, linestyle=_LINESTYLES[axis_index],
                         label=f"{name} ({axis})")
         ax.set_title(_label(run), fontsize=9)
         ax.set_xlabel("training step")
@@ -281,6 +294,151 @@ def _accuracy_plot(runs, path):
     plt.close(fig)
 
 
+# ----------------------------------------------------------------------------------------------
+# Accuracy against compute: each method's Pareto front, and the comparison at equal compute
+
+
+def _configurations(runs: Sequence[Dict], dataset: str) -> List[Dict]:
+    """One entry per (pooling, complexity weight, initial strides) of ``dataset``: the method, the
+    seeds' accuracies (%) and MACs, and their means."""
+    groups: Dict[tuple, List[Dict]] = {}
+    for r in runs:
+        if r["dataset"] == dataset:
+            groups.setdefault((r["pooling"], r["strides"]), []).append(r)
+    out = []
+    for (label, strides), group in sorted(groups.items()):
+        accs = [100 * r["metrics"]["test_accuracy"] for r in group]
+        macs = [r["metrics"].get("flops", 0) / 1e6 for r in group]
+        out.append({"method": group[0]["base_pooling"] if group[0]["base_pooling"] != "?" else label,
+                    "label": f"{label}, strides {strides}", "accs": accs, "macs": macs,
+                    "acc": statistics.mean(accs), "mmacs": statistics.mean(macs)})
+    return out
+
+
+def pareto_front(configs: Sequence[Dict]) -> List[Dict]:
+    """The configurations no other one beats at lower or equal compute (mean MACs) with a higher
+    mean accuracy, sorted by compute."""
+    front, best = [], -math.inf
+    for c in sorted(configs, key=lambda c: (c["mmacs"], -c["acc"])):
+        if c["acc"] > best:
+            front.append(c)
+            best = c["acc"]
+    return front
+
+
+def front_analysis(runs: Sequence[Dict]) -> str:
+    """Markdown, per dataset whose runs have several compute levels: each method's Pareto front,
+    then, for each point of the other methods' fronts, DiffStride's best configuration at no more
+    compute, and the difference of accuracies with its 95% Welch interval."""
+    lines = []
+    for dataset in sorted({r["dataset"] for r in runs}):
+        configs = _configurations(runs, dataset)
+        methods = sorted({c["method"] for c in configs})
+        if len(configs) < 3 or "DiffStride" not in methods or len(methods) < 2:
+            continue
+        fronts = {m: pareto_front([c for c in configs if c["method"] == m]) for m in methods}
+        lines += [f"### {dataset}: accuracy against compute (each method's Pareto front)", "",
+                  "| method | configuration | runs | M MACs (mean) | test accuracy % (mean ± std) |",
+                  "|---|---|---:|---:|---|"]
+        for m in methods:
+            for c in fronts[m]:
+                spread = f" ± {statistics.stdev(c['accs']):.2f}" if len(c["accs"]) > 1 else ""
+                lines.append(f"| {m} | {c['label']} | {len(c['accs'])} | {c['mmacs']:.1f} | {c['acc']:.2f}{spread} |")
+        lines += ["", "At equal compute: for each point of another method's front, DiffStride's most accurate "
+                  "configuration (of all its runs) at no more multiply-adds, and the difference (DiffStride minus "
+                  "the other; 95% Welch interval; the choice of the best configuration favours DiffStride "
+                  "slightly):", "",
+                  "| other method | its configuration | M MACs | DiffStride at ≤ that compute | M MACs | difference |",
+                  "|---|---|---:|---|---:|---|"]
+        ours = [c for c in configs if c["method"] == "DiffStride"]
+        compared = 0
+        for m in methods:
+            if m == "DiffStride":
+                continue
+            for c in fronts[m]:
+                cheaper = [d for d in ours if d["mmacs"] <= c["mmacs"]]
+                if not cheaper:
+                    lines.append(f"| {m} | {c['label']} | {c['mmacs']:.1f} | none (DiffStride's runs all cost more) | | |")
+                    continue
+                d = max(cheaper, key=lambda d: d["acc"])
+                lines.append(f"| {m} | {c['label']} | {c['mmacs']:.1f} | {d['label']} | {d['mmacs']:.1f} | "
+                             f"{_interval(*contrast([d['accs'], c['accs']], [1, -1]))} |")
+                compared += 1
+        lines += ["", "And the other way: for each point of DiffStride's front, each other method's most accurate "
+                  "configuration at no more multiply-adds (difference: DiffStride minus the other):", "",
+                  "| DiffStride configuration | M MACs | other method | its best at ≤ that compute | M MACs | difference |",
+                  "|---|---:|---|---|---:|---|"]
+        for d in fronts["DiffStride"]:
+            for m in methods:
+                if m == "DiffStride":
+                    continue
+                cheaper = [c for c in configs if c["method"] == m and c["mmacs"] <= d["mmacs"]]
+                if not cheaper:
+                    lines.append(f"| {d['label']} | {d['mmacs']:.1f} | {m} | none at that compute | | |")
+                    continue
+                c = max(cheaper, key=lambda c: c["acc"])
+                lines.append(f"| {d['label']} | {d['mmacs']:.1f} | {m} | {c['label']} | {c['mmacs']:.1f} | "
+                             f"{_interval(*contrast([d['accs'], c['accs']], [1, -1]))} |")
+                compared += 1
+        if not compared:
+            lines += ["", "The fronts do not overlap: no comparison at equal compute is possible from these runs."]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def shift_consistency_table(runs: Sequence[Dict]) -> str:
+    """Markdown: shift consistency (%) per (dataset, pooling, initial strides), mean with its 95%
+    t-interval over runs; empty when no run measured it."""
+    measured = [r for r in runs if "shift_consistency" in r["metrics"]]
+    if not measured:
+        return ""
+    lines = ["| dataset | pooling | initial strides | runs | shift consistency % (mean, 95% interval) | test accuracy % |",
+             "|---|---|---|---:|---|---|"]
+    for dataset, pool, strides in sorted({(r["dataset"], r["pooling"], r["strides"]) for r in measured}):
+        group = [r for r in measured if (r["dataset"], r["pooling"], r["strides"]) == (dataset, pool, strides)]
+        values = [100 * r["metrics"]["shift_consistency"] for r in group]
+        mean = statistics.mean(values)
+        if len(values) > 1:
+            half = t975(len(values) - 1) * statistics.stdev(values) / math.sqrt(len(values))
+            cell = f"{mean:.2f} [{mean - half:.2f}, {mean + half:.2f}]"
+        else:
+            cell = f"{mean:.2f}"
+        acc = statistics.mean(100 * r["metrics"]["test_accuracy"] for r in group)
+        lines.append(f"| {dataset} | {pool} | {strides} | {len(group)} | {cell} | {acc:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+def _front_plot(runs, path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    datasets = sorted({r["dataset"] for r in runs})
+    fig, axes = plt.subplots(1, len(datasets), figsize=(8 * len(datasets), 5.5), squeeze=False)
+    markers = {"DiffStride": "o", "FixedSpectralPooling": "s", "strided conv": "^", "SpatialPooling": "D"}
+    for ax, dataset in zip(axes[0], datasets):
+        configs = _configurations(runs, dataset)
+        for i, method in enumerate(sorted({c["method"] for c in configs})):
+            mine = [c for c in configs if c["method"] == method]
+            for c in mine:
+                spread = statistics.stdev(c["accs"]) if len(c["accs"]) > 1 else 0.0
+                ax.errorbar(c["mmacs"], c["acc"], yerr=spread, fmt=markers.get(method, "x"), color=f"C{i}",
+                            alpha=0.6, capsize=3)
+            front = pareto_front(mine)
+            ax.step([c["mmacs"] for c in front], [c["acc"] for c in front], where="post", color=f"C{i}",
+                    label=f"{method} (front)")
+        ax.set_xscale("log")
+        ax.set_xlabel("multiply-adds per example (M, final strides)")
+        ax.set_ylabel("test accuracy (%), mean ± std over seeds")
+        ax.set_title(f"{dataset}: accuracy against compute")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def _nth(values: Optional[List], index: int):
     return values[index] if values and len(values) > index else None
 
@@ -303,20 +461,28 @@ def write_report(workdirs: Sequence[str], out: str, reference_strides: Optional[
     if not runs:
         raise ValueError(f"none of the {len(workdirs)} work directories holds a finished run")
     os.makedirs(out, exist_ok=True)
-    names = ("results.md", "strides.png", "accuracy.png", "output_sizes.png", "accuracy_vs_macs.png")
+    names = ("results.md", "strides.png", "accuracy.png", "output_sizes.png", "accuracy_vs_macs.png", "front.png")
     paths = {name: os.path.join(out, name) for name in names}
     with open(paths["results.md"], "w") as f:
         f.write("Test accuracy (%), mean ± std over runs.\n\n" + results_table(runs))
         analysis = robustness_analysis(runs, reference_strides)
         if analysis:
             f.write("\n" + analysis)
+        fronts = front_analysis(runs)
+        if fronts:
+            f.write("\n" + fronts)
+        shifts = shift_consistency_table(runs)
+        if shifts:
+            f.write("\nShift consistency: how often the top-1 prediction is the same on two random shifts of a test "
+                    "example (diffstride.metrics).\n\n" + shifts)
         f.write("\nLearned strides and final feature sizes.\n\n" + strides_table(runs))
     _accuracy_macs_plot(runs, paths["accuracy_vs_macs.png"])
+    _front_plot(runs, paths["front.png"])
     _per_layer_plot(runs, paths["strides.png"], lambda info, i: _nth(info.get("strides"), i), "stride",
-                    "Strides of each pooling layer (solid: height, dashed: width)")
+                    "Strides of each pooling layer (one line per axis: l; h, w; d, h, w)")
     _accuracy_plot(runs, paths["accuracy.png"])
     _per_layer_plot(runs, paths["output_sizes.png"], lambda info, i: _nth(info.get("output_size"), i),
-                    "output size (pixels)", "Output size of each pooling layer (solid: height, dashed: width)")
+                    "output size (samples)", "Output size of each pooling layer (one line per axis)")
     return list(paths.values())
 
 

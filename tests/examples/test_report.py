@@ -73,3 +73,46 @@ def test_contrast_needs_two_values_per_group_for_an_interval():
     estimate, half = report.contrast([[90.0], [80.0, 81.0]], [1, -1])
     assert estimate == pytest.approx(9.5) and math.isnan(half)
     assert report.t975(4) == 2.776 and report.t975(4.9) == 2.776 and report.t975(200) == 1.96
+
+
+# ------------------------------------------------------------------------------------------
+# Accuracy against compute, shift consistency
+
+
+def _record(pooling, strides, seed, acc, mmacs, shift=None, weight=0.0):
+    metrics = {"test_accuracy": acc, "flops": mmacs * 1e6, "pooling": {}}
+    if shift is not None:
+        metrics["shift_consistency"] = shift
+    label = pooling + (f" (complexity weight {weight:g})" if weight else "")
+    return {"workdir": f"{label}-{strides}-{seed}", "metrics": metrics, "history": [], "dataset": "toy",
+            "base_pooling": pooling, "complexity_weight": weight, "pooling": label, "strides": strides, "seed": seed}
+
+
+def test_pareto_fronts_and_the_comparison_at_equal_compute_follow_the_definitions():
+    runs = [_record("DiffStride", "1, 2", s, a, m) for s, a, m in ((1, 0.95, 40), (2, 0.97, 42))]
+    runs += [_record("DiffStride", "1, 2", s, a, m, weight=1.0) for s, a, m in ((1, 0.93, 10), (2, 0.95, 12))]
+    runs += [_record("strided conv", "1, 2", s, a, 20) for s, a in ((1, 0.90), (2, 0.92))]
+    runs += [_record("strided conv", "2, 2", s, a, 5) for s, a in ((1, 0.80), (2, 0.84))]
+    runs += [_record("strided conv", "4, 2", s, a, 30) for s, a in ((1, 0.85), (2, 0.87))]  # dominated
+    configs = report._configurations(runs, "toy")
+    front = report.pareto_front([c for c in configs if c["method"] == "strided conv"])
+    assert [(c["label"], c["mmacs"], round(c["acc"], 6)) for c in front] == [
+        ("strided conv, strides 2, 2", 5, 82.0), ("strided conv, strides 1, 2", 20, 91.0)]
+    text = report.front_analysis(runs)
+    # strided (1, 2) at 20 M: DiffStride's best at <= 20 M is the weighted one at 11 M, 94% mean
+    estimate, half = report.contrast([[93.0, 95.0], [90.0, 92.0]], [1, -1])
+    assert estimate == pytest.approx(3.0)
+    assert (f"| strided conv | strided conv, strides 1, 2 | 20.0 | DiffStride (complexity weight 1), strides 1, 2 | "
+            f"11.0 | +3.00 pp [{3 - half:+.2f}, {3 + half:+.2f}] |") in text
+    assert "| strided conv | strided conv, strides 2, 2 | 5.0 | none (DiffStride's runs all cost more) | | |" in text
+    # the other way: DiffStride at 41 M against the strided network's best at <= 41 M (1, 2: 91%)
+    assert "| DiffStride, strides 1, 2 | 41.0 | strided conv | strided conv, strides 1, 2 | 20.0 | +5.00 pp" in text
+    assert "strides 4, 2 |" not in text.split("And the other way")[0]  # dominated: not on the front
+
+
+def test_shift_consistency_table_gives_t_intervals_and_is_empty_without_measurements():
+    runs = [_record("DiffStride", "1, 2", s, 0.9, 10, shift=v) for s, v in ((1, 0.90), (2, 0.94), (3, 0.92))]
+    table = report.shift_consistency_table(runs)
+    half = 4.303 * 2.0 / math.sqrt(3)  # t(2) * sd / sqrt(n), in percent
+    assert f"| toy | DiffStride | 1, 2 | 3 | 92.00 [{92 - half:.2f}, {92 + half:.2f}] | 90.00 |" in table
+    assert report.shift_consistency_table([_record("DiffStride", "1, 2", 1, 0.9, 10)]) == ""
