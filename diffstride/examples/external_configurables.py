@@ -20,17 +20,30 @@ import gin
 from diffstride import complexity, pooling, resnet
 from diffstride.examples import optim
 
-_REGISTERED = False
-CATEGORICAL_CROSSENTROPY = optim.CategoricalCrossentropy  # replaced by its Gin-configurable version
-COMPLEXITY_LOSS = complexity.complexity_loss  # likewise
+# Registered once, at import (Gin refuses a second registration of a name; Python imports a
+# module once). The Gin-configured callables are module attributes: the training loop uses
+# ``categorical_crossentropy`` and ``complexity_loss`` as its defaults, so that the reference's
+# ``tf.keras.losses.CategoricalCrossentropy.label_smoothing`` and ``complexity_loss.weighting``
+# bindings apply.
+batch_norm = gin.external_configurable(resnet.batch_norm, name="batch_norm", module="diffstride.resnet")
+complexity_loss = gin.external_configurable(complexity.complexity_loss, module="diffstride.complexity")
+categorical_crossentropy = gin.external_configurable(optim.CategoricalCrossentropy, module="tf.keras.losses")
+gin.external_configurable(optim.SGD, module="tf.keras.optimizers")
+for _schedule in (optim.PiecewiseConstantDecay, optim.CosineDecay):
+    gin.external_configurable(_schedule, module="tf.keras.optimizers.schedules")
+for _layer in (pooling.DiffStride, pooling.DiffStride1d, pooling.DiffStride3d, pooling.FixedSpectralPooling,
+               pooling.FixedSpectralPooling1d, pooling.FixedSpectralPooling3d, pooling.SpatialPooling,
+               pooling.SpatialPooling1d, pooling.SpatialPooling3d):
+    gin.external_configurable(_layer, module="diffstride.pooling")
 
-BATCH_NORM = gin.external_configurable(resnet.batch_norm, name="batch_norm", module="diffstride.resnet")
 
-
+# The reference's configs bind ``resnet.Resnet.*`` and ``batch_norm.*`` for networks built through
+# ``resnet.resnet18`` / ``resnet56``: these three build through the Gin-configured ``Resnet`` with
+# the Gin-configured ``batch_norm`` (the library itself has no Gin).
 @gin.configurable("Resnet", module="diffstride.resnet")
 def _resnet(filters, strides, num_output_classes=gin.REQUIRED, **kwargs):
     """``resnet.Resnet`` with the Gin-configured ``batch_norm`` (see :class:`diffstride.resnet.Resnet`)."""
-    kwargs.setdefault("norm_layer", BATCH_NORM)
+    kwargs.setdefault("norm_layer", batch_norm)
     return resnet.Resnet(filters, strides, num_output_classes, **kwargs)
 
 
@@ -44,29 +57,3 @@ def _resnet18(strides=None, **kwargs):
 def _resnet56(strides=None, **kwargs):
     """``resnet.resnet56``: the reference's ResNet-56 through the Gin-configured ``resnet.Resnet``."""
     return _resnet(strides=resnet.RESNET56_STRIDES if strides is None else strides, **resnet.RESNET56, **kwargs)
-
-
-def register() -> None:
-    """Registers every name once (safe to call again)."""
-    global _REGISTERED, CATEGORICAL_CROSSENTROPY, COMPLEXITY_LOSS
-    if _REGISTERED:
-        return
-    COMPLEXITY_LOSS = gin.external_configurable(complexity.complexity_loss, module="diffstride.complexity")
-    for cls in (pooling.DiffStride, pooling.DiffStride1d, pooling.DiffStride3d, pooling.FixedSpectralPooling,
-                pooling.FixedSpectralPooling1d, pooling.FixedSpectralPooling3d, pooling.SpatialPooling,
-                pooling.SpatialPooling1d, pooling.SpatialPooling3d):
-        gin.external_configurable(cls, module="diffstride.pooling")
-    keras = {
-        "tf.keras.optimizers": [optim.SGD],
-        "tf.keras.optimizers.schedules": [optim.PiecewiseConstantDecay, optim.CosineDecay],
-        "tf.keras.losses": [optim.CategoricalCrossentropy],
-    }
-    for module, objects in keras.items():
-        for obj in objects:
-            configurable = gin.external_configurable(obj, module=module)
-            if obj is optim.CategoricalCrossentropy:
-                CATEGORICAL_CROSSENTROPY = configurable
-    _REGISTERED = True
-
-
-register()

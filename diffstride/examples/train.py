@@ -76,7 +76,7 @@ def build(ctx: DistributedContext, load_data_fn, model_cls, optimizer_cls, loss_
           channels_last, mixed_precision, seed, shift_consistency=None) -> Run:
     """Loads the data and builds the model, the optimizer, the loss and the precision policy."""
     from diffstride.complexity import forward_trace
-    from diffstride.examples.external_configurables import CATEGORICAL_CROSSENTROPY, COMPLEXITY_LOSS
+    from diffstride.examples import external_configurables as registered
 
     datasets = load_data_fn(device=ctx.device, rank=ctx.rank, world_size=ctx.world_size)
     model = model_cls(num_output_classes=datasets.num_classes, in_channels=datasets.image_shape[0]).to(ctx.device)
@@ -103,10 +103,10 @@ def build(ctx: DistributedContext, load_data_fn, model_cls, optimizer_cls, loss_
     output_sizes, handles = track_output_sizes(model)
     return Run(
         ctx=ctx, datasets=datasets, model=model, net=net, optimizer_spec=optimizer_spec,
-        optimizer=optimizer_spec.build(l2_param_groups(model)), loss_fn=(loss_cls or CATEGORICAL_CROSSENTROPY)(),
+        optimizer=optimizer_spec.build(l2_param_groups(model)), loss_fn=(loss_cls or registered.categorical_crossentropy)(),
         scaler=torch.amp.GradScaler("cuda", enabled=mixed_precision and use_cuda and amp_dtype == torch.float16),
         amp_dtype=amp_dtype, mixed_precision=mixed_precision, memory_format=memory_format,
-        complexity_fn=complexity_fn or COMPLEXITY_LOSS,  # complexity_loss.weighting binds
+        complexity_fn=complexity_fn or registered.complexity_loss,  # complexity_loss.weighting binds
         complexity_weight=complexity_weight, structure=forward_trace(model, datasets.image_shape),
         output_sizes=output_sizes, hooks=handles, info=info, shift_consistency=shift_consistency)
 
