@@ -326,6 +326,25 @@ def pareto_front(configs: Sequence[Dict]) -> List[Dict]:
     return front
 
 
+def _best_at_most(configs: Sequence[Dict], method: str, mmacs: float) -> Optional[Dict]:
+    """``method``'s most accurate configuration at no more than ``mmacs`` (None if it has none)."""
+    cheaper = [c for c in configs if c["method"] == method and c["mmacs"] <= mmacs]
+    return max(cheaper, key=lambda c: c["acc"]) if cheaper else None
+
+
+def _equal_compute_row(configs, method: str, point: Dict, against: str, missing: str, ours_first=False) -> str:
+    """A row: ``method``'s ``point``, ``against``'s best at no more compute, and the difference
+    DiffStride minus the other with its 95% Welch interval."""
+    best = _best_at_most(configs, against, point["mmacs"])
+    head = f"| {point['label']} | {point['mmacs']:.1f} | {against} |" if ours_first else \
+        f"| {method} | {point['label']} | {point['mmacs']:.1f} |"
+    if best is None:
+        return f"{head} {missing} | | |"
+    ours, theirs = (point, best) if ours_first else (best, point)
+    return (f"{head} {best['label']} | {best['mmacs']:.1f} | "
+            f"{_interval(*contrast([ours['accs'], theirs['accs']], [1, -1]))} |")
+
+
 def front_analysis(runs: Sequence[Dict]) -> str:
     """Markdown, per dataset whose runs have several compute levels: each method's Pareto front,
     then, for each point of the other methods' fronts, DiffStride's best configuration at no more
@@ -350,36 +369,19 @@ def front_analysis(runs: Sequence[Dict]) -> str:
                   "slightly):", "",
                   "| other method | its configuration | M MACs | DiffStride at ≤ that compute | M MACs | difference |",
                   "|---|---|---:|---|---:|---|"]
-        ours = [c for c in configs if c["method"] == "DiffStride"]
-        compared = 0
-        for m in methods:
-            if m == "DiffStride":
-                continue
-            for c in fronts[m]:
-                cheaper = [d for d in ours if d["mmacs"] <= c["mmacs"]]
-                if not cheaper:
-                    lines.append(f"| {m} | {c['label']} | {c['mmacs']:.1f} | none (DiffStride's runs all cost more) | | |")
-                    continue
-                d = max(cheaper, key=lambda d: d["acc"])
-                lines.append(f"| {m} | {c['label']} | {c['mmacs']:.1f} | {d['label']} | {d['mmacs']:.1f} | "
-                             f"{_interval(*contrast([d['accs'], c['accs']], [1, -1]))} |")
-                compared += 1
+        others = [m for m in methods if m != "DiffStride"]
+        points = [(m, c) for m in others for c in fronts[m]]
+        lines += [_equal_compute_row(configs, m, c, "DiffStride", "none (DiffStride's runs all cost more)")
+                  for m, c in points]
+        compared = sum(bool(_best_at_most(configs, "DiffStride", c["mmacs"])) for _, c in points)
         lines += ["", "And the other way: for each point of DiffStride's front, each other method's most accurate "
                   "configuration at no more multiply-adds (difference: DiffStride minus the other):", "",
                   "| DiffStride configuration | M MACs | other method | its best at ≤ that compute | M MACs | difference |",
                   "|---|---:|---|---|---:|---|"]
         for d in fronts["DiffStride"]:
-            for m in methods:
-                if m == "DiffStride":
-                    continue
-                cheaper = [c for c in configs if c["method"] == m and c["mmacs"] <= d["mmacs"]]
-                if not cheaper:
-                    lines.append(f"| {d['label']} | {d['mmacs']:.1f} | {m} | none at that compute | | |")
-                    continue
-                c = max(cheaper, key=lambda c: c["acc"])
-                lines.append(f"| {d['label']} | {d['mmacs']:.1f} | {m} | {c['label']} | {c['mmacs']:.1f} | "
-                             f"{_interval(*contrast([d['accs'], c['accs']], [1, -1]))} |")
-                compared += 1
+            for m in others:
+                lines.append(_equal_compute_row(configs, "DiffStride", d, m, "none at that compute", ours_first=True))
+                compared += bool(_best_at_most(configs, m, d["mmacs"]))
         if not compared:
             lines += ["", "The fronts do not overlap: no comparison at equal compute is possible from these runs."]
         lines.append("")
