@@ -5,6 +5,7 @@
 # it can run beside other work on a 2-core machine.
 #
 #   ROOT=/work/runs experiments/evidence2.sh          # runs, then writes ROOT/*/report
+#   ROOT=/work/runs PART=more experiments/evidence2.sh   # one part: cbf, front, more or report
 #
 # Budgets (smaller than the paper's, to fit this machine; said in the write-up):
 # - cbf: 1,000 generated training series of length 128, batch 32, 20 epochs (620 steps), the
@@ -22,16 +23,25 @@ CBF=(--gin_config=osuleaf.gin
      "--gin_bindings=train.train.num_epochs = 20"
      "--gin_bindings=tf.keras.optimizers.schedules.PiecewiseConstantDecay.boundaries = [20, 496]"
      "--gin_bindings=train.train.shift_consistency = 16" --root "$ROOT/cbf")
-$SWEEP "${CBF[@]}" --poolings DiffStride1d FixedSpectralPooling1d None --strides 1,2,2 4,2,2 --seeds 1 2 3
+part() { [ "${PART:-all}" = all ] || [ "${PART}" = "$1" ]; }
+
+part cbf && $SWEEP "${CBF[@]}" --poolings DiffStride1d FixedSpectralPooling1d None --strides 1,2,2 4,2,2 --seeds 1 2 3
 
 MNIST=(--gin_config=translated_mnist.gin
        "--gin_bindings=train.train.num_epochs = 10"
        "--gin_bindings=tf.keras.optimizers.schedules.PiecewiseConstantDecay.boundaries = [20, 496]"
-       "--gin_bindings=train.train.shift_consistency = 8" "--gin_bindings=train.train.checkpoint_every_minutes = 3"
-       --root "$ROOT/front")
+       "--gin_bindings=train.train.shift_consistency = 8" "--gin_bindings=train.train.checkpoint_every_minutes = 3")
 # the three poolings at good and poor strides (shift consistency with intervals)
-$SWEEP "${MNIST[@]}" --poolings DiffStride FixedSpectralPooling None --strides 1,2,2 4,2,2 --seeds 1 2
-# DiffStride along its complexity weight, from both starts
-$SWEEP "${MNIST[@]}" --poolings DiffStride --strides 1,2,2 4,2,2 --complexity_weights 1 3 --seeds 1 2
-# fixed strides between and beyond: more points of the strided and spectral fronts
-$SWEEP "${MNIST[@]}" --poolings FixedSpectralPooling None --strides 2,2,2 2,2,1 --seeds 1 2
+part front && $SWEEP "${MNIST[@]}" --root "$ROOT/front" --poolings DiffStride FixedSpectralPooling None \
+    --strides 1,2,2 4,2,2 --seeds 1 2
+# more points of the fronts, in a root of their own (so that PART=more can run beside PART=front):
+# DiffStride along its complexity weight from both starts, strided and spectral at other strides
+if part more; then
+    $SWEEP "${MNIST[@]}" --root "$ROOT/front-more" --poolings DiffStride --strides 1,2,2 4,2,2 \
+        --complexity_weights 1 3 --seeds 1 2
+    $SWEEP "${MNIST[@]}" --root "$ROOT/front-more" --poolings FixedSpectralPooling None \
+        --strides 2,2,2 2,2,1 --seeds 1 2
+fi
+# one report of every finished translated-MNIST run of both roots
+part report && python3 -m diffstride.examples.report "$ROOT"/front/*-seed* "$ROOT"/front-more/*-seed* \
+    --out "$ROOT/front-report" --reference_strides "1, 2, 2"
