@@ -187,10 +187,12 @@ class _DiffStrideNd(PoolingLayer):
 
     def _current_plan(self, size: Tuple[int, ...]) -> F.SpectralPlan:
         """Applies the in-place clamp and plans the output for ``size``."""
-        if torch.compiler.is_compiling() and not self.trainable:
+        if not torch.compiler.is_compiling():
+            return _plan_from_tensor(self, size)
+        if not self.trainable:
             # Python values: folded into the graph, no break (fullgraph=True works)
             return self._plan(size, self._clamp_(size, self._frozen_values))
-        return _plan_from_tensor(self, size)
+        return _plan_outside_graphs(self, size)
 
     def _plan(self, size: Tuple[int, ...], values: Sequence[float]) -> F.SpectralPlan:
         return F.diffstride_plan(size, values, self.smoothness_factor, self.cropping, self.lower_limit_stride,
@@ -241,15 +243,19 @@ def _after_load_state_dict(module: "_DiffStrideNd", incompatible_keys) -> None:
     module._sync_frozen_values()
 
 
-@torch.compiler.disable
 def _plan_from_tensor(layer: "_DiffStrideNd", size: Tuple[int, ...]) -> F.SpectralPlan:
-    """Reads the strides (a device sync), applies the in-place clamp and plans the output. Kept
-    out of compiled graphs, so that a compiled model recompiles only when the plan changes, not
-    at every stride update."""
+    """Reads the strides (a device sync), applies the in-place clamp and plans the output."""
     values = layer._clamp_(size, F._planned_values(layer.strides, type(layer).__name__))
     if not layer.trainable:
         layer._frozen_values = values  # what a compiled frozen layer plans from
     return layer._plan(size, values)
+
+
+# The same, kept out of compiled graphs (a compiled model then recompiles only when the plan
+# changes, not at every stride update). torch._disable_dynamo is torch.compiler.disable with the
+# import of torch._dynamo (over a second) deferred to the first compiled call: eager code never
+# pays it.
+_plan_outside_graphs = torch._disable_dynamo(_plan_from_tensor)
 
 
 class DiffStride(_DiffStrideNd):

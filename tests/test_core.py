@@ -9,3 +9,13 @@ def test_importing_the_core_loads_no_gin_tensorboard_torchvision_or_matplotlib()
             "print(sorted(m for m in ('gin', 'tensorboard', 'torchvision', 'matplotlib') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_eager_use_does_not_import_dynamo():
+    """torch._dynamo takes over a second to import: the layers defer it to the first compiled call
+    (a training run's processes and a user's `import diffstride` do not pay it)."""
+    code = ("import sys, torch, diffstride; "
+            "layer = diffstride.DiffStride(strides=2.0); layer(torch.rand(1, 1, 16, 16)).sum().backward(); "
+            "print('torch._dynamo' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
