@@ -94,7 +94,7 @@ def test_fractional_strides_with_diffstride():
         ({"strides": "1, 1, x, 2, 2"}, "strides must be numbers separated by commas"),
         ({"strides": [1, 1, 0.5, 2, 2]}, r"strides\[2\] must be finite numbers >= 1, but got 0.5"),
         ({"strides": [1, 1, 2.5, 2, 2]}, r"need whole-number strides, but got \(2.5, 2.5\)"),
-        ({"output_activation": "tanh"}, "output_activation must be None, 'linear' \(logits\) or 'softmax'"),
+        ({"output_activation": "tanh"}, r"output_activation must be None, 'linear' \(logits\) or 'softmax'"),
     ],
 )
 def test_bad_configuration_errors(kwargs, match):
