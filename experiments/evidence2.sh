@@ -5,7 +5,7 @@
 # it can run beside other work on a 2-core machine.
 #
 #   ROOT=/work/runs experiments/evidence2.sh          # runs, then writes ROOT/*/report
-#   ROOT=/work/runs PART=more experiments/evidence2.sh   # one part: cbf, front, more or report
+#   ROOT=/work/runs PART=more experiments/evidence2.sh   # one part: cbf, front, more, more2 or report
 #
 # Budgets (smaller than the paper's, to fit this machine; said in the write-up):
 # - cbf: 1,000 generated training series of length 128, batch 32, 20 epochs (620 steps), the
@@ -39,9 +39,10 @@ part front && $SWEEP "${MNIST[@]}" --root "$ROOT/front" --poolings DiffStride Fi
 if part more; then
     $SWEEP "${MNIST[@]}" --root "$ROOT/front-more" --poolings DiffStride --strides 1,2,2 4,2,2 \
         --complexity_weights 1 3 --seeds 1 2
-    $SWEEP "${MNIST[@]}" --root "$ROOT/front-more" --poolings FixedSpectralPooling None \
-        --strides 2,2,2 2,2,1 --seeds 1 2
+    $SWEEP "${MNIST[@]}" --root "$ROOT/front-more" --poolings FixedSpectralPooling --strides 2,2,2 2,2,1 --seeds 1 2
 fi
+# the strided networks' extra points, in a third root (so that PART=more2 can run beside PART=more)
+part more2 && $SWEEP "${MNIST[@]}" --root "$ROOT/front-more2" --poolings None --strides 2,2,2 2,2,1 --seeds 1 2
 # one report of every finished translated-MNIST run of both roots
-part report && python3 -m diffstride.examples.report "$ROOT"/front/*-seed* "$ROOT"/front-more/*-seed* \
+part report && python3 -m diffstride.examples.report "$ROOT"/front/*-seed* "$ROOT"/front-more/*-seed* "$ROOT"/front-more2/*-seed* \
     --out "$ROOT/front-report" --reference_strides "1, 2, 2"
