@@ -24,7 +24,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import torch
 
 __all__ = ["CheckpointError", "Unusable", "save_checkpoint", "load_checkpoint", "find_usable", "list_checkpoints",
-           "set_aside", "atomic_write_text", "write_json", "checkpoint_name", "FORMAT"]
+           "set_aside", "atomic_write_text", "write_json", "read_json", "is_final_metrics", "checkpoint_name", "FORMAT"]
 
 FORMAT = 2
 _NAME = re.compile(r"ckpt-(\d+)(?:-step(\d+))?\.pt$")
@@ -87,6 +87,20 @@ def atomic_write_text(path: str, text: str) -> None:
 
 def write_json(path: str, data: Any) -> None:
     atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def read_json(path: str) -> Any:
+    """The parsed file, or None when it is missing or does not parse."""
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def is_final_metrics(metrics: Any) -> bool:
+    """Whether ``metrics`` (a parsed ``metrics.json``) is a finished run's record."""
+    return isinstance(metrics, dict) and "test_accuracy" in metrics
 
 
 _WRITE_ERRORS = {

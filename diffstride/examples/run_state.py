@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import ast
 import dataclasses
-import json
 import os
 import time
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, Tuple
@@ -249,15 +248,6 @@ def _final(workdir: Optional[str], run: "Run", state: RunState, num_epochs: int)
             **(state.history[-1] if state.history else {})}
 
 
-def _read_json(path: str) -> Any:
-    """The parsed file, or None when it is missing or does not parse."""
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return None
-
-
 def final_records(workdir: Optional[str], run: "Run", state: RunState, num_epochs: int, writes: bool,
                    checkpoint: Optional[str] = None, say: Callable[[str], None] = print) -> Dict[str, Any]:
     """Writes ``metrics.json`` at the end of training and returns it. For a finished run started
@@ -269,9 +259,9 @@ def final_records(workdir: Optional[str], run: "Run", state: RunState, num_epoch
     if checkpoint is None:
         ckpt.write_json(os.path.join(workdir, "metrics.json"), final)
         return final
-    recorded = {name: _read_json(os.path.join(workdir, name)) for name in ("history.json", "metrics.json")}
+    recorded = {name: ckpt.read_json(os.path.join(workdir, name)) for name in ("history.json", "metrics.json")}
     intact = {"history.json": isinstance(recorded["history.json"], list),
-              "metrics.json": isinstance(recorded["metrics.json"], dict) and "test_accuracy" in recorded["metrics.json"]}
+              "metrics.json": ckpt.is_final_metrics(recorded["metrics.json"])}
     for name, content in (("history.json", state.history), ("metrics.json", final)):
         if not intact[name]:
             path = os.path.join(workdir, name)

@@ -82,12 +82,9 @@ def grid(poolings: Sequence[str], strides: Sequence[str], seeds: Sequence[int],
 def _is_done(workdir: str) -> bool:
     """A finished cell: its ``metrics.json`` parses and holds a final test accuracy (a damaged one
     is not finished: the cell runs again, which rebuilds the records from its newest checkpoint)."""
-    try:
-        with open(os.path.join(workdir, "metrics.json")) as f:
-            metrics = json.load(f)
-    except (OSError, ValueError):
-        return False
-    return isinstance(metrics, dict) and "test_accuracy" in metrics
+    from diffstride.examples.checkpoint import is_final_metrics, read_json
+
+    return is_final_metrics(read_json(os.path.join(workdir, "metrics.json")))
 
 
 def _command(args: argparse.Namespace, cell: Cell, workdir: str) -> List[str]:

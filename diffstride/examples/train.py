@@ -296,7 +296,9 @@ def _check_arguments(num_epochs, keep_checkpoints, checkpoint_every_steps, check
         raise ValueError(f"train.train.checkpoint_every_minutes must be a positive number or None, "
                          f"but got {checkpoint_every_minutes!r}")
     check_int(shift_consistency, "train.train.shift_consistency (the largest shift)", minimum=0, allow_none=True)
-    if shift_mode not in ("circular", "zeros"):
+    from diffstride.metrics import MODES
+
+    if shift_mode not in MODES:
         raise ValueError(f"train.train.shift_mode must be 'circular' or 'zeros', but got {shift_mode!r}")
     if on_config_change not in ("stop", "continue"):
         raise ValueError(f"train.train.on_config_change must be 'stop' or 'continue', but got {on_config_change!r}")
