@@ -39,7 +39,7 @@ class TrainingError(RuntimeError):
 UNCHECKED_PARAMETERS = frozenset({
     "num_epochs", "workdir", "keep_checkpoints", "checkpoint_every_steps", "checkpoint_every_minutes",
     "on_config_change", "restart", "progress", "log", "hooks", "device", "data_dir", "download",
-    "shift_consistency", "shift_mode",
+    "shift_consistency", "shift_mode", "num_workers", "prefetch_factor", "compile",
 })
 
 

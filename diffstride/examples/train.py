@@ -65,6 +65,8 @@ class Run:
     hooks: List[Any]
     info: Dict[str, Any]
     shift_consistency: Optional[Tuple[int, str]] = None  # (max_shift, mode) evaluated with the test split
+    accumulate_steps: int = 1  # each step's batch in this many forward/backward parts
+    train_net: Optional[nn.Module] = None  # what training calls: net, or torch.compile(net)
 
     def close(self) -> None:
         for handle in self.hooks:
@@ -73,12 +75,17 @@ class Run:
 
 
 def build(ctx: DistributedContext, load_data_fn, model_cls, optimizer_cls, loss_cls, complexity_fn, complexity_weight,
-          channels_last, mixed_precision, seed, shift_consistency=None) -> Run:
+          channels_last, mixed_precision, seed, shift_consistency=None, accumulate_steps=1, compile=False) -> Run:
     """Loads the data and builds the model, the optimizer, the loss and the precision policy."""
+    import inspect
+
     from diffstride.complexity import forward_trace
     from diffstride.examples import external_configurables as registered
 
-    datasets = load_data_fn(device=ctx.device, rank=ctx.rank, world_size=ctx.world_size)
+    data_args = dict(device=ctx.device, rank=ctx.rank, world_size=ctx.world_size)
+    if "seed" in inspect.signature(load_data_fn).parameters:  # the order of file sources follows --seed
+        data_args["seed"] = seed
+    datasets = load_data_fn(**data_args)
     model = model_cls(num_output_classes=datasets.num_classes, in_channels=datasets.image_shape[0]).to(ctx.device)
     use_cuda = ctx.device.type == "cuda"
     # channels_last is a layout of 4-D tensors: images only, never 1-D series
@@ -99,6 +106,7 @@ def build(ctx: DistributedContext, load_data_fn, model_cls, optimizer_cls, loss_
         "precision": str(amp_dtype).replace("torch.", "") + " autocast" if mixed_precision else "float32",
         "memory_format": "channels_last" if channels_last else "contiguous",
         "device": str(ctx.device), "world_size": ctx.world_size,
+        "accumulate_steps": accumulate_steps, "compile": bool(compile),
     }
     output_sizes, handles = track_output_sizes(model)
     return Run(
@@ -108,7 +116,8 @@ def build(ctx: DistributedContext, load_data_fn, model_cls, optimizer_cls, loss_
         amp_dtype=amp_dtype, mixed_precision=mixed_precision, memory_format=memory_format,
         complexity_fn=complexity_fn or registered.complexity_loss,  # complexity_loss.weighting binds
         complexity_weight=complexity_weight, structure=forward_trace(model, datasets.image_shape),
-        output_sizes=output_sizes, hooks=handles, info=info, shift_consistency=shift_consistency)
+        output_sizes=output_sizes, hooks=handles, info=info, shift_consistency=shift_consistency,
+        accumulate_steps=accumulate_steps, train_net=torch.compile(net) if compile else net)
 
 
 
@@ -122,12 +131,12 @@ def train_one_epoch(run: Run, state: RunState, num_epochs: int, save_mid_epoch: 
     ctx, train = run.ctx, run.datasets.train
     if state.batch == 0:
         state.epoch_rng = rng_state(ctx.device)
-        perm = train.permutation()
+        order = train.order(state.epoch)
         state.partial = {"loss": 0.0, "correct": 0.0, "seen": 0.0, "seconds": 0.0}
     else:  # resumed mid-epoch: the same order, from the next batch, with the RNG as it was
         now = rng_state(ctx.device)
         set_rng_state(state.epoch_rng, ctx.device)
-        perm = train.permutation()
+        order = train.order(state.epoch)
         set_rng_state(now, ctx.device)
     run.net.train()
     loss_sum = torch.tensor(state.partial["loss"], device=ctx.device, dtype=torch.float64)
@@ -141,25 +150,19 @@ def train_one_epoch(run: Run, state: RunState, num_epochs: int, save_mid_epoch: 
                 "seconds": earlier + time.time() - started}
 
     try:
-        for images, labels in train.batches(perm, start=state.batch):
+        for images, labels in train.batches(order, start=state.batch):
             lr = run.optimizer_spec.learning_rate_at(state.step)
             for group in run.optimizer.param_groups:
                 group["lr"] = lr
             images = images.contiguous(memory_format=run.memory_format)
-            with torch.autocast(ctx.device.type, dtype=run.amp_dtype, enabled=run.mixed_precision):
-                outputs = run.net(images)
-                loss = run.loss_fn(outputs, labels)
-            total = loss
-            if run.complexity_weight:
-                total = loss + run.complexity_weight * run.complexity_fn(run.model, trace=run.structure)
             run.optimizer.zero_grad(set_to_none=True)
-            run.scaler.scale(total).backward()
+            loss, outputs = _accumulate(run, images, labels)
             run.scaler.step(run.optimizer)
             run.scaler.update()
             state.step += 1
             state.batch += 1
-            loss_sum += loss.detach().double() * labels.shape[0]
-            correct += (outputs.detach().argmax(-1) == labels.argmax(-1)).sum()
+            loss_sum += loss.double() * labels.shape[0]
+            correct += (outputs.argmax(-1) == labels.argmax(-1)).sum()
             seen += labels.shape[0]
             if bar is not None:
                 bar.update(1)
@@ -185,7 +188,29 @@ def train_one_epoch(run: Run, state: RunState, num_epochs: int, save_mid_epoch: 
     return result
 
 
-@torch.no_grad()
+def _accumulate(run: Run, images: torch.Tensor, labels: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Forward and backward of one step's batch in ``run.accumulate_steps`` equal parts (the
+    gradient of the whole batch's mean loss, up to rounding; batch-statistics layers such as
+    BatchNorm see the smaller parts); gradients synchronise across processes on the last part
+    only. The complexity term is added once. Returns the batch's mean loss and its outputs."""
+    parts = run.accumulate_steps
+    total_loss, outputs = 0.0, []
+    for j, (x, y) in enumerate(zip(images.tensor_split(parts), labels.tensor_split(parts))):
+        last = j == parts - 1
+        sync = run.net.no_sync() if run.ctx.distributed and not last else contextlib.nullcontext()
+        with sync:
+            with torch.autocast(run.ctx.device.type, dtype=run.amp_dtype, enabled=run.mixed_precision):
+                out = run.train_net(x)
+                loss = run.loss_fn(out, y)
+            part = loss * (y.shape[0] / labels.shape[0])
+            if last and run.complexity_weight:
+                part = part + run.complexity_weight * run.complexity_fn(run.model, trace=run.structure)
+            run.scaler.scale(part).backward()
+        total_loss = total_loss + loss.detach() * (y.shape[0] / labels.shape[0])
+        outputs.append(out.detach())
+    return total_loss, torch.cat(outputs)
+
+
 @torch.no_grad()
 def evaluate(run: Run, shift_consistency: Optional[Tuple[int, str]] = None) -> Dict[str, float]:
     """Test loss and accuracy over every rank's share of the test split, and with
@@ -236,6 +261,9 @@ def epoch_metrics(run: Run, state: RunState, sums: Dict[str, float]) -> Dict[str
     with torch.no_grad():
         metrics["complexity"] = float(run.complexity_fn(run.model, trace=run.structure))
     metrics["flops"] = count_flops(run.model, run.datasets.image_shape)
+    skipped = [getattr(run.datasets.train, "skipped", None), getattr(run.datasets.test, "skipped", None)]
+    if skipped[0] is not None:  # file sources: files left out by data.load_datasets.skip_bad_files, all ranks
+        metrics["skipped_files"] = int(run.ctx.all_sum([float(skipped[0] + (skipped[1] or 0))])[0])
     return metrics
 
 
@@ -285,8 +313,11 @@ class _Saver:
 
 
 def _check_arguments(num_epochs, keep_checkpoints, checkpoint_every_steps, checkpoint_every_minutes,
-                     shift_consistency, shift_mode, on_config_change) -> None:
+                     shift_consistency, shift_mode, on_config_change, accumulate_steps, compile) -> None:
     check_int(num_epochs, "train.train.num_epochs", minimum=0)
+    check_int(accumulate_steps, "train.train.accumulate_steps", minimum=1)
+    if not isinstance(compile, bool):
+        raise TypeError(f"train.train.compile must be True or False, but got {compile!r}")
     check_int(keep_checkpoints, "train.train.keep_checkpoints (checkpoints kept; 1 or more, or nothing could resume)",
               minimum=1)
     check_int(checkpoint_every_steps, "train.train.checkpoint_every_steps", minimum=1, allow_none=True)
@@ -325,6 +356,8 @@ def train(
     seed: Optional[int] = None,
     shift_consistency: Optional[int] = None,
     shift_mode: str = "circular",
+    accumulate_steps: int = 1,
+    compile: bool = False,
     progress: Optional[bool] = None,
     log: Callable[[str], None] = print,
     hooks: Sequence[Callable[[str, RunState], None]] = (),
@@ -362,13 +395,19 @@ def train(
             recorded as ``shift_consistency`` in the metrics and TensorBoard; None: not measured.
         shift_mode: ``'circular'`` (wrap around; Zhang 2019's CIFAR protocol) or ``'zeros'``
             (pad with zeros in the normalised input, crop back).
+        accumulate_steps: gradient accumulation: each step's batch (``data.load_datasets.batch_size``)
+            goes through the model in this many equal parts, one optimizer step per batch; the
+            same gradient as the whole batch up to rounding (for models without batch
+            statistics: BatchNorm normalises each part by its own statistics), in less memory.
+        compile: train through ``torch.compile`` of the model (evaluation and checkpoints use
+            the model itself).
         progress: a progress bar (None: when the output is a terminal).
         log: where the per-epoch lines go.
         hooks: ``hook(event, state)`` called at 'step', 'before_checkpoint', 'checkpoint_written'
             and 'epoch_end' (e.g. fault injection in the tests, custom logging).
     """
     _check_arguments(num_epochs, keep_checkpoints, checkpoint_every_steps, checkpoint_every_minutes,
-                     shift_consistency, shift_mode, on_config_change)
+                     shift_consistency, shift_mode, on_config_change, accumulate_steps, compile)
     ctx = DistributedContext(device)
     with contextlib.ExitStack() as stack:
         stack.callback(ctx.close)
@@ -383,7 +422,7 @@ def train(
                 say(f"removed {path}, left by an interrupted run")
         run = build(ctx, load_data_fn, model_cls, optimizer_cls, loss_cls, complexity_fn, complexity_weight,
                     channels_last, mixed_precision, seed,
-                    None if shift_consistency is None else (shift_consistency, shift_mode))
+                    None if shift_consistency is None else (shift_consistency, shift_mode), accumulate_steps, compile)
         stack.callback(run.close)
         config = resolved_config(seed)
         state, resumed_from, changes = (resume(workdir, run, config, num_epochs, on_config_change, restart, say)
