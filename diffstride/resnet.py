@@ -329,7 +329,7 @@ def l2_param_groups(model: nn.Module, weight_decay: Optional[float] = None) -> L
     from diffstride.pooling import param_groups
 
     wd = getattr(model, "weight_decay", 0.0) if weight_decay is None else weight_decay
-    decayed = lambda module, name, p: isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Linear))  # noqa: E731
+    decayed = lambda module, name, p: isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear))  # noqa: E731
     return param_groups(model, 2.0 * wd, decay=decayed)
 
 

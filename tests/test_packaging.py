@@ -25,7 +25,7 @@ def test_the_wheel_carries_the_configs_and_scripts_and_runs_in_a_fresh_virtualen
     assert wheel.name.startswith(f"diffstride-{diffstride.__version__}-")  # the one version source
     names = zipfile.ZipFile(wheel).namelist()
     configs = {os.path.basename(n) for n in names if n.startswith("diffstride/examples/configs/")}
-    assert {"cifar10.gin", "cifar100.gin", "mnist.gin", "translated_mnist.gin", "osuleaf.gin"} <= configs
+    assert {"cifar10.gin", "cifar100.gin", "mnist.gin", "translated_mnist.gin", "osuleaf.gin", "imagenet.gin"} <= configs
     assert any(n.endswith("licenses/LICENSE") or n.endswith("/LICENSE") for n in names)
     entry_points = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
     for script in ("diffstride-train = diffstride.examples.main:cli", "diffstride-sweep = diffstride.examples.sweep:cli"):

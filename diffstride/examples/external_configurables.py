@@ -11,6 +11,8 @@ Importing this module (the reference's configs start with
 - ``complexity_loss`` (``complexity_loss.weighting = 'flops'``);
 - ``@pooling.DiffStride``, ``@pooling.FixedSpectralPooling``, ``@pooling.SpatialPooling`` (and
   the 1-D and 3-D layers), so that ``pooling.DiffStride.smoothness_factor = ...`` binds their arguments;
+- ``@models.torchvision`` and ``@models.timm``: any torchvision or timm classifier by name,
+  converted (:mod:`diffstride.examples.models`);
 - ``@tf.keras.optimizers.SGD``, ``@tf.keras.optimizers.schedules.PiecewiseConstantDecay``,
   ``@tf.keras.optimizers.schedules.CosineDecay`` and ``@tf.keras.losses.CategoricalCrossentropy``,
   with Keras' meaning (see :mod:`diffstride.examples.optim`).
@@ -18,7 +20,7 @@ Importing this module (the reference's configs start with
 import gin
 
 from diffstride import complexity, pooling, resnet
-from diffstride.examples import optim
+from diffstride.examples import models, optim
 
 # Registered once, at import (Gin refuses a second registration of a name; Python imports a
 # module once). The Gin-configured callables are module attributes: the training loop uses
@@ -29,6 +31,8 @@ batch_norm = gin.external_configurable(resnet.batch_norm, name="batch_norm", mod
 complexity_loss = gin.external_configurable(complexity.complexity_loss, module="diffstride.complexity")
 categorical_crossentropy = gin.external_configurable(optim.CategoricalCrossentropy, module="tf.keras.losses")
 gin.external_configurable(optim.SGD, module="tf.keras.optimizers")
+gin.external_configurable(models.torchvision_model, name="torchvision", module="models")
+gin.external_configurable(models.timm_model, name="timm", module="models")
 for _schedule in (optim.PiecewiseConstantDecay, optim.CosineDecay):
     gin.external_configurable(_schedule, module="tf.keras.optimizers.schedules")
 for _layer in (pooling.DiffStride, pooling.DiffStride1d, pooling.DiffStride3d, pooling.FixedSpectralPooling,

@@ -1,10 +1,14 @@
 """Shared helpers of the training-system tests: the tiny MNIST job, the real command in a fresh
-process, and Gin cleaned around every test (the command line's bindings are global)."""
+process, Gin cleaned around every test (the command line's bindings are global), and generated
+image and audio folders and tar shards for the file sources."""
+import io
 import json
 import os
 import subprocess
 import sys
+import tarfile
 
+import numpy as np
 import pytest
 
 
@@ -55,3 +59,78 @@ def _run_killed_at(args, event, step):
             "sys.exit(main.main(sys.argv[1:], hooks=[hook]))\n")
     return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True,
                           env=dict(os.environ, OMP_NUM_THREADS="1"), timeout=300)
+
+
+# ----------------------------------------------------------------------------------------------
+# Generated files for the file sources (image and audio folders, tar shards)
+
+CLASSES = ("cat", "dog", "owl")
+
+
+def _image(rng, i):
+    """An image of a varying size and mode, as (PIL image, file extension)."""
+    from PIL import Image
+
+    h, w = (int(v) for v in rng.integers(20, 48, 2))
+    rgb = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+    kind = i % 5
+    if kind == 0:
+        return Image.fromarray(rgb), "jpg"
+    if kind == 1:
+        return Image.fromarray(rgb).convert("L"), "jpg"
+    if kind == 2:
+        return Image.fromarray(rgb).convert("P"), "png"
+    if kind == 3:
+        return Image.fromarray(np.dstack([rgb, rgb[..., :1]])), "png"  # RGBA
+    return Image.fromarray(rng.integers(0, 65536, (h, w)).astype(np.uint16)), "png"  # 16-bit grayscale
+
+
+def _tone(rate, seconds, freq):
+    t = np.arange(int(rate * seconds)) / rate
+    return (0.5 * np.sin(2 * np.pi * freq * t)).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    """Every source over the same examples: ``images/{train,val}/<class>/``, ``audio/...``, the
+    Hugging Face copies, tar shards of the images, and MNIST idx files."""
+    import soundfile
+
+    root = tmp_path_factory.mktemp("files")
+    rng = np.random.default_rng(0)
+    made = {"images": {}, "audio": {}}
+    for split, n in (("train", 12), ("val", 4)):
+        made["images"][split], made["audio"][split] = [], []
+        for label, name in enumerate(CLASSES):
+            folder = root / "images" / split / name
+            folder.mkdir(parents=True)
+            for i in range(n):
+                image, ext = _image(rng, i + label)
+                path = folder / f"{i:03d}.{ext}"
+                image.save(path)
+                made["images"][split].append((str(path), label))
+            folder = root / "audio" / split / name
+            folder.mkdir(parents=True)
+            for i in range(n // 2):
+                rate = (8000, 16000, 22050)[i % 3]
+                seconds = (0.3, 0.6)[i % 2]  # shorter and longer than the clip
+                path = folder / f"{i:03d}.{('wav', 'flac')[i % 2]}"
+                soundfile.write(str(path), _tone(rate, seconds, 300.0 * (label + 1)), rate)
+                made["audio"][split].append((str(path), label))
+    made["root"] = root
+    return made
+
+
+def _shards(tmp_path, rows, split, per_shard):
+    paths = []
+    for s in range(0, len(rows), per_shard):
+        path = tmp_path / f"{split}-{s // per_shard:03d}.tar"
+        with tarfile.open(path, "w") as tar:
+            for key, (file, label) in enumerate(rows[s:s + per_shard], start=s):
+                for ext, payload in ((os.path.splitext(file)[1][1:], open(file, "rb").read()),
+                                     ("cls", str(label).encode())):
+                    info = tarfile.TarInfo(f"{key:06d}.{ext}")
+                    info.size = len(payload)
+                    tar.addfile(info, io.BytesIO(payload))
+        paths.append(path)
+    return paths
