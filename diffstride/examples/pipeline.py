@@ -252,7 +252,8 @@ class _Loader:
     def __init__(self, dataset, sampler, num_workers: int, device: torch.device, prefetch_factor: int,
                  skip_bad_files: bool, stream_batch: Optional[int] = None):
         self.device, self.skip_bad_files, self.stream_batch = device, skip_bad_files, stream_batch
-        self.skipped = 0
+        self.bad: set = set()  # names of the examples left out (skip_bad_files)
+        self.skipped_before = 0  # files left out when the source was scanned
         self.sampler = sampler
         kwargs = dict(num_workers=num_workers, pin_memory=device.type == "cuda", collate_fn=collate,
                       worker_init_fn=_worker_init)
@@ -284,7 +285,7 @@ class _Loader:
                     raise BadExample(f"{bad[0]}. Remove or repair the file, or set "
                                      f"data.load_datasets.skip_bad_files = True to skip such files "
                                      f"(they are counted in metrics.json)")
-                self.skipped += len(bad)
+                self.bad.update(bad)
             if images is None:
                 continue
             yield (images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True))
@@ -308,7 +309,8 @@ class LoaderTrainBatches:
 
     @property
     def skipped(self) -> int:
-        return self.loader.skipped
+        """Distinct files left out so far (when scanned, and when they failed to decode)."""
+        return self.loader.skipped_before + len(self.loader.bad)
 
     def order(self, epoch: int) -> int:
         """The epoch's order is a function of (seed, epoch): the epoch number stands for it."""
@@ -343,7 +345,7 @@ class LoaderTestBatches:
 
     @property
     def skipped(self) -> int:
-        return self.loader.skipped
+        return self.loader.skipped_before + len(self.loader.bad)
 
     def __iter__(self):
         for images, labels in self.loader:
@@ -531,7 +533,7 @@ def file_datasets(name: str, *, data_dir: str, download: bool, batch_size: int, 
         test_loader = _Loader(ExampleDataset(test_src, transforms[1], seed),
                               EpochBatchSampler(len(test_src), batch_size, rank, world_size, seed, shuffle=False),
                               workers, device, prefetch_factor, skip_bad_files)
-    train_loader.skipped += len(train_src.skipped)
-    test_loader.skipped += len(test_src.skipped)
+    train_loader.skipped_before = len(train_src.skipped)
+    test_loader.skipped_before = len(test_src.skipped)
     return (LoaderTrainBatches(train_loader, steps, num_classes, normalize, augment_fn, mixup_alpha),
             LoaderTestBatches(test_loader, normalize), num_classes, shape)

@@ -223,7 +223,10 @@ def test_workers_never_change_a_batch_and_a_resume_continues_the_epoch(files):
     assert len(zero) == 12
     for (xa, ya), (xb, yb) in zip(zero, two):
         assert torch.equal(xa, xb) and torch.equal(ya, yb)
-    assert not torch.equal(zero[0][0], zero[6][0])  # another epoch: another order and other crops
+    assert not torch.equal(zero[0][0], zero[6][0])  # another epoch: another order
+    # each example's randomness is its own (seed, epoch, index): the same key, the same crop; another epoch, another
+    dataset = _load("imagefolder", root).train.loader.loader.dataset
+    assert torch.equal(dataset[(0, 5)][0], dataset[(0, 5)][0]) and not torch.equal(dataset[(0, 5)][0], dataset[(1, 5)][0])
     resumed = _batches(_load("imagefolder", root, auto_augment="trivialaugment", num_workers=2), epochs=(0,), start=4)
     assert all(torch.equal(a[0], b[0]) for a, b in zip(resumed, zero[4:6])) and len(resumed) == 2
     other_seed = _batches(_load("imagefolder", root, auto_augment="trivialaugment", seed=4))

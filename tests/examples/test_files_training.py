@@ -1,0 +1,218 @@
+"""Training on file sources (issue "any data, any scale"): a short run per source, a SIGKILL
+mid-epoch with workers then the same command, torchrun over two processes, bad files during
+training, gradient accumulation, torch.compile, and torchvision / timm models by name."""
+import functools
+import json
+import math
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from diffstride import pooling
+from diffstride.examples import checkpoint as ckpt
+from diffstride.examples import data, main as main_lib, models
+from diffstride.examples import train as train_lib
+
+from .conftest import _metrics, _run, _run_killed_at, _shards
+
+SMALL = [
+    "data.load_datasets.image_size = 24",
+    "data.load_datasets.batch_size = 6",
+    "data.load_datasets.num_workers = 2",
+    "resnet.Resnet.filters = [4, 8]",
+    "resnet.Resnet.strides = [1, 2]",
+    "tf.keras.optimizers.schedules.PiecewiseConstantDecay.boundaries = [4]",
+    "tf.keras.optimizers.schedules.PiecewiseConstantDecay.values = [0.02, 0.05]",
+]
+
+
+def _file_args(workdir, name, root, epochs=1, extra=()):
+    binds = [f"data.load_datasets.name = '{name}'", f"data.load_datasets.data_dir = '{root}'",
+             f"train.train.num_epochs = {epochs}"] + SMALL + list(extra)
+    return ["--gin_config=mnist.gin", f"--workdir={workdir}", "--seed=1"] + [f"--gin_bindings={b}" for b in binds]
+
+
+def _finite_run(workdir, dataset):
+    metrics = _metrics(workdir)
+    assert metrics["run"]["dataset"] == dataset and math.isfinite(metrics["train_loss"])
+    assert 0.0 <= metrics["test_accuracy"] <= 1.0 and metrics["skipped_files"] == 0
+    return metrics
+
+
+def test_a_short_training_on_each_file_source(files, tmp_path, capsys):
+    images, audio = files["root"] / "images", files["root"] / "audio"
+    assert main_lib.main(_file_args(tmp_path / "folder", "imagefolder", images)) == 0
+    _finite_run(tmp_path / "folder", "imagefolder")
+    _shards(tmp_path, files["images"]["train"], "train", 9)
+    _shards(tmp_path, files["images"]["val"], "val", 6)
+    name = f"wds:{tmp_path}/{{split}}-*.tar"
+    assert main_lib.main(_file_args(tmp_path / "wds", name, tmp_path)) == 0
+    _finite_run(tmp_path / "wds", name)
+    # audio: log-mel spectrograms for the 2-D ResNet, raw waveforms for the 1-D one
+    audio_args = ["data.load_datasets.sample_rate = 8000", "data.load_datasets.clip_seconds = 0.25",
+                  "data.load_datasets.n_mels = 16"]
+    assert main_lib.main(_file_args(tmp_path / "mel", "audiofolder", audio, extra=audio_args)) == 0
+    assert _finite_run(tmp_path / "mel", "audiofolder")["flops"] > 0
+    wave = audio_args + ["data.load_datasets.audio_features = 'waveform'", "resnet.Resnet.dims = 1",
+                         "resnet.Resnet.pooling_cls = @pooling.DiffStride1d"]
+    assert main_lib.main(_file_args(tmp_path / "wave", "audiofolder", audio, extra=wave)) == 0
+    metrics = _finite_run(tmp_path / "wave", "audiofolder")
+    assert all(len(info["strides"]) == 1 for info in metrics["pooling"].values())
+
+
+def test_hugging_face_audio_dataset_trains(files, tmp_path):
+    datasets = pytest.importorskip("datasets")
+
+    def split(name):  # the audio column as the hub stores it (bytes and path), typed Audio; encoding
+        # through datasets.Audio would need torchcodec, which reading here does not
+        rows = files["audio"][name]
+        audio = [{"bytes": open(p, "rb").read(), "path": os.path.basename(p)} for p, _ in rows]
+        ds = datasets.Dataset.from_dict({"audio": audio, "label": [y for _, y in rows]})
+        return ds.cast_column("audio", datasets.Audio()).cast_column("label", datasets.ClassLabel(num_classes=3))
+
+    datasets.DatasetDict({"train": split("train"), "validation": split("val")}).save_to_disk(str(tmp_path / "hf"))
+    args = _file_args(tmp_path / "run", f"hf:{tmp_path / 'hf'}", tmp_path,
+                      extra=["data.load_datasets.sample_rate = 8000", "data.load_datasets.clip_seconds = 0.25"])
+    assert main_lib.main(args) == 0
+    _finite_run(tmp_path / "run", f"hf:{tmp_path / 'hf'}")
+
+
+@pytest.mark.slow
+def test_killed_mid_epoch_with_workers_then_rerun_gives_the_same_metrics(files, tmp_path):
+    """SIGKILL after the mid-epoch checkpoint of step 4 (of 6 per epoch), then the same command:
+    the run resumes at batch 4 of epoch 1 and ends exactly as a run never interrupted."""
+    root = files["root"] / "images"
+    extra = ["train.train.checkpoint_every_steps = 2", "data.load_datasets.auto_augment = 'randaugment'"]
+    whole = _run(_file_args(tmp_path / "whole", "imagefolder", root, epochs=2, extra=extra))
+    assert whole.returncode == 0, whole.stderr[-2000:]
+    args = _file_args(tmp_path / "killed", "imagefolder", root, epochs=2, extra=extra)
+    killed = _run_killed_at(args, "checkpoint_written", 4)
+    assert killed.returncode == -9 and not os.path.exists(tmp_path / "killed" / "metrics.json")
+    again = _run(args)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "resumed from" in again.stdout and "step 4" in again.stdout
+    a, b = _metrics(tmp_path / "whole"), _metrics(tmp_path / "killed")
+    for key in ("train_loss", "test_loss", "test_accuracy", "step"):
+        assert a[key] == b[key], key
+    assert a["pooling"] == b["pooling"]
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_read_their_shards_and_resume(files, tmp_path):
+    """Two processes on an image folder, with gradient accumulation (DDP's no_sync on all but the
+    last part): each rank reads its half of each batch; the second command resumes."""
+    workdir = tmp_path / "ddp"
+
+    def torchrun(epochs):
+        args = _file_args(workdir, "imagefolder", files["root"] / "images", epochs=epochs,
+                          extra=["train.train.accumulate_steps = 2", "train.train.checkpoint_every_steps = 4"])
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+               "-m", "diffstride.examples.main", *args]
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=600,
+                              env=dict(os.environ, OMP_NUM_THREADS="1"))
+
+    result = torchrun(1)
+    assert result.returncode == 0, result.stderr[-3000:]
+    result = torchrun(2)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("resumed from") == 1
+    metrics = _metrics(workdir)
+    assert metrics["step"] == 12 and metrics["run"]["world_size"] == 2 and metrics["run"]["accumulate_steps"] == 2
+    replicas = metrics["replica_strides"]
+    assert len(replicas) == 2 and replicas[0] == replicas[1]
+
+
+def test_a_bad_file_stops_the_run_by_name_and_keeps_the_checkpoint(files, tmp_path, capsys):
+    import shutil
+
+    root = tmp_path / "images"
+    shutil.copytree(files["root"] / "images", root)
+    workdir = tmp_path / "run"
+    assert main_lib.main(_file_args(workdir, "imagefolder", root, epochs=1)) == 0
+    kept = sorted(p for p in os.listdir(workdir) if p.startswith("ckpt-"))
+    bad = root / "train" / "dog" / "broken.jpg"
+    bad.write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    capsys.readouterr()
+    assert main_lib.main(_file_args(workdir, "imagefolder", root, epochs=2)) == 2
+    err = capsys.readouterr().err
+    assert f"{bad}: cannot be decoded as an image" in err and "skip_bad_files = True" in err
+    assert sorted(p for p in os.listdir(workdir) if p.startswith("ckpt-")) == kept
+    state = ckpt.load_checkpoint(os.path.join(workdir, kept[-1]))  # verifies, or raises
+    assert state["epoch"] == 1
+    # skipping instead: counted once in the metrics, however many epochs read it
+    args = _file_args(tmp_path / "skip", "imagefolder", root, epochs=2,
+                      extra=["data.load_datasets.skip_bad_files = True"])
+    assert main_lib.main(args) == 0
+    assert _metrics(tmp_path / "skip")["skipped_files"] == 1
+
+
+# ----------------------------------------------------------------------------------------------
+# The loop's new knobs
+
+
+def _small_net(num_output_classes, in_channels):
+    torch.manual_seed(0)  # no batch statistics: accumulation gives the whole batch's gradient
+    return nn.Sequential(nn.Conv2d(in_channels, 4, 3, padding=1), pooling.DiffStride(strides=(2, 2)), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, num_output_classes), nn.Softmax(-1))
+
+
+def _train_small(**kwargs):
+    load = functools.partial(data.load_datasets, name="mnist", train_examples=128, test_examples=64, batch_size=32)
+    return train_lib.train(load_data_fn=load, model_cls=_small_net, num_epochs=1, workdir=None, seed=0,
+                           log=lambda *_: None, complexity_weight=0.01, **kwargs)
+
+
+def test_gradient_accumulation_gives_the_large_batch_result():
+    whole, parts = _train_small(accumulate_steps=1), _train_small(accumulate_steps=4)
+    for key in ("train_loss", "test_loss"):
+        assert math.isclose(whole[key], parts[key], rel_tol=1e-5), key
+    assert np.allclose(whole["pooling"]["1"]["strides"], parts["pooling"]["1"]["strides"], rtol=1e-5)
+    assert whole["pooling"]["1"]["strides"] != [2.0, 2.0]  # the strides did move (complexity term, once)
+    with pytest.raises(ValueError, match="train.train.accumulate_steps must be >= 1, but got 0"):
+        _train_small(accumulate_steps=0)
+
+
+@pytest.mark.slow
+def test_compiled_training_matches_eager():
+    eager, compiled = _train_small(), _train_small(compile=True)
+    assert compiled["run"]["compile"] is True
+    assert math.isclose(eager["test_loss"], compiled["test_loss"], rel_tol=1e-4)
+
+
+# ----------------------------------------------------------------------------------------------
+# Models by name
+
+
+def test_torchvision_model_by_name_converted_with_grayscale_input():
+    import torchvision
+
+    torch.manual_seed(0)
+    model = models.torchvision_model("resnet18", num_output_classes=5, in_channels=1, image_size=32)
+    layers = pooling.pooling_layers(model)
+    assert len(layers) == 5 and all(isinstance(m, pooling.DiffStride) for _, m in layers)
+    assert model(torch.zeros(2, 1, 32, 32)).shape == (2, 5)
+    strided = models.torchvision_model("resnet18", num_output_classes=5, pooling_cls=None, weight_decay=5e-5)
+    assert not pooling.pooling_layers(strided) and strided.conv1.stride == (2, 2) and strided.weight_decay == 5e-5
+    # one input channel: the RGB kernels summed, so a gray image gives what RGB copies of it gave
+    reference = torchvision.models.resnet18(num_classes=5).eval()
+    adapted = torchvision.models.resnet18(num_classes=5)
+    adapted.load_state_dict(reference.state_dict())
+    models.adapt_in_channels(adapted, 1)
+    assert adapted.conv1.in_channels == 1
+    image = torch.rand(2, 1, 40, 40)
+    torch.testing.assert_close(adapted.eval()(image), reference(image.expand(-1, 3, -1, -1)), rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="torchvision has no model 'resnet19'"):
+        models.torchvision_model("resnet19", num_output_classes=5)
+
+
+def test_timm_model_by_name_converted():
+    pytest.importorskip("timm")
+    model = models.timm_model("resnet18", num_output_classes=4, image_size=32,
+                              pooling_cls=pooling.FixedSpectralPooling)
+    assert {type(m) for _, m in pooling.pooling_layers(model)} == {pooling.FixedSpectralPooling}
+    assert model(torch.zeros(1, 3, 32, 32)).shape == (1, 4)
