@@ -19,6 +19,7 @@ Deterministic by construction:
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 from typing import Any, Callable, Iterator, List, Optional, Sequence, Tuple
@@ -107,6 +108,20 @@ class AudioTransform:
             return self.log_mel(clip)
 
 
+@contextlib.contextmanager
+def _seeded(seed: int):
+    """torch's CPU generator and Python's ``random`` seeded for one example, restored afterwards
+    (``torch.manual_seed`` would also seed every accelerator: 100x slower per call)."""
+    torch_state, python_state = torch.get_rng_state(), random.getstate()
+    torch.default_generator.manual_seed(seed)
+    random.seed(seed)
+    try:
+        yield
+    finally:
+        torch.set_rng_state(torch_state)
+        random.setstate(python_state)
+
+
 def _transformed(source, transform, example) -> Tuple[Optional[torch.Tensor], Any]:
     """(tensor, label), or (None, message) for a bad example."""
     try:
@@ -127,10 +142,7 @@ class ExampleDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, key: Tuple[int, int]):
         epoch, index = key
-        with torch.random.fork_rng(devices=[]):
-            seed = example_seed(self.seed, epoch, index)
-            torch.manual_seed(seed)
-            random.seed(seed)  # for transforms that use Python's generator
+        with _seeded(example_seed(self.seed, epoch, index)):
             try:
                 example = self.source[index]
             except BadExample as err:
@@ -232,8 +244,7 @@ class ShardStream(torch.utils.data.IterableDataset):
                 return
             if position < self.start or position % workers != worker:
                 continue
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(example_seed(self.seed, self.epoch, self.rank, position))
+            with _seeded(example_seed(self.seed, self.epoch, self.rank, position)):
                 try:
                     example = self.shards.example(shard, key, members)
                 except BadExample as err:
