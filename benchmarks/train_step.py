@@ -1,6 +1,7 @@
 """ResNet-18 training-step speed and memory on CIFAR shapes (a benchmark, not a test).
 
     python benchmarks/train_step.py [--batch 32] [--threads 2] [--repeats 10] [--no-memory] [--quick]
+    python benchmarks/train_step.py --imagenet [--batch 8] [--repeats 5]
 
 Prints the machine, then a line per measurement as it goes: for DiffStride,
 FixedSpectralPooling and strided convolutions, milliseconds per training step (forward,
@@ -12,6 +13,10 @@ Each row's ratio is against the strided-convolution step of the same variant, me
 same run. Then the share of the DiffStride step spent in its pooling layers (each timed alone
 on the inputs it sees in the step) and the images/s of the data pipeline alone. ``--quick``
 (float32 channels_last only, 3 repeats) finishes in well under 3 minutes on 2 cores.
+
+``--imagenet`` prints instead the 224x224 rows: torchvision's ResNet-18 converted to DiffStride
+(``diffstride.examples.models``, the model of ``imagenet.gin``) against the strided original,
+milliseconds per step and peak memory, eager and through ``torch.compile``.
 
 The TensorFlow reference, timed in the same run, is benchmarks/reference_tf.py.
 """
@@ -108,6 +113,50 @@ def pipeline_images_per_second(batch, repeats):
     return batch / statistics.median(times)
 
 
+def imagenet_step(name, batch, compiled):
+    """A training step of torchvision's ResNet-18 at 224x224: converted to DiffStride, or the
+    strided original; through torch.compile or eager (also built in a fresh process by benchmarks.memory)."""
+    from diffstride.examples import models
+
+    torch.manual_seed(0)
+    model = models.torchvision_model("resnet18", num_output_classes=1000,
+                                     pooling_cls=pooling.DiffStride if name == "DiffStride" else None)
+    model = model.to(memory_format=torch.channels_last)
+    opt = torch.optim.SGD(resnet.l2_param_groups(model, 5e-5), lr=0.1, momentum=0.9)
+    x = torch.randn(batch, 3, 224, 224).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 1000, (batch,))
+    net = torch.compile(model) if compiled else model
+
+    def step():
+        loss = F.cross_entropy(net(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    return step
+
+
+def imagenet_rows(batch, repeats, memory, log):
+    log(f"torchvision ResNet-18, ImageNet 224x224, batch {batch}, float32 channels_last, CPU; "
+        f"DiffStride (diffstride.examples.models, via convert) and the strided original timed in turns")
+    log("| model | mode | ms / step | peak MiB | DiffStride / strided (same mode) |")
+    log("|---|---|---:|---:|---:|")
+    for compiled in (False, True):
+        mode = "torch.compile" if compiled else "eager"
+        started = time.perf_counter()
+        steps = [imagenet_step(name, batch, compiled) for name in ("DiffStride", "strided conv")]
+        for step in steps:  # the first call compiles
+            step()
+        warm = time.perf_counter() - started
+        times = interleaved_medians(steps, repeats, warmup=1)
+        peaks = [peak_mib("benchmarks.train_step", "imagenet_step", name, batch, compiled) if memory else float("nan")
+                 for name in ("DiffStride", "strided conv")]
+        for name, ms, peak in zip(("DiffStride", "strided conv"), times, peaks):
+            log(f"| {name} | {mode} | {ms:.0f} | {peak:.0f} | {times[0] / times[1]:.2f}x |" if name == "DiffStride"
+                else f"| {name} | {mode} | {ms:.0f} | {peak:.0f} | 1.00x |")
+        log(f"({mode}: building and the first steps took {warm:.0f} s)")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=32)
@@ -115,10 +164,14 @@ def main():
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--no-memory", dest="memory", action="store_false", help="skip the peak-memory runs")
     parser.add_argument("--quick", action="store_true", help="float32 channels_last only, 3 repeats, no memory")
+    parser.add_argument("--imagenet", action="store_true",
+                        help="only the 224x224 rows: torchvision ResNet-18 converted vs strided, eager and compiled")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     log = lambda line: print(line, flush=True)  # noqa: E731
     log(machine_header(torch.device("cpu"), args.threads))
+    if args.imagenet:
+        return imagenet_rows(args.batch, 3 if args.quick else args.repeats, args.memory and not args.quick, log)
     log(f"ResNet-18, CIFAR 32x32, batch {args.batch}, CPU; the three poolings timed in turns")
     native = native_low_precision(torch.device("cpu"))
     variants = ["float32 channels_last"] if args.quick else list(VARIANTS)
