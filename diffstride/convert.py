@@ -140,18 +140,57 @@ class _UnionFind:
             self.parent[rb] = ra
 
 
-def _ties_by_data_flow(model: nn.Module, targets: Sequence[str], uf: _UnionFind) -> None:
+class _LeafTracer(torch.fx.Tracer):
+    """torch.fx's tracer, with every layer to convert kept as one call (subclasses of
+    ``nn.Conv3d`` and the like, e.g. torchvision's ``Conv3DSimple``, would be traced through)."""
+
+    def __init__(self, leaves: Iterable[str]):
+        super().__init__()
+        self.leaves = set(leaves)
+
+    def is_leaf_module(self, module: nn.Module, qualified_name: str) -> bool:
+        return qualified_name in self.leaves or super().is_leaf_module(module, qualified_name)
+
+
+def _ties_by_data_flow(model: nn.Module, targets: Sequence[str], uf: _UnionFind,
+                       strides: Optional[Dict[str, Tuple[int, ...]]] = None,
+                       chains: Optional[Dict[str, Tuple[str, ...]]] = None) -> None:
     """Traces ``model`` with torch.fx and unites the targets whose outputs meet.
 
     Every value carries its *history*: the targets it went through, in order. An operation with
     several spatial inputs (add, cat, mul, ...) unites their histories position by position from
     the newest: tensors that meet were downsampled by the same layers, which must then move
     together. Adaptive poolings give a size-free value (empty history).
+
+    One exception, the factorised convolutions of R(2+1)D: where, after their common past, one
+    branch went through a single layer and the other through a chain of layers whose strides
+    multiply, axis by axis, to that layer's (a (2, 2, 2) shortcut against (1, 2, 2) then
+    (2, 1, 1)), the single layer is recorded in ``chains`` to be followed by the chain's own
+    pooling instances, in order: both branches then downsample alike at any strides.
     """
-    graph = torch.fx.symbolic_trace(model).graph
     target_set = set(targets)
+    graph = _LeafTracer(target_set).trace(model)
     modules = dict(model.named_modules())
     history: Dict[torch.fx.Node, Tuple[str, ...]] = {}
+
+    def product(names: Sequence[str]) -> Tuple[int, ...]:
+        out = [1] * len(strides[names[0]])
+        for name in names:
+            out = [a * b for a, b in zip(out, strides[name])]
+        return tuple(out)
+
+    def chained(first: Tuple[str, ...], other: Tuple[str, ...]) -> bool:
+        common = 0
+        while common < min(len(first), len(other)) and first[common] == other[common]:
+            common += 1
+        single, chain = first[common:], other[common:]
+        if len(single) != 1 or len(chain) < 2 or strides is None or chains is None:
+            return False
+        if any(len(strides[n]) != len(strides[single[0]]) for n in chain) or product(chain) != strides[single[0]]:
+            return False
+        chains[single[0]] = tuple(chain)
+        return True
+
     for node in graph.nodes:
         inputs = [history[a] for a in node.all_input_nodes if a in history]
         if node.op == "call_module" and node.target in target_set:
@@ -162,6 +201,8 @@ def _ties_by_data_flow(model: nn.Module, targets: Sequence[str], uf: _UnionFind)
         else:
             spatial = [h for h in inputs if h]
             for other in spatial[1:]:
+                if chained(spatial[0], other) or chained(other, spatial[0]):
+                    continue
                 for a, b in zip(reversed(spatial[0]), reversed(other)):
                     uf.union(a, b)
             history[node] = max(spatial, key=len) if spatial else ()
@@ -259,6 +300,8 @@ def _prove(model: nn.Module, changes: List[Change], example: torch.Tensor) -> No
             f"shape the model expects as example_input")
     instance_of = {}  # pooling name -> probe
     for change in changes:
+        if " then " in change.pooling:  # a chain of other layers' instances, moved with them
+            continue
         layer = model.get_submodule(change.pooling)
         if layer.trainable and id(layer) in probes:
             instance_of[change.pooling] = probes[id(layer)]
@@ -371,9 +414,10 @@ def convert(
         return (model if inplace else copy.deepcopy(model)), []
 
     uf = _UnionFind(targets)
+    chains: Dict[str, Tuple[str, ...]] = {}  # a layer -> the chain of layers whose poolings it reuses
     if share_residual:
         try:
-            _ties_by_data_flow(model, targets, uf)
+            _ties_by_data_flow(model, targets, uf, {n: _strides_of(model.get_submodule(n)) for n in targets}, chains)
         except Exception as err:  # torch.fx cannot trace data-dependent Python control flow
             warnings.warn(
                 f"convert: {type(model).__name__} could not be traced with torch.fx "
@@ -388,9 +432,19 @@ def convert(
         groups.setdefault(uf.find(name), []).append(name)
     instances: Dict[str, Tuple[nn.Module, Tuple[int, ...]]] = {}  # first layer of a group -> (pooling, its strides)
     changes: List[Change] = []
-    for name in targets:
+    for name in [t for t in targets if t not in chains] + [t for t in targets if t in chains]:
         module = model.get_submodule(name)
         strides, ndim = _strides_of(module), _ndim_of(module)
+        if name in chains:  # R(2+1)D's shortcut: the pooling instances of the chain it stands for, in order
+            firsts = [groups[uf.find(c)][0] for c in chains[name]]
+            pool = nn.Sequential(*[instances[f][0] for f in firsts])
+            module.stride = (1,) * ndim
+            pad = _same_padding(module, ndim)
+            parts = [("0", module), ("1", pool)] if pad is None else [("pad", pad), ("0", module), ("1", pool)]
+            _set_submodule(model, name, nn.Sequential(collections.OrderedDict(parts)))
+            changes.append(Change(name, _kind_of(module, layers), strides, " then ".join(f"{f}.1" for f in firsts),
+                                  " + ".join(chains[name])))
+            continue
         group = groups[uf.find(name)]
         first = group[0]  # converted first: its pooling is registered as FIRST.1
         if first in instances:
