@@ -458,7 +458,9 @@ def load_datasets(
         _check_file_options(image_size, channels, augment, auto_augment, crop_ratio, sample_rate, clip_seconds,
                             audio_features, n_mels, num_workers, prefetch_factor, shuffle_buffer)
         train, test, num_classes, shape = pipeline.file_datasets(
-            name, data_dir=data_dir or default_data_dir(), download=download, batch_size=batch_size,
+            # a Hugging Face hub name is cached where Hugging Face caches, unless data_dir says otherwise
+            name, data_dir=data_dir if name.startswith("hf:") else (data_dir or default_data_dir()),
+            download=download, batch_size=batch_size,
             augment_fn=augment_fn, mixup_alpha=mixup_alpha, train_examples=train_examples,
             test_examples=test_examples, device=device, rank=rank, world_size=world_size,
             seed=0 if seed is None else seed, image_size=image_size, channels=channels, augment=augment,

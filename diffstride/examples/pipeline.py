@@ -453,7 +453,7 @@ def sources_for(name: str, data_dir: str, download: bool, splits, skip_bad_files
                 sources.TorchvisionSource(cls, data_dir, False, download, pick(1), options))
     if name.startswith("hf:"):
         ref = name.split(":", 1)[1]
-        loaded = sources._hf_splits(ref, data_dir if data_dir else None)
+        loaded = sources._hf_splits(ref, data_dir)
         columns = dict(image_column=image_column, audio_column=audio_column, label_column=label_column)
         train = sources.HuggingFaceSource(ref, loaded, True, splits[0] if splits else None, data_dir, **columns)
         return train, sources.HuggingFaceSource(ref, loaded, False, splits[1] if splits else None, data_dir,

@@ -55,6 +55,9 @@ def test_images_of_every_mode_become_what_the_model_takes(tmp_path):
     (tmp_path / "bad.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
     with pytest.raises(sources.BadExample, match=r"bad\.jpg: cannot be decoded as an image"):
         sources.decode_image(str(tmp_path / "bad.jpg"), 3, "bad.jpg")
+    (tmp_path / "bad.wav").write_bytes(b"RIFF....WAVEfmt garbage")
+    with pytest.raises(sources.BadExample, match=r"bad\.wav: cannot be read as audio"):
+        sources.decode_audio(str(tmp_path / "bad.wav"), "bad.wav")
 
 
 def test_mel_filters_and_log_mel_match_librosa():
