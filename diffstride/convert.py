@@ -18,6 +18,7 @@ import warnings
 from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from diffstride import pooling
@@ -44,6 +45,14 @@ _ADAPTIVE_FUNCTIONS = {torch.nn.functional.adaptive_avg_pool1d, torch.nn.functio
                        torch.nn.functional.adaptive_avg_pool3d, torch.nn.functional.adaptive_max_pool1d,
                        torch.nn.functional.adaptive_max_pool2d, torch.nn.functional.adaptive_max_pool3d}
 _DEFAULT_SIZES = {1: (4096,), 2: (224, 224), 3: (16, 112, 112)}
+# functional poolings that a block's forward may call with a stride: (kind, module class, argument names)
+_MAX_ARGS = ("kernel_size", "stride", "padding", "dilation", "ceil_mode", "return_indices")
+_AVG_ARGS = ("kernel_size", "stride", "padding", "ceil_mode", "count_include_pad", "divisor_override")
+_FUNCTIONAL_POOLS = {
+    F.max_pool1d: ("maxpool", nn.MaxPool1d, _MAX_ARGS), F.max_pool2d: ("maxpool", nn.MaxPool2d, _MAX_ARGS),
+    F.max_pool3d: ("maxpool", nn.MaxPool3d, _MAX_ARGS), F.avg_pool1d: ("avgpool", nn.AvgPool1d, _AVG_ARGS[:5]),
+    F.avg_pool2d: ("avgpool", nn.AvgPool2d, _AVG_ARGS), F.avg_pool3d: ("avgpool", nn.AvgPool3d, _AVG_ARGS),
+}
 
 
 class ConversionError(ValueError):
@@ -61,7 +70,10 @@ class Change:
     shared_with: Optional[str] = None
 
     def __str__(self) -> str:
-        text = f"{self.name}: {self.kind} stride {self.strides} -> stride 1 + {self.pooling}"
+        if self.kind == "blur":  # the whole blur-then-subsample layer is replaced
+            text = f"{self.name}: blur stride {self.strides} -> {self.pooling}"
+        else:
+            text = f"{self.name}: {self.kind} stride {self.strides} -> stride 1 + {self.pooling}"
         return text + (f" (shared with {self.shared_with})" if self.shared_with else "")
 
 
@@ -77,7 +89,18 @@ def _strides_of(module: nn.Module) -> Tuple[int, ...]:
     return tuple(int(v) for v in per_axis(stride, _ndim_of(module), "stride"))
 
 
+# blur-then-subsample layers (timm's BlurPool2d, antialiased-cnns' BlurPool, kornia's BlurPool2D):
+# the anti-aliasing slot itself, replaced whole by the pooling layer (a learnable low-pass)
+_BLUR_NAMES = {"BlurPool2d": 2, "BlurPool2D": 2, "BlurPool": 2, "BlurPool1d": 1, "BlurPool1D": 1}
+
+
+def _is_blur(module: nn.Module) -> bool:
+    return type(module).__name__ in _BLUR_NAMES and hasattr(module, "stride")
+
+
 def _ndim_of(module: nn.Module) -> int:
+    if _is_blur(module):
+        return _BLUR_NAMES[type(module).__name__]
     for cls, n in _NDIM.items():
         if isinstance(module, cls):
             return n
@@ -85,7 +108,15 @@ def _ndim_of(module: nn.Module) -> int:
 
 
 def _kind_of(module: nn.Module, layers: Sequence[str]) -> Optional[str]:
-    return next((k for k in layers if isinstance(module, _KINDS[k])), None)
+    if _is_blur(module):
+        return "blur" if "blur" in layers else None
+    return next((k for k in layers if k in _KINDS and isinstance(module, _KINDS[k])), None)
+
+
+def _pooling_strides(layer: nn.Module) -> Optional[Tuple[int, ...]]:
+    """A pooling layer's current strides as integers, or None when one is not an integer."""
+    values = layer.strides.tolist() if torch.is_tensor(layer.strides) else list(layer.strides)
+    return tuple(int(v) for v in values) if all(float(v).is_integer() for v in values) else None
 
 
 def _is_downsampling(module: nn.Module, layers: Sequence[str]) -> bool:
@@ -206,6 +237,80 @@ def _ties_by_data_flow(model: nn.Module, targets: Sequence[str], uf: _UnionFind,
                 for a, b in zip(reversed(spatial[0]), reversed(other)):
                     uf.union(a, b)
             history[node] = max(spatial, key=len) if spatial else ()
+
+
+def _functional_pool(node: torch.fx.Node, layers: Sequence[str]) -> Optional[nn.Module]:
+    """The pooling module equal to a strided functional pooling call (``F.max_pool2d(x, 3, stride=2)``),
+    or None (not a pooling call, stride 1, arguments that are not constants, indices returned)."""
+    if node.op != "call_function" or node.target not in _FUNCTIONAL_POOLS:
+        return None
+    kind, cls, names = _FUNCTIONAL_POOLS[node.target]
+    if kind not in layers or len(node.args) - 1 > len(names):
+        return None
+    kwargs = dict(zip(names, node.args[1:]), **{k: v for k, v in node.kwargs.items() if k in names})
+    if set(node.kwargs) - set(names) or any(isinstance(v, torch.fx.Node) for v in kwargs.values()):
+        return None
+    if kwargs.get("return_indices") or "kernel_size" not in kwargs:
+        return None
+    kwargs.pop("return_indices", None)
+    if kwargs.get("stride") is None:  # as the functional form: the stride defaults to the kernel
+        kwargs["stride"] = kwargs["kernel_size"]
+    module = cls(**kwargs)
+    return module if any(s != 1 for s in _strides_of(module)) else None
+
+
+def _modules_for_functional_pools(model: nn.Module, layers: Sequence[str], exclude: Iterable[str]) -> List[str]:
+    """Rewrites, in place, each block (a submodule, never ``model`` itself) whose forward calls a
+    strided functional pooling (torchvision's Inception blocks: ``F.max_pool2d(x, 3, stride=2)``)
+    as a ``torch.fx.GraphModule`` of that block calling an equal pooling module instead
+    (``<block>.functional_pool<i>``), which can then be converted like any layer. The block keeps
+    its submodules, parameters and state_dict keys; it loses its class (a GraphModule). Returns
+    the new modules' names; blocks that cannot be traced are left as they are."""
+    try:
+        graph = _LeafTracer(()).trace(model)
+    except Exception:
+        return []
+    blocks = []
+    for node in graph.nodes:
+        if _functional_pool(node, layers) is None:
+            continue
+        stack = node.meta.get("nn_module_stack") or {}
+        path = next(reversed(stack.values()))[0] if stack else ""
+        if path and path not in blocks and path not in exclude:
+            blocks.append(path)
+    added = []
+    for path in blocks:
+        block = model.get_submodule(path)
+        try:
+            block_graph = _LeafTracer(()).trace(block)
+        except Exception:
+            continue
+        rewritten = torch.fx.GraphModule(block, block_graph, class_name=type(block).__name__)
+        count = 0
+        for node in list(rewritten.graph.nodes):
+            module = _functional_pool(node, layers)
+            if module is None:
+                continue
+            name = f"functional_pool{count}"
+            count += 1
+            rewritten.add_submodule(name, module)
+            with rewritten.graph.inserting_after(node):
+                call = rewritten.graph.call_module(name, (node.args[0],))
+            node.replace_all_uses_with(call)
+            rewritten.graph.erase_node(node)
+            added.append(f"{path}.{name}")
+        if count:
+            rewritten.recompile()
+            rewritten.train(block.training)
+            _set_submodule(model, path, rewritten)
+    return added
+
+
+def _graph_or_empty(model: nn.Module) -> Iterable[torch.fx.Node]:
+    try:
+        return _LeafTracer(()).trace(model).nodes
+    except Exception:
+        return ()
 
 
 def _ties_by_structure(model: nn.Module, layers: Sequence[str], uf: _UnionFind) -> None:
@@ -347,7 +452,7 @@ def _default_example(model: nn.Module, ndim: int) -> Optional[torch.Tensor]:
 def convert(
     model: nn.Module,
     pooling_cls: Callable[..., nn.Module] = pooling.DiffStride,
-    layers: Iterable[str] = ("conv", "avgpool", "maxpool"),
+    layers: Iterable[str] = ("conv", "avgpool", "maxpool", "blur"),
     share_residual: bool = True,
     inplace: bool = False,
     exclude: Iterable[str] = (),
@@ -400,24 +505,33 @@ def convert(
         maxpool: maxpool stride (2, 2) -> stride 1 + maxpool.1
     """
     layers = tuple(layers)
-    unknown = [k for k in layers if k not in _KINDS]
+    unknown = [k for k in layers if k not in _KINDS and k != "blur"]
     if unknown:
-        raise ValueError(f"layers must be among {sorted(_KINDS)}, but got {unknown}")
+        raise ValueError(f"layers must be among {sorted(_KINDS) + ['blur']}, but got {unknown}")
     exclude = set(exclude)
     names = {name for name, _ in model.named_modules()}
     missing = sorted(exclude - names)
     if missing:
         raise ValueError(f"exclude names layers that are not in the model: {missing}")
     family = _family(pooling_cls)
+    if any(n.op == "call_function" and n.target in _FUNCTIONAL_POOLS for n in _graph_or_empty(model)):
+        model = model if inplace else copy.deepcopy(model)
+        inplace = True  # the copy is ours now
+        _modules_for_functional_pools(model, layers, exclude)
     targets = [name for name, m in model.named_modules() if _is_downsampling(m, layers) and name not in exclude]
     if not targets:
         return (model if inplace else copy.deepcopy(model)), []
 
-    uf = _UnionFind(targets)
+    # pooling layers already in the model (e.g. placed in timm's aa_layer slot): a converted layer
+    # whose output meets theirs reuses them
+    placed = {name: _pooling_strides(m) for name, m in pooling.pooling_layers(model) if name not in exclude}
+    placed = {name: s for name, s in placed.items() if s is not None}
+    uf = _UnionFind(list(targets) + list(placed))
     chains: Dict[str, Tuple[str, ...]] = {}  # a layer -> the chain of layers whose poolings it reuses
     if share_residual:
         try:
-            _ties_by_data_flow(model, targets, uf, {n: _strides_of(model.get_submodule(n)) for n in targets}, chains)
+            strides = {n: _strides_of(model.get_submodule(n)) for n in targets}
+            _ties_by_data_flow(model, list(targets) + list(placed), uf, {**strides, **placed}, chains)
         except Exception as err:  # torch.fx cannot trace data-dependent Python control flow
             warnings.warn(
                 f"convert: {type(model).__name__} could not be traced with torch.fx "
@@ -432,6 +546,12 @@ def convert(
         groups.setdefault(uf.find(name), []).append(name)
     instances: Dict[str, Tuple[nn.Module, Tuple[int, ...]]] = {}  # first layer of a group -> (pooling, its strides)
     changes: List[Change] = []
+    location: Dict[str, str] = {}
+    for name, strides in placed.items():  # a group with a pooling layer already in the model uses it
+        group = groups.setdefault(uf.find(name), [])
+        if not group or group[0] not in placed:
+            group.insert(0, name)
+            instances[name] = (model.get_submodule(name), strides)
     for name in [t for t in targets if t not in chains] + [t for t in targets if t in chains]:
         module = model.get_submodule(name)
         strides, ndim = _strides_of(module), _ndim_of(module)
@@ -458,11 +578,18 @@ def convert(
             cls = family[ndim] if family is not None else pooling_cls
             pool = cls(strides=strides, **pooling_kwargs)
             instances[first] = (pool, strides)
-        module.stride = (1,) * ndim
-        pad = _same_padding(module, ndim) if len(group) > 1 else None
-        parts = [("0", module), ("1", pool)] if pad is None else [("pad", pad), ("0", module), ("1", pool)]
-        _set_submodule(model, name, nn.Sequential(collections.OrderedDict(parts)))
-        changes.append(Change(name, _kind_of(module, layers), strides, f"{first}.1", first if name != first else None))
+        kind = _kind_of(module, layers)
+        if first not in location:  # where the group's instance is registered
+            location[first] = first if first in placed or kind == "blur" else f"{first}.1"
+        pool_name = location[first]
+        if kind == "blur":  # the blur and its subsampling both: the pooling layer replaces the module
+            _set_submodule(model, name, pool)
+        else:
+            module.stride = (1,) * ndim
+            pad = _same_padding(module, ndim) if len(group) > 1 else None
+            parts = [("0", module), ("1", pool)] if pad is None else [("pad", pad), ("0", module), ("1", pool)]
+            _set_submodule(model, name, nn.Sequential(collections.OrderedDict(parts)))
+        changes.append(Change(name, kind, strides, pool_name, first if name != first else None))
 
     if check:
         if example_input is None:

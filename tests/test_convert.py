@@ -306,3 +306,65 @@ def test_frozen_model_exports_to_onnx_and_runs_in_onnxruntime():
     out = onnxruntime_outputs(frozen, x)
     with torch.no_grad():
         assert torch.allclose(out, model(x), atol=1e-4)
+
+
+VIDEO = ["r3d_18", "mc3_18", "r2plus1d_18"]
+
+
+@pytest.mark.parametrize("name", VIDEO)
+def test_video_resnets_convert_with_anisotropic_strides_and_survive_moving_them(name):
+    """torchvision's video ResNets: (1, 2, 2) stems and (2, 2, 2) stages; R(2+1)D factorises each
+    strided convolution into (1, 2, 2) then (2, 1, 1), and its (2, 2, 2) shortcut gets those two
+    pooling instances in order."""
+    torch.manual_seed(0)
+    original = getattr(torchvision.models.video, name)(weights=None).eval()
+    x = torch.randn(1, 3, 12, 24, 24)  # small: smoothness 2 lets the last stage's 3x3x3 maps be pooled
+    model, changes = diffstride.convert(original, example_input=x, smoothness_factor=2.0)
+    layers = pooling.pooling_layers(model)
+    assert all(isinstance(m, pooling.DiffStride3d) for _, m in layers)
+    assert [c.strides for c in changes if c.name == "stem.0"] == [(1, 2, 2)]
+    if name == "r2plus1d_18":
+        shortcut = model.layer2[0].downsample[0][1]
+        assert [tuple(m.strides.tolist()) for m in shortcut] == [(1.0, 2.0, 2.0), (2.0, 1.0, 1.0)]
+        assert shortcut[0] is model.layer2[0].conv1[0][0][1] and shortcut[1] is model.layer2[0].conv1[0][3][1]
+    model.train()
+    _move_strides(model, random.Random(VIDEO.index(name)))
+    loss = model(x.repeat(2, 1, 1, 1, 1)).logsumexp(-1).mean() + diffstride.complexity_loss(model)
+    loss.backward()
+    assert all(m.strides.grad is not None and torch.isfinite(m.strides.grad).all() for _, m in layers)
+    model.eval()
+    with torch.no_grad():
+        before = model(x)
+    frozen = diffstride.freeze(model, inplace=True)
+    with torch.no_grad():
+        assert torch.allclose(frozen(x), before, atol=1e-5)
+    sub, _ = diffstride.convert(original, pooling_cls=pooling.SpatialPooling, example_input=x)
+    with torch.no_grad():
+        ours, theirs = sub(x), original(x)
+    assert (ours - theirs).abs().max() <= 1e-5 * theirs.abs().max()
+
+
+def test_inception_branches_that_meet_after_valid_convolutions_share_one_pooling():
+    """torchvision's Inception v3: 'valid' strided convolutions and a functional max pooling
+    (``F.max_pool2d(x, 3, stride=2)`` in the block's forward) concatenated. The functional pooling
+    becomes a module of its block (a GraphModule with the same parameters), the three branches
+    share one pooling instance, and each 'valid' layer gets 'same' padding at the end of each axis:
+    the branches had equal sizes in the original, and keep them at any strides."""
+    torch.manual_seed(0)
+    original = torchvision.models.inception_v3(weights=None, aux_logits=False, init_weights=False).eval()
+    x = torch.randn(1, 3, 96, 96)
+    model, changes = diffstride.convert(original, example_input=x)
+    shared = {c.name: c.pooling for c in changes if c.name.startswith("Mixed_6a")}
+    assert shared == dict.fromkeys(["Mixed_6a.branch3x3.conv", "Mixed_6a.branch3x3dbl_3.conv",
+                                    "Mixed_6a.functional_pool0"], "Mixed_6a.branch3x3.conv.1")
+    assert isinstance(model.Mixed_6a.functional_pool0[2], pooling.DiffStride)  # pad, stride-1 max pool, pooling
+    assert set(model.state_dict()) >= {k for k in original.state_dict()} - {
+        k for k in original.state_dict() if any(k.startswith(c.name + ".") for c in changes)}
+    model.train()
+    _move_strides(model, random.Random(1))
+    out = model(torch.randn(2, 3, 96, 96))
+    (out.logsumexp(-1).mean() + diffstride.complexity_loss(model)).backward()
+    assert all(torch.isfinite(m.strides.grad).all() for _, m in pooling.pooling_layers(model))
+    # stride-1 + subsampling: the branches of Mixed_6a now keep their input size before subsampling,
+    # so the converted network differs from the original by design; the unconverted blocks are untouched
+    assert type(model.Mixed_5b) is type(original.Mixed_5b)

@@ -109,6 +109,11 @@ def build(ctx: DistributedContext, load_data_fn, model_cls, optimizer_cls, loss_
         "accumulate_steps": accumulate_steps, "compile": bool(compile),
     }
     output_sizes, handles = track_output_sizes(model)
+    if compile:  # each DiffStride layer (its own sizes) compiles its own plan-reading frames
+        from torch import _dynamo
+
+        layers = len(pooling.pooling_layers(model))
+        _dynamo.config.recompile_limit = max(_dynamo.config.recompile_limit, 8 + 4 * layers)
     return Run(
         ctx=ctx, datasets=datasets, model=model, net=net, optimizer_spec=optimizer_spec,
         optimizer=optimizer_spec.build(l2_param_groups(model)), loss_fn=(loss_cls or registered.categorical_crossentropy)(),
