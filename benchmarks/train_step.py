@@ -129,7 +129,12 @@ def imagenet_step(name, batch, compiled):
         from torch import _dynamo
 
         _dynamo.config.recompile_limit = max(_dynamo.config.recompile_limit, 8 + 4 * len(pooling.pooling_layers(model)))
-    net = torch.compile(model) if compiled else model
+    if compiled:  # as the training loop compiles (train._compiled): sizes dynamic when strides can move them
+        from diffstride.examples.train import _compiled
+
+        net = _compiled(model, model)
+    else:
+        net = model
 
     def step():
         loss = F.cross_entropy(net(x), y)

@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import collections
 import copy
+import operator
 import dataclasses
 import random
 import warnings
-from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -180,7 +181,8 @@ class _LeafTracer(torch.fx.Tracer):
         self.leaves = set(leaves)
 
     def is_leaf_module(self, module: nn.Module, qualified_name: str) -> bool:
-        return qualified_name in self.leaves or super().is_leaf_module(module, qualified_name)
+        return (qualified_name in self.leaves or isinstance(module, (ResizeLike, pooling.PoolingLayer))
+                or super().is_leaf_module(module, qualified_name))
 
 
 def _ties_by_data_flow(model: nn.Module, targets: Sequence[str], uf: _UnionFind,
@@ -226,6 +228,8 @@ def _ties_by_data_flow(model: nn.Module, targets: Sequence[str], uf: _UnionFind,
         inputs = [history[a] for a in node.all_input_nodes if a in history]
         if node.op == "call_module" and node.target in target_set:
             history[node] = (inputs[0] if inputs else ()) + (node.target,)
+        elif node.op == "call_module" and isinstance(modules.get(node.target), ResizeLike):
+            history[node] = history.get(node.args[1], ())  # the size of what it meets
         elif (node.op == "call_module" and isinstance(modules.get(node.target), _ADAPTIVE)) or \
                 (node.op == "call_function" and node.target in _ADAPTIVE_FUNCTIONS):
             history[node] = ()
@@ -304,6 +308,108 @@ def _modules_for_functional_pools(model: nn.Module, layers: Sequence[str], exclu
             rewritten.train(block.training)
             _set_submodule(model, path, rewritten)
     return added
+
+
+class ResizeLike(nn.Module):
+    """``F.interpolate(x, size=like.shape[2:])``: what :func:`convert` puts in place of an
+    upsampling by a fixed ``scale_factor`` whose output meets ``like`` (HRNet's fuse layers), so
+    that it follows the other branch's size once strides are learned."""
+
+    def __init__(self, mode: str = "nearest", align_corners: Optional[bool] = None):
+        super().__init__()
+        self.mode, self.align_corners = mode, align_corners
+
+    def forward(self, x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        return F.interpolate(x, size=tuple(like.shape[2:]), mode=self.mode, align_corners=self.align_corners)
+
+    def extra_repr(self) -> str:
+        return f"mode={self.mode!r}"
+
+
+_MEETING_FUNCTIONS = {operator.add, operator.sub, operator.mul, torch.add, torch.sub, torch.mul, torch.cat,
+                      torch.stack, torch.concat}
+_MEETING_METHODS = {"add", "sub", "mul", "add_", "mul_"}
+
+
+def _upsampling(node: torch.fx.Node, modules: Dict[str, nn.Module]) -> Optional[Dict[str, Any]]:
+    """``{mode, align_corners}`` of an upsampling by a fixed ``scale_factor`` (``nn.Upsample`` or
+    ``F.interpolate``), else None."""
+    if node.op == "call_module" and isinstance(modules.get(node.target), nn.Upsample):
+        module = modules[node.target]
+        if module.scale_factor is not None:
+            return {"mode": module.mode, "align_corners": module.align_corners}
+    if node.op == "call_function" and node.target is F.interpolate:
+        kwargs = dict(zip(("size", "scale_factor", "mode", "align_corners"), node.args[1:]), **node.kwargs)
+        if kwargs.get("size") is None and kwargs.get("scale_factor") is not None:
+            return {"mode": kwargs.get("mode", "nearest"), "align_corners": kwargs.get("align_corners")}
+    return None
+
+
+def _meets(user: torch.fx.Node) -> bool:
+    return (user.op == "call_function" and user.target in _MEETING_FUNCTIONS) or \
+        (user.op == "call_method" and user.target in _MEETING_METHODS)
+
+
+def _sizes_follow_meetings(model: nn.Module, inplace_root: bool) -> Tuple[nn.Module, List[str]]:
+    """Rewrites each fixed-factor upsampling whose output meets another tensor (added,
+    concatenated, ...) as :class:`ResizeLike` that tensor, in the block where they meet (a
+    ``torch.fx.GraphModule`` of it, with the same parameters); the model itself is rewritten only
+    when it is ours (not ``inplace``). Returns the model and the rewritten blocks' names."""
+    try:
+        graph = _LeafTracer(()).trace(model)
+    except Exception:
+        return model, []
+    modules = dict(model.named_modules())
+    blocks = []
+    for node in graph.nodes:
+        if _upsampling(node, modules) is None:
+            continue
+        for user in node.users:
+            if _meets(user):
+                stack = user.meta.get("nn_module_stack") or {}
+                path = next(reversed(stack.values()))[0] if stack else ""
+                if path not in blocks:
+                    blocks.append(path)
+    rewritten_blocks = []
+    for path in sorted(blocks, key=len, reverse=True):  # inner blocks first
+        if path == "" and inplace_root:
+            continue
+        block = model.get_submodule(path) if path else model
+        try:
+            block_graph = _LeafTracer(()).trace(block)
+        except Exception:
+            continue
+        block_modules = dict(block.named_modules())
+        rewritten = torch.fx.GraphModule(block, block_graph, class_name=type(block).__name__)
+        count = 0
+        for node in list(rewritten.graph.nodes):
+            spec = _upsampling(node, block_modules)
+            if spec is None:
+                continue
+            for user in list(node.users):
+                if not _meets(user):
+                    continue
+                others = [a for a in user.all_input_nodes if a is not node]
+                if not others:
+                    continue
+                name = f"resize_like{count}"
+                count += 1
+                rewritten.add_submodule(name, ResizeLike(**spec))
+                with rewritten.graph.inserting_before(user):
+                    resized = rewritten.graph.call_module(name, (node.args[0], others[0]))
+                user.replace_input_with(node, resized)
+            if not node.users:
+                rewritten.graph.erase_node(node)
+        if count:
+            rewritten.graph.lint()
+            rewritten.recompile()
+            rewritten.train(block.training)
+            if path:
+                _set_submodule(model, path, rewritten)
+            else:
+                model = rewritten
+            rewritten_blocks.append(path)
+    return model, rewritten_blocks
 
 
 def _graph_or_empty(model: nn.Module) -> Iterable[torch.fx.Node]:
@@ -476,7 +582,27 @@ def convert(
     the layers not checked by data flow. A shared layer that would shrink its input at stride 1
     (e.g. a kernel-2 stride-2 average pooling on a shortcut) gets padding at the end of each axis
     (``NAME.pad``: zeros before a convolution, replicated edges before a pooling), so that all
-    branches reach the shared pooling layer at the same size.
+    branches reach the shared pooling layer at the same size. This is also the rule for branches
+    that meet after 'valid' strided layers (Inception's blocks): in the original they met at equal
+    sizes, so each keeps its input size at stride 1 and one shared pooling sizes them all alike.
+
+    The rest of what a network may do around its strides:
+
+    - Strides per axis may differ ((1, 2, 2) video stems, (2, 1, 1) temporal convolutions). A
+      shortcut that downsamples by the product of a chain of the other branch's layers (R(2+1)D:
+      (2, 2, 2) against (1, 2, 2) then (2, 1, 1)) goes through that chain's pooling instances, in
+      order.
+    - A strided functional pooling in a block's ``forward`` (``F.max_pool2d(x, 3, stride=2)``)
+      becomes a module of that block (``BLOCK.functional_pool0``; the block becomes a
+      ``torch.fx.GraphModule`` with the same parameters and state_dict keys) and is converted.
+    - An upsampling by a fixed ``scale_factor`` (``nn.Upsample``, ``F.interpolate``) whose output
+      meets another tensor is rewritten as :class:`ResizeLike` that tensor, in the block (or, when
+      the model is copied, the model) where they meet: multi-resolution nets (HRNet-style) keep
+      their branches' sizes matched at any strides.
+    - Blur-then-subsample layers (timm's ``BlurPool2d``; the ``'blur'`` kind) are replaced whole by
+      the pooling layer, the stride-1 convolution before them kept; pooling layers already in the
+      model (put in timm's ``aa_layer`` slot, see :mod:`diffstride.timm`) are reused by the layers
+      whose outputs meet theirs.
 
     With ``check`` (default), the result is proved before it is returned: on the ``meta`` device
     (shapes only), the network must run on ``example_input`` at the initial strides, with each
@@ -486,7 +612,7 @@ def convert(
     Args:
         model: any PyTorch model (copied unless ``inplace``).
         pooling_cls: e.g. :class:`~diffstride.pooling.DiffStride` or ``FixedSpectralPooling``.
-        layers: which strided layers to convert: any of 'conv', 'avgpool', 'maxpool'.
+        layers: which strided layers to convert: any of 'conv', 'avgpool', 'maxpool', 'blur'.
         share_residual: share one pooling instance among layers whose outputs meet.
         inplace: modify ``model`` itself.
         exclude: names of layers to leave as they are (e.g. a ViT's patch embedding).
@@ -514,10 +640,14 @@ def convert(
     if missing:
         raise ValueError(f"exclude names layers that are not in the model: {missing}")
     family = _family(pooling_cls)
-    if any(n.op == "call_function" and n.target in _FUNCTIONAL_POOLS for n in _graph_or_empty(model)):
+    nodes = list(_graph_or_empty(model))
+    if any(n.op == "call_function" and n.target in _FUNCTIONAL_POOLS for n in nodes) or \
+            any(_upsampling(n, dict(model.named_modules())) is not None for n in nodes):
+        caller_owns = inplace
         model = model if inplace else copy.deepcopy(model)
         inplace = True  # the copy is ours now
         _modules_for_functional_pools(model, layers, exclude)
+        model, _ = _sizes_follow_meetings(model, inplace_root=caller_owns)
     targets = [name for name, m in model.named_modules() if _is_downsampling(m, layers) and name not in exclude]
     if not targets:
         return (model if inplace else copy.deepcopy(model)), []

@@ -20,7 +20,7 @@ TORCHVISION = ["resnet18", "resnet50", "resnext50_32x4d", "wide_resnet50_2", "mo
                "mobilenet_v3_large", "efficientnet_b0", "mnasnet0_5", "regnet_x_400mf", "regnet_y_400mf",
                "shufflenet_v2_x0_5", "densenet121", "convnext_tiny", "vgg11", "squeezenet1_0", "swin_t"]
 TIMM = ["resnet50", "resnet50d", "efficientnet_b0", "mobilenetv3_large_100", "regnety_002", "convnext_nano",
-        "cspresnet50"]
+        "cspresnet50", "nf_resnet26", "tresnet_m", "resnetaa50"]
 ZOO = [("torchvision", n) for n in TORCHVISION] + [("timm", n) for n in TIMM]
 # ceil_mode max pooling: its last window hangs over the edge, which a stride-1 pooling then
 # subsampling does not reproduce (squeezenet's 14 -> 7 where subsampling gives 6)
@@ -150,7 +150,8 @@ def test_1d_and_3d_models_convert_to_their_dimensionality(dims, size, family):
 @pytest.mark.parametrize("source, name", ZOO, ids=[f"{s}-{n}" for s, n in ZOO])
 def test_zoo_converts_survives_moving_strides_and_keeps_the_function_by_subsampling(source, name):
     original = _make(source, name).eval()
-    model, changes = diffstride.convert(original)
+    # the input of the test below (tresnet's space-to-depth stem hides the 3 input channels from the default)
+    model, changes = diffstride.convert(original, example_input=torch.zeros(1, 3, 64, 64))
     assert changes and all(c.strides != (1, 1) for c in changes)
     instances = {id(m) for _, m in pooling.pooling_layers(model)}
     assert len(instances) == len({c.pooling for c in changes})
@@ -259,7 +260,7 @@ def test_convert_options_choose_which_layers():
     assert [(c.name, c.kind, c.strides) for c in changes] == [("1", "avgpool", (2, 2)), ("2", "maxpool", (2, 2))]
     assert pools[1][0].stride == (1, 1) and isinstance(pools[1][1], pooling.FixedSpectralPooling)
     assert pools(torch.randn(1, 3, 32, 32)).shape[1] == 4
-    with pytest.raises(ValueError, match=r"layers must be among \['avgpool', 'conv', 'maxpool'\], but got \['lstm'\]"):
+    with pytest.raises(ValueError, match=r"layers must be among \['avgpool', 'conv', 'maxpool', 'blur'\], but got \['lstm'\]"):
         diffstride.convert(net, layers=("lstm",))
 
 
@@ -368,3 +369,46 @@ def test_inception_branches_that_meet_after_valid_convolutions_share_one_pooling
     # stride-1 + subsampling: the branches of Mixed_6a now keep their input size before subsampling,
     # so the converted network differs from the original by design; the unconverted blocks are untouched
     assert type(model.Mixed_5b) is type(original.Mixed_5b)
+
+
+class _TwoResolutions(nn.Module):
+    """An HRNet-style exchange: a high- and a low-resolution branch, each fused into the other
+    (a strided convolution down, a fixed ``scale_factor`` upsampling up)."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.down = nn.Conv2d(8, 16, 3, stride=2, padding=1)
+        self.low = nn.Conv2d(16, 16, 3, padding=1)
+        self.up = nn.Sequential(nn.Conv2d(16, 8, 1), nn.Upsample(scale_factor=2, mode="nearest"))
+        self.fuse_down = nn.Conv2d(8, 16, 3, stride=2, padding=1)
+        self.head = nn.Linear(24, 2)
+
+    def forward(self, x):
+        high = torch.relu(self.stem(x))
+        low = torch.relu(self.low(self.down(high)))
+        high, low = high + self.up(low), low + self.fuse_down(high)
+        pooled = [torch.nn.functional.adaptive_avg_pool2d(t, 1).flatten(1) for t in (high, low)]
+        return self.head(torch.cat(pooled, 1))
+
+
+def test_fixed_factor_upsampling_that_meets_another_branch_follows_its_size():
+    """The upsampling by 2 is rewritten to the size of the tensor it is added to: at a learned
+    stride of 2.3 the low branch is no longer half the high one, and a fixed factor would break."""
+    from diffstride.convert import ResizeLike
+
+    torch.manual_seed(0)
+    original = _TwoResolutions().eval()
+    x = torch.randn(1, 3, 32, 32)
+    model, changes = diffstride.convert(original, example_input=x)
+    assert {c.name: c.pooling for c in changes} == {"down": "down.1", "fuse_down": "down.1"}
+    assert sum(isinstance(m, ResizeLike) for m in model.modules()) == 1
+    for seed in range(3):  # at any strides the branches meet
+        _move_strides(model, random.Random(seed))
+        assert all(m.strides.tolist() != [2.0, 2.0] for _, m in pooling.pooling_layers(model))
+        with torch.no_grad():
+            assert model(torch.randn(2, 3, 32, 32)).shape == (2, 2)
+    # with plain subsampling at the initial strides, the converted network is the original function
+    sub, _ = diffstride.convert(original, pooling_cls=pooling.SpatialPooling, example_input=x)
+    with torch.no_grad():
+        torch.testing.assert_close(sub(x), original(x), rtol=1e-5, atol=1e-6)

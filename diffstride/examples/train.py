@@ -74,6 +74,13 @@ class Run:
         self.hooks = []
 
 
+def _compiled(net: nn.Module, model: nn.Module) -> nn.Module:
+    """``torch.compile(net)``; with sizes marked dynamic when learned strides may move them (an
+    output size that changes would otherwise recompile the graph each time)."""
+    moving = any(getattr(layer, "trainable", False) for _, layer in pooling.pooling_layers(model))
+    return torch.compile(net, dynamic=True if moving else None)
+
+
 def build(ctx: DistributedContext, load_data_fn, model_cls, optimizer_cls, loss_cls, complexity_fn, complexity_weight,
           channels_last, mixed_precision, seed, shift_consistency=None, accumulate_steps=1, compile=False) -> Run:
     """Loads the data and builds the model, the optimizer, the loss and the precision policy."""
@@ -122,7 +129,7 @@ def build(ctx: DistributedContext, load_data_fn, model_cls, optimizer_cls, loss_
         complexity_fn=complexity_fn or registered.complexity_loss,  # complexity_loss.weighting binds
         complexity_weight=complexity_weight, structure=forward_trace(model, datasets.image_shape),
         output_sizes=output_sizes, hooks=handles, info=info, shift_consistency=shift_consistency,
-        accumulate_steps=accumulate_steps, train_net=torch.compile(net) if compile else net)
+        accumulate_steps=accumulate_steps, train_net=_compiled(net, model) if compile else net)
 
 
 
