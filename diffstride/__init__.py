@@ -45,3 +45,12 @@ __all__ = [
     "param_groups",
     "pooling_layers",
 ]
+
+
+def __getattr__(name: str):
+    """``diffstride.timm`` (timm's anti-aliasing slot) is imported on first use: timm is optional."""
+    if name == "timm":
+        import importlib
+
+        return importlib.import_module("diffstride.timm")
+    raise AttributeError(f"module 'diffstride' has no attribute {name!r}")

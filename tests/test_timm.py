@@ -73,3 +73,14 @@ def test_convert_replaces_timms_blurpool_layers():
     kept, changes = diffstride.convert(model, layers=("conv", "maxpool"), example_input=torch.zeros(1, 3, 64, 64),
                                        pooling_cls=pooling.FixedSpectralPooling)
     assert sum(type(m).__name__ == "BlurPool2d" for m in kept.modules()) == 4
+
+
+def test_diffstride_timm_is_reachable_from_the_package_without_its_own_import():
+    import subprocess
+    import sys
+
+    code = ("import diffstride, timm\n"
+            "m = timm.create_model('resnet18', aa_layer=diffstride.timm.aa_layer())\n"
+            "print(type(m.layer2[0].aa).__name__)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "DiffStrideAA", out.stderr[-2000:]
