@@ -263,6 +263,29 @@ def _functional_pool(node: torch.fx.Node, layers: Sequence[str]) -> Optional[nn.
     return module if any(s != 1 for s in _strides_of(module)) else None
 
 
+def _rewrite_block(model: nn.Module, path: str, edit: Callable[[torch.fx.GraphModule, Dict[str, nn.Module]], int]
+                   ) -> nn.Module:
+    """Traces the block at ``path`` ('' for ``model`` itself) into a ``torch.fx.GraphModule`` of
+    the same class name and parameters, lets ``edit(graph_module, the block's modules)`` change
+    its graph (returning how many changes), and puts it in the block's place when anything changed.
+    Returns the model (the GraphModule itself when ``path`` is ''); untraceable blocks stay."""
+    block = model.get_submodule(path) if path else model
+    try:
+        block_graph = _LeafTracer(()).trace(block)
+    except Exception:
+        return model
+    rewritten = torch.fx.GraphModule(block, block_graph, class_name=type(block).__name__)
+    if not edit(rewritten, dict(block.named_modules())):
+        return model
+    rewritten.graph.lint()
+    rewritten.recompile()
+    rewritten.train(block.training)
+    if not path:
+        return rewritten
+    _set_submodule(model, path, rewritten)
+    return model
+
+
 def _modules_for_functional_pools(model: nn.Module, layers: Sequence[str], exclude: Iterable[str]) -> List[str]:
     """Rewrites, in place, each block (a submodule, never ``model`` itself) whose forward calls a
     strided functional pooling (torchvision's Inception blocks: ``F.max_pool2d(x, 3, stride=2)``)
@@ -283,13 +306,8 @@ def _modules_for_functional_pools(model: nn.Module, layers: Sequence[str], exclu
         if path and path not in blocks and path not in exclude:
             blocks.append(path)
     added = []
-    for path in blocks:
-        block = model.get_submodule(path)
-        try:
-            block_graph = _LeafTracer(()).trace(block)
-        except Exception:
-            continue
-        rewritten = torch.fx.GraphModule(block, block_graph, class_name=type(block).__name__)
+
+    def edit(rewritten: torch.fx.GraphModule, _modules) -> int:
         count = 0
         for node in list(rewritten.graph.nodes):
             module = _functional_pool(node, layers)
@@ -303,10 +321,10 @@ def _modules_for_functional_pools(model: nn.Module, layers: Sequence[str], exclu
             node.replace_all_uses_with(call)
             rewritten.graph.erase_node(node)
             added.append(f"{path}.{name}")
-        if count:
-            rewritten.recompile()
-            rewritten.train(block.training)
-            _set_submodule(model, path, rewritten)
+        return count
+
+    for path in blocks:
+        _rewrite_block(model, path, edit)
     return added
 
 
@@ -350,15 +368,15 @@ def _meets(user: torch.fx.Node) -> bool:
         (user.op == "call_method" and user.target in _MEETING_METHODS)
 
 
-def _sizes_follow_meetings(model: nn.Module, inplace_root: bool) -> Tuple[nn.Module, List[str]]:
+def _sizes_follow_meetings(model: nn.Module, inplace_root: bool) -> nn.Module:
     """Rewrites each fixed-factor upsampling whose output meets another tensor (added,
     concatenated, ...) as :class:`ResizeLike` that tensor, in the block where they meet (a
     ``torch.fx.GraphModule`` of it, with the same parameters); the model itself is rewritten only
-    when it is ours (not ``inplace``). Returns the model and the rewritten blocks' names."""
+    when it is ours (not ``inplace``). Returns the model (a GraphModule when it was rewritten)."""
     try:
         graph = _LeafTracer(()).trace(model)
     except Exception:
-        return model, []
+        return model
     modules = dict(model.named_modules())
     blocks = []
     for node in graph.nodes:
@@ -370,26 +388,14 @@ def _sizes_follow_meetings(model: nn.Module, inplace_root: bool) -> Tuple[nn.Mod
                 path = next(reversed(stack.values()))[0] if stack else ""
                 if path not in blocks:
                     blocks.append(path)
-    rewritten_blocks = []
-    for path in sorted(blocks, key=len, reverse=True):  # inner blocks first
-        if path == "" and inplace_root:
-            continue
-        block = model.get_submodule(path) if path else model
-        try:
-            block_graph = _LeafTracer(()).trace(block)
-        except Exception:
-            continue
-        block_modules = dict(block.named_modules())
-        rewritten = torch.fx.GraphModule(block, block_graph, class_name=type(block).__name__)
+    def edit(rewritten: torch.fx.GraphModule, block_modules: Dict[str, nn.Module]) -> int:
         count = 0
         for node in list(rewritten.graph.nodes):
             spec = _upsampling(node, block_modules)
             if spec is None:
                 continue
             for user in list(node.users):
-                if not _meets(user):
-                    continue
-                others = [a for a in user.all_input_nodes if a is not node]
+                others = [a for a in user.all_input_nodes if a is not node] if _meets(user) else []
                 if not others:
                     continue
                 name = f"resize_like{count}"
@@ -400,16 +406,12 @@ def _sizes_follow_meetings(model: nn.Module, inplace_root: bool) -> Tuple[nn.Mod
                 user.replace_input_with(node, resized)
             if not node.users:
                 rewritten.graph.erase_node(node)
-        if count:
-            rewritten.graph.lint()
-            rewritten.recompile()
-            rewritten.train(block.training)
-            if path:
-                _set_submodule(model, path, rewritten)
-            else:
-                model = rewritten
-            rewritten_blocks.append(path)
-    return model, rewritten_blocks
+        return count
+
+    for path in sorted(blocks, key=len, reverse=True):  # inner blocks first
+        if path or not inplace_root:
+            model = _rewrite_block(model, path, edit)
+    return model
 
 
 def _graph_or_empty(model: nn.Module) -> Iterable[torch.fx.Node]:
@@ -647,7 +649,7 @@ def convert(
         model = model if inplace else copy.deepcopy(model)
         inplace = True  # the copy is ours now
         _modules_for_functional_pools(model, layers, exclude)
-        model, _ = _sizes_follow_meetings(model, inplace_root=caller_owns)
+        model = _sizes_follow_meetings(model, inplace_root=caller_owns)
     targets = [name for name, m in model.named_modules() if _is_downsampling(m, layers) and name not in exclude]
     if not targets:
         return (model if inplace else copy.deepcopy(model)), []
