@@ -2,7 +2,6 @@
 mid-epoch with workers then the same command, torchrun over two processes, bad files during
 training, gradient accumulation, torch.compile, and torchvision / timm models by name."""
 import functools
-import json
 import math
 import os
 import subprocess
@@ -104,8 +103,9 @@ def test_killed_mid_epoch_with_workers_then_rerun_gives_the_same_metrics(files, 
 
 @pytest.mark.slow
 def test_torchrun_two_processes_read_their_shards_and_resume(files, tmp_path):
-    """Two processes on an image folder, with gradient accumulation (DDP's no_sync on all but the
-    last part): each rank reads its half of each batch; the second command resumes."""
+    """Two processes (gloo) on an image folder, with gradient accumulation (DDP's no_sync on all
+    but the last part): each rank reads its half of each batch; the second command resumes: rank 0
+    chooses the checkpoint and every rank loads it. (The in-memory sets' sharding: test_data.)"""
     workdir = tmp_path / "ddp"
 
     def torchrun(epochs):
@@ -120,11 +120,13 @@ def test_torchrun_two_processes_read_their_shards_and_resume(files, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     result = torchrun(2)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert result.stdout.count("resumed from") == 1
+    assert result.stdout.count("resumed from") == 1 and "ckpt-0001.pt" in result.stdout  # rank 0 says it
     metrics = _metrics(workdir)
     assert metrics["step"] == 12 and metrics["run"]["world_size"] == 2 and metrics["run"]["accumulate_steps"] == 2
     replicas = metrics["replica_strides"]
     assert len(replicas) == 2 and replicas[0] == replicas[1]
+    assert replicas[0]["stem_pooling"] != [1.0, 1.0]  # the strides did train
+    assert result.stdout.count("final test accuracy") == 1  # only rank 0 reports
 
 
 def test_a_bad_file_stops_the_run_by_name_and_keeps_the_checkpoint(files, tmp_path, capsys):
@@ -216,3 +218,30 @@ def test_timm_model_by_name_converted():
                               pooling_cls=pooling.FixedSpectralPooling)
     assert {type(m) for _, m in pooling.pooling_layers(model)} == {pooling.FixedSpectralPooling}
     assert model(torch.zeros(1, 3, 32, 32)).shape == (1, 4)
+
+
+def test_imagenet_config_carries_torchvisions_recipe_and_runs_on_an_image_folder(files, tmp_path, capsys):
+    """imagenet.gin parses with the values its comments cite, and runs as written on the
+    image-folder layout (shrunk here: 32x32 images, a few examples, one epoch)."""
+    import gin
+
+    from diffstride.examples import external_configurables  # noqa: F401
+
+    gin.parse_config_file(main_lib.resolve_config("imagenet.gin"), skip_unknown=False)
+    q = gin.query_parameter
+    assert q("data.load_datasets.name") == "imagefolder" and q("data.load_datasets.batch_size") == 256
+    assert q("data.load_datasets.image_size") == 224 and q("data.load_datasets.crop_ratio") == 0.875
+    assert q("models.torchvision.name") == "resnet18" and q("models.torchvision.weight_decay") == 5e-5
+    assert q("train.train.num_epochs") == 90 and q("tf.keras.optimizers.SGD.momentum") == 0.9
+    assert q("tf.keras.optimizers.schedules.PiecewiseConstantDecay.boundaries") == [150120, 300240]
+    assert q("tf.keras.optimizers.schedules.PiecewiseConstantDecay.values") == [0.1, 0.01, 0.001]
+    assert q("tf.keras.losses.CategoricalCrossentropy.from_logits") is True
+    gin.clear_config()
+    binds = [f"data.load_datasets.data_dir = '{files['root'] / 'images'}'", "data.load_datasets.image_size = 32",
+             "models.torchvision.image_size = 32", "data.load_datasets.batch_size = 6",
+             "data.load_datasets.num_workers = 0", "data.load_datasets.train_examples = 12",
+             "train.train.num_epochs = 1"]
+    args = ["--gin_config=imagenet.gin", f"--workdir={tmp_path / 'run'}"] + [f"--gin_bindings={b}" for b in binds]
+    assert main_lib.main(args) == 0, capsys.readouterr().err[-2000:]
+    metrics = _metrics(tmp_path / "run")
+    assert metrics["run"]["pooling"] == "DiffStride" and len(metrics["pooling"]) == 5 and metrics["step"] == 2
