@@ -205,7 +205,7 @@ def _accumulate(run: Run, images: torch.Tensor, labels: torch.Tensor) -> Tuple[t
     gradient of the whole batch's mean loss, up to rounding; batch-statistics layers such as
     BatchNorm see the smaller parts); gradients synchronise across processes on the last part
     only. The complexity term is added once. Returns the batch's mean loss and its outputs."""
-    parts = run.accumulate_steps
+    parts = min(run.accumulate_steps, images.shape[0])  # never an empty part (a batch smaller than the count)
     total_loss, outputs = 0.0, []
     for j, (x, y) in enumerate(zip(images.tensor_split(parts), labels.tensor_split(parts))):
         last = j == parts - 1
