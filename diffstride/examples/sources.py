@@ -57,7 +57,7 @@ def decode_image(payload: Any, channels: int, name: str):
     16-bit and 32-bit integer images ('I;16', 'I') are scaled to 8 bits by their type's range,
     floating-point ('F') images are taken as [0, 1].
     """
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
 
     try:
         if isinstance(payload, Image.Image):
@@ -65,7 +65,7 @@ def decode_image(payload: Any, channels: int, name: str):
         else:
             image = Image.open(io.BytesIO(payload) if isinstance(payload, (bytes, bytearray)) else payload)
         image.load()
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+    except Exception as err:  # UnidentifiedImageError, OSError (truncated), DecompressionBombError, ...
         raise BadExample(f"{name}: cannot be decoded as an image ({type(err).__name__}: {err})") from None
     if image.mode.startswith("I;16") or image.mode == "I":
         array = np.asarray(image).astype(np.float64)
@@ -88,7 +88,7 @@ def decode_audio(payload: Any, name: str) -> Tuple[np.ndarray, int]:
     try:
         data, rate = soundfile.read(io.BytesIO(payload) if isinstance(payload, (bytes, bytearray)) else payload,
                                     dtype="float32", always_2d=False)
-    except (RuntimeError, OSError, ValueError, TypeError) as err:  # soundfile.LibsndfileError is a RuntimeError
+    except Exception as err:  # soundfile.LibsndfileError (a RuntimeError), OSError, ...
         raise BadExample(f"{name}: cannot be read as audio ({type(err).__name__}: {err})") from None
     if data.size == 0:
         raise BadExample(f"{name}: the audio has no samples")
