@@ -286,25 +286,14 @@ def _rewrite_block(model: nn.Module, path: str, edit: Callable[[torch.fx.GraphMo
     return model
 
 
-def _modules_for_functional_pools(model: nn.Module, layers: Sequence[str], exclude: Iterable[str]) -> List[str]:
+def _modules_for_functional_pools(model: nn.Module, blocks: Sequence[str], layers: Sequence[str]) -> List[str]:
     """Rewrites, in place, each block (a submodule, never ``model`` itself) whose forward calls a
     strided functional pooling (torchvision's Inception blocks: ``F.max_pool2d(x, 3, stride=2)``)
     as a ``torch.fx.GraphModule`` of that block calling an equal pooling module instead
     (``<block>.functional_pool<i>``), which can then be converted like any layer. The block keeps
-    its submodules, parameters and state_dict keys; it loses its class (a GraphModule). Returns
-    the new modules' names; blocks that cannot be traced are left as they are."""
-    try:
-        graph = _LeafTracer(()).trace(model)
-    except Exception:
-        return []
-    blocks = []
-    for node in graph.nodes:
-        if _functional_pool(node, layers) is None:
-            continue
-        stack = node.meta.get("nn_module_stack") or {}
-        path = next(reversed(stack.values()))[0] if stack else ""
-        if path and path not in blocks and path not in exclude:
-            blocks.append(path)
+    its submodules, parameters and state_dict keys; it loses its class (a GraphModule). ``blocks``:
+    from :func:`_blocks_to_rewrite`. Returns the new modules' names; blocks that cannot be traced
+    are left as they are."""
     added = []
 
     def edit(rewritten: torch.fx.GraphModule, _modules) -> int:
@@ -368,26 +357,12 @@ def _meets(user: torch.fx.Node) -> bool:
         (user.op == "call_method" and user.target in _MEETING_METHODS)
 
 
-def _sizes_follow_meetings(model: nn.Module, inplace_root: bool) -> nn.Module:
+def _sizes_follow_meetings(model: nn.Module, blocks: Sequence[str], inplace_root: bool) -> nn.Module:
     """Rewrites each fixed-factor upsampling whose output meets another tensor (added,
     concatenated, ...) as :class:`ResizeLike` that tensor, in the block where they meet (a
     ``torch.fx.GraphModule`` of it, with the same parameters); the model itself is rewritten only
-    when it is ours (not ``inplace``). Returns the model (a GraphModule when it was rewritten)."""
-    try:
-        graph = _LeafTracer(()).trace(model)
-    except Exception:
-        return model
-    modules = dict(model.named_modules())
-    blocks = []
-    for node in graph.nodes:
-        if _upsampling(node, modules) is None:
-            continue
-        for user in node.users:
-            if _meets(user):
-                stack = user.meta.get("nn_module_stack") or {}
-                path = next(reversed(stack.values()))[0] if stack else ""
-                if path not in blocks:
-                    blocks.append(path)
+    when it is ours (not ``inplace``). ``blocks``: from :func:`_blocks_to_rewrite`. Returns the
+    model (a GraphModule when it was rewritten)."""
     def edit(rewritten: torch.fx.GraphModule, block_modules: Dict[str, nn.Module]) -> int:
         count = 0
         for node in list(rewritten.graph.nodes):
@@ -414,11 +389,34 @@ def _sizes_follow_meetings(model: nn.Module, inplace_root: bool) -> nn.Module:
     return model
 
 
-def _graph_or_empty(model: nn.Module) -> Iterable[torch.fx.Node]:
+def _module_path(node: torch.fx.Node) -> str:
+    """The name of the innermost module whose forward made ``node`` ('' for the model itself)."""
+    stack = node.meta.get("nn_module_stack") or {}
+    return next(reversed(stack.values()))[0] if stack else ""
+
+
+def _blocks_to_rewrite(model: nn.Module, layers: Sequence[str], exclude: Iterable[str]
+                       ) -> Tuple[List[str], List[str]]:
+    """From one trace of ``model``: the blocks (never the model itself) that call a strided
+    functional pooling, and the blocks ('' for the model) where a fixed-factor upsampling meets
+    another tensor. Both empty when the model cannot be traced."""
     try:
-        return _LeafTracer(()).trace(model).nodes
+        graph = _LeafTracer(()).trace(model)
     except Exception:
-        return ()
+        return [], []
+    modules = dict(model.named_modules())
+    pools: List[str] = []
+    meetings: List[str] = []
+    for node in graph.nodes:
+        if _functional_pool(node, layers) is not None:
+            path = _module_path(node)
+            if path and path not in pools and path not in exclude:
+                pools.append(path)
+        elif _upsampling(node, modules) is not None:
+            for path in (_module_path(user) for user in node.users if _meets(user)):
+                if path not in meetings:
+                    meetings.append(path)
+    return pools, meetings
 
 
 def _ties_by_structure(model: nn.Module, layers: Sequence[str], uf: _UnionFind) -> None:
@@ -642,14 +640,13 @@ def convert(
     if missing:
         raise ValueError(f"exclude names layers that are not in the model: {missing}")
     family = _family(pooling_cls)
-    nodes = list(_graph_or_empty(model))
-    if any(n.op == "call_function" and n.target in _FUNCTIONAL_POOLS for n in nodes) or \
-            any(_upsampling(n, dict(model.named_modules())) is not None for n in nodes):
+    pool_blocks, meeting_blocks = _blocks_to_rewrite(model, layers, exclude)
+    if pool_blocks or meeting_blocks:
         caller_owns = inplace
-        model = model if inplace else copy.deepcopy(model)
+        model = model if inplace else copy.deepcopy(model)  # the same block names in the copy
         inplace = True  # the copy is ours now
-        _modules_for_functional_pools(model, layers, exclude)
-        model = _sizes_follow_meetings(model, inplace_root=caller_owns)
+        _modules_for_functional_pools(model, pool_blocks, layers)
+        model = _sizes_follow_meetings(model, meeting_blocks, inplace_root=caller_owns)
     targets = [name for name, m in model.named_modules() if _is_downsampling(m, layers) and name not in exclude]
     if not targets:
         return (model if inplace else copy.deepcopy(model)), []
