@@ -125,11 +125,7 @@ def imagenet_step(name, batch, compiled):
     opt = torch.optim.SGD(resnet.l2_param_groups(model, 5e-5), lr=0.1, momentum=0.9)
     x = torch.randn(batch, 3, 224, 224).contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 1000, (batch,))
-    if compiled:  # as the training loop does: each DiffStride layer compiles its own plan-reading frames
-        from torch import _dynamo
-
-        _dynamo.config.recompile_limit = max(_dynamo.config.recompile_limit, 8 + 4 * len(pooling.pooling_layers(model)))
-    if compiled:  # as the training loop compiles (train._compiled): sizes dynamic when strides can move them
+    if compiled:  # as the training loop compiles (train._compiled): dynamic sizes, recompile limit
         from diffstride.examples.train import _compiled
 
         net = _compiled(model, model)

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from diffstride import pooling
+from diffstride.convert import _set_submodule
 
 __all__ = ["torchvision_model", "timm_model", "prepare"]
 
@@ -23,11 +24,6 @@ def _first_conv(model: nn.Module):
         if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
             return name, module
     raise ValueError(f"{type(model).__name__} has no convolution to take {{in_channels}} input channels")
-
-
-def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
-    parent, _, leaf = name.rpartition(".")
-    setattr(model.get_submodule(parent) if parent else model, leaf, module)
 
 
 def adapt_in_channels(model: nn.Module, in_channels: int) -> None:
@@ -50,7 +46,7 @@ def adapt_in_channels(model: nn.Module, in_channels: int) -> None:
                              * (weight.shape[1] / in_channels))
         if conv.bias is not None:
             new.bias.copy_(conv.bias)
-    _set_module(model, name, new)
+    _set_submodule(model, name, new)
 
 
 def prepare(model: nn.Module, pooling_cls: Optional[Callable], exclude: Sequence[str], example_shape: Sequence[int],
@@ -101,7 +97,7 @@ def _replace_classifier(model: nn.Module, num_classes: int) -> None:
     if not linears:
         raise ValueError(f"{type(model).__name__} has no linear classifier to give {num_classes} outputs")
     name, old = linears[-1]
-    _set_module(model, name, nn.Linear(old.in_features, num_classes, bias=old.bias is not None))
+    _set_submodule(model, name, nn.Linear(old.in_features, num_classes, bias=old.bias is not None))
 
 
 def timm_model(name: str, num_output_classes: int, in_channels: int = 3, pretrained: bool = False,

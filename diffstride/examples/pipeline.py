@@ -122,7 +122,7 @@ def _seeded(seed: int):
         random.setstate(python_state)
 
 
-def _transformed(source, transform, example) -> Tuple[Optional[torch.Tensor], Any]:
+def _transformed(transform, example) -> Tuple[Optional[torch.Tensor], Any]:
     """(tensor, label), or (None, message) for a bad example."""
     try:
         return transform(example.payload, example.name), example.label
@@ -147,7 +147,7 @@ class ExampleDataset(torch.utils.data.Dataset):
                 example = self.source[index]
             except BadExample as err:
                 return None, str(err)
-            return _transformed(self.source, self.transform, example)
+            return _transformed(self.transform, example)
 
 
 def collate(items: Sequence[Tuple[Optional[torch.Tensor], Any]]):
@@ -250,7 +250,7 @@ class ShardStream(torch.utils.data.IterableDataset):
                 except BadExample as err:
                     yield None, str(err)
                     continue
-                yield _transformed(self.shards, self.transform, example)
+                yield _transformed(self.transform, example)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -275,6 +275,11 @@ class _Loader:
         else:
             kwargs["collate_fn"] = None
             self.loader = torch.utils.data.DataLoader(dataset, batch_size=None, **kwargs)
+
+    @property
+    def skipped(self) -> int:
+        """Distinct files left out so far (when scanned, and when they failed to decode)."""
+        return self.skipped_before + len(self.bad)
 
     def _batches(self):
         if self.stream_batch is None:
@@ -320,8 +325,7 @@ class LoaderTrainBatches:
 
     @property
     def skipped(self) -> int:
-        """Distinct files left out so far (when scanned, and when they failed to decode)."""
-        return self.loader.skipped_before + len(self.loader.bad)
+        return self.loader.skipped
 
     def order(self, epoch: int) -> int:
         """The epoch's order is a function of (seed, epoch): the epoch number stands for it."""
@@ -356,7 +360,7 @@ class LoaderTestBatches:
 
     @property
     def skipped(self) -> int:
-        return self.loader.skipped_before + len(self.loader.bad)
+        return self.loader.skipped
 
     def __iter__(self):
         for images, labels in self.loader:
@@ -467,10 +471,11 @@ def sources_for(name: str, data_dir: str, download: bool, splits, skip_bad_files
     if splits:
         eval_split = splits[1]
     else:
-        eval_split = next((s for s in ("val", "test", "validation")
-                           if sources.expand_braces(pattern.replace("{split}", s))
-                           and all(os.path.isfile(f) for f in sources.expand_braces(pattern.replace("{split}", s)))),
-                          "val")
+        def present(split: str) -> bool:
+            files = sources.expand_braces(pattern.replace("{split}", split))
+            return bool(files) and all(os.path.isfile(f) for f in files)
+
+        eval_split = next((s for s in ("val", "test", "validation") if present(s)), "val")
     return train, sources.TarShards(pattern.replace("{split}", eval_split), train.kind, train.classes)
 
 

@@ -76,8 +76,14 @@ class Run:
 
 def _compiled(net: nn.Module, model: nn.Module) -> nn.Module:
     """``torch.compile(net)``; with sizes marked dynamic when learned strides may move them (an
-    output size that changes would otherwise recompile the graph each time)."""
-    moving = any(getattr(layer, "trainable", False) for _, layer in pooling.pooling_layers(model))
+    output size that changes would otherwise recompile the graph each time), and dynamo's
+    recompile limit raised to 8 + 4 per pooling layer (each layer, at its own sizes, compiles its
+    own plan-reading frames)."""
+    from torch import _dynamo
+
+    layers = pooling.pooling_layers(model)
+    _dynamo.config.recompile_limit = max(_dynamo.config.recompile_limit, 8 + 4 * len(layers))
+    moving = any(getattr(layer, "trainable", False) for _, layer in layers)
     return torch.compile(net, dynamic=True if moving else None)
 
 
@@ -116,11 +122,6 @@ def build(ctx: DistributedContext, load_data_fn, model_cls, optimizer_cls, loss_
         "accumulate_steps": accumulate_steps, "compile": bool(compile),
     }
     output_sizes, handles = track_output_sizes(model)
-    if compile:  # each DiffStride layer (its own sizes) compiles its own plan-reading frames
-        from torch import _dynamo
-
-        layers = len(pooling.pooling_layers(model))
-        _dynamo.config.recompile_limit = max(_dynamo.config.recompile_limit, 8 + 4 * layers)
     return Run(
         ctx=ctx, datasets=datasets, model=model, net=net, optimizer_spec=optimizer_spec,
         optimizer=optimizer_spec.build(l2_param_groups(model)), loss_fn=(loss_cls or registered.categorical_crossentropy)(),
