@@ -51,3 +51,13 @@ def onnxruntime_outputs(model, x):
     session = ort.InferenceSession(buffer.getvalue(), providers=["CPUExecutionProvider"])
     (out,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
     return torch.from_numpy(out)
+
+
+def move_strides(model, rng):
+    """Every DiffStride instance of ``model`` to its own random strides, as training moves them
+    (each stride times U[0.75, 1.3], at least 1); ``rng`` a ``random.Random``."""
+    from diffstride import pooling
+
+    with torch.no_grad():
+        for _, layer in pooling.pooling_layers(model):
+            layer.strides.copy_(torch.tensor([max(1.0, v * rng.uniform(0.75, 1.3)) for v in layer.strides.tolist()]))

@@ -12,7 +12,7 @@ import diffstride
 from diffstride import pooling, resnet
 from diffstride.convert import ConversionError
 
-from .conftest import onnxruntime_outputs
+from .conftest import move_strides as _move_strides, onnxruntime_outputs
 
 timm = pytest.importorskip("timm")
 
@@ -32,13 +32,6 @@ def _make(source, name):
     if source == "torchvision":
         return getattr(torchvision.models, name)(weights=None)
     return timm.create_model(name, pretrained=False)
-
-
-def _move_strides(model, rng):
-    """Every DiffStride instance to its own random strides, as training moves them."""
-    with torch.no_grad():
-        for _, layer in pooling.pooling_layers(model):
-            layer.strides.copy_(torch.tensor([max(1.0, v * rng.uniform(0.75, 1.3)) for v in layer.strides.tolist()]))
 
 
 class _Branches(nn.Module):

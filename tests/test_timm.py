@@ -11,13 +11,12 @@ from diffstride import pooling
 timm = pytest.importorskip("timm")
 import diffstride.timm as dtimm  # noqa: E402
 
+from .conftest import move_strides  # noqa: E402
+
 
 def _move_and_step(model, seed):
     """Strides moved at random, as training moves them; a training step with the complexity term."""
-    rng = random.Random(seed)
-    with torch.no_grad():
-        for _, layer in pooling.pooling_layers(model):
-            layer.strides.copy_(torch.tensor([max(1.0, v * rng.uniform(0.75, 1.3)) for v in layer.strides.tolist()]))
+    move_strides(model, random.Random(seed))
     model.train()
     loss = model(torch.randn(2, 3, 64, 64)).logsumexp(-1).mean() + diffstride.complexity_loss(model)
     loss.backward()

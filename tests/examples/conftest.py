@@ -49,6 +49,18 @@ def _metrics(workdir):
         return json.load(f)
 
 
+def _trained_then_newest_truncated(tmp_path) -> str:
+    """A finished 2-epoch tiny run whose newest checkpoint (ckpt-0002.pt) was cut to 1,000 bytes,
+    as a crash in the middle of writing it would leave it; returns its work directory."""
+    from diffstride.examples import main as main_lib
+
+    workdir = str(tmp_path / "run")
+    assert main_lib.main(_args(workdir, epochs=2)) == 0
+    with open(os.path.join(workdir, "ckpt-0002.pt"), "r+b") as f:
+        f.truncate(1000)
+    return workdir
+
+
 def _run_killed_at(args, event, step):
     """The real command in a fresh process that SIGKILLs itself at the hook ``event`` of ``step``."""
     code = ("import os, signal, sys\n"

@@ -18,7 +18,7 @@ import torch
 from diffstride.examples import checkpoint as ckpt
 from diffstride.examples import main as main_lib
 
-from .conftest import _args, _metrics, _run, _run_killed_at
+from .conftest import _args, _metrics, _run, _run_killed_at, _trained_then_newest_truncated
 
 # the pad-crop-flip augmentation draws random numbers in every batch: a resume must continue them
 AUGMENTED = ["data.load_datasets.augment_fn = @data.augment"]
@@ -146,10 +146,7 @@ def test_a_plain_torch_save_is_not_a_checkpoint(tmp_path):
 
 @pytest.mark.slow
 def test_when_no_checkpoint_verifies_the_run_stops_and_restarts_only_when_asked(tmp_path, capsys):
-    workdir = str(tmp_path / "run")
-    assert main_lib.main(_args(workdir, epochs=2)) == 0
-    with open(os.path.join(workdir, "ckpt-0002.pt"), "r+b") as f:
-        f.truncate(1000)
+    workdir = _trained_then_newest_truncated(tmp_path)
     _flip_payload_value(os.path.join(workdir, "ckpt-0001.pt"))
     before = _files(workdir)
     capsys.readouterr()

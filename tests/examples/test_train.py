@@ -13,7 +13,7 @@ from diffstride import pooling
 from diffstride.examples import checkpoint as ckpt
 from diffstride.examples import main as main_lib
 
-from .conftest import _args, _metrics, _run, _run_killed_at
+from .conftest import _args, _metrics, _run, _run_killed_at, _trained_then_newest_truncated
 
 @pytest.mark.slow
 def test_main_job_writes_logs_checkpoints_configs_and_metrics(tmp_path, capsys):
@@ -127,10 +127,7 @@ def test_checkpoints_are_written_atomically(tmp_path):
 
 @pytest.mark.slow
 def test_resume_with_a_corrupted_latest_checkpoint(tmp_path, capsys):
-    workdir = str(tmp_path / "run")
-    assert main_lib.main(_args(workdir, epochs=2)) == 0
-    with open(os.path.join(workdir, "ckpt-0002.pt"), "r+b") as f:
-        f.truncate(1000)
+    workdir = _trained_then_newest_truncated(tmp_path)
     capsys.readouterr()
     assert main_lib.main(_args(workdir, epochs=2)) == 0
     captured = capsys.readouterr()
