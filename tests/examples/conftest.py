@@ -4,12 +4,12 @@ image and audio folders and tar shards for the file sources."""
 import io
 import json
 import os
-import subprocess
-import sys
 import tarfile
 
 import numpy as np
 import pytest
+
+from . import launch
 
 
 @pytest.fixture(autouse=True)
@@ -38,10 +38,9 @@ def _args(workdir, epochs=2, extra=()):
 
 
 def _run(args, env=None, cwd=None):
-    """The real command in a fresh process."""
-    full_env = dict(os.environ, OMP_NUM_THREADS="1", **(env or {}))
-    return subprocess.run([sys.executable, "-m", "diffstride.examples.main", *args], capture_output=True, text=True,
-                          env=full_env, cwd=cwd, timeout=300)
+    """The command ``python -m diffstride.examples.main ARGS`` in a process of its own (forked from
+    a server that imported torch once: tests/examples/launch.py)."""
+    return launch.run(args, env=env, cwd=cwd)
 
 
 def _metrics(workdir):
@@ -62,15 +61,8 @@ def _trained_then_newest_truncated(tmp_path) -> str:
 
 
 def _run_killed_at(args, event, step):
-    """The real command in a fresh process that SIGKILLs itself at the hook ``event`` of ``step``."""
-    code = ("import os, signal, sys\n"
-            "from diffstride.examples import main\n"
-            "def hook(event, state):\n"
-            f"    if event == {event!r} and state.step == {step}:\n"
-            "        os.kill(os.getpid(), signal.SIGKILL)\n"
-            "sys.exit(main.main(sys.argv[1:], hooks=[hook]))\n")
-    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True,
-                          env=dict(os.environ, OMP_NUM_THREADS="1"), timeout=300)
+    """The command in a process of its own that SIGKILLs itself at the hook ``event`` of ``step``."""
+    return launch.run(args, kill_at=(event, step))
 
 
 # ----------------------------------------------------------------------------------------------

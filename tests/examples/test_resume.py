@@ -7,10 +7,6 @@ import io
 import json
 import os
 import random
-import resource
-import signal
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -18,6 +14,7 @@ import torch
 from diffstride.examples import checkpoint as ckpt
 from diffstride.examples import main as main_lib
 
+from . import launch
 from .conftest import _args, _metrics, _run, _run_killed_at, _trained_then_newest_truncated
 
 # the pad-crop-flip augmentation draws random numbers in every batch: a resume must continue them
@@ -240,14 +237,11 @@ def test_sigkill_at_random_moments_again_and_again_ends_as_an_uninterrupted_run(
         if result.returncode == 0:
             break
     assert killed >= 1
-    delay = random.Random(seed).uniform(1.0, 4.0)
-    proc = subprocess.Popen([sys.executable, "-m", "diffstride.examples.main", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, env=dict(os.environ, OMP_NUM_THREADS="1"))
-    try:
-        proc.wait(timeout=delay)
-    except subprocess.TimeoutExpired:
-        proc.send_signal(signal.SIGKILL)
-    proc.communicate()
+    delay = random.Random(seed).uniform(0.2, 2.0)  # a run of this job takes about 2 s after its imports
+    proc = launch.Started(args)
+    if proc.wait(timeout=delay) is None:
+        proc.kill()
+    proc.result()
     last = _run(args)
     assert last.returncode == 0, last.stderr[-2000:]
     assert not [n for n in os.listdir(workdir) if ".tmp-" in n]  # orphans of the kills removed
@@ -256,19 +250,12 @@ def test_sigkill_at_random_moments_again_and_again_ends_as_an_uninterrupted_run(
         assert metrics[key] == clean_run[key], (key, seed, _kill_points(seed))
 
 
-def _limit_file_size():
-    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG instead
-    resource.setrlimit(resource.RLIMIT_FSIZE, (20000, 20000))  # below a checkpoint's ~35 kB
-
-
 @pytest.mark.slow
 def test_a_checkpoint_that_cannot_be_written_stops_the_run_keeping_the_previous_one(tmp_path):
     workdir = str(tmp_path / "run")
     assert _run(_args(workdir, epochs=1)).returncode == 0
     before = _files(workdir)
-    result = subprocess.run([sys.executable, "-m", "diffstride.examples.main", *_args(workdir, epochs=2)],
-                            capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"),
-                            preexec_fn=_limit_file_size, timeout=300)
+    result = launch.run(_args(workdir, epochs=2), file_size_limit=20000)  # below a checkpoint's ~35 kB
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert "could not write the checkpoint" in result.stderr and "ulimit -f" in result.stderr
     assert "previous checkpoints are intact" in result.stderr

@@ -2,8 +2,6 @@
 named, orphans cleaned. Every case checks what is on disk afterwards, not only the exit code."""
 import json
 import os
-import subprocess
-import sys
 import time
 
 import pytest
@@ -11,6 +9,7 @@ import pytest
 from diffstride.examples import main as main_lib
 from diffstride.examples import workdir as wd
 
+from . import launch
 from .conftest import _args, _metrics, _run
 
 
@@ -46,11 +45,8 @@ def test_a_stale_lock_file_of_a_dead_process_does_not_block(tmp_path):
 
 def test_two_runs_started_together_one_wins_and_the_other_says_why(tmp_path):
     workdir = str(tmp_path / "run")
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    procs = [subprocess.Popen([sys.executable, "-m", "diffstride.examples.main", *_args(workdir, epochs=1),
-                               f"--seed={seed}"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-             for seed in (7, 8)]
-    results = [p.communicate(timeout=300) + (p.returncode,) for p in procs]
+    procs = [launch.Started(_args(workdir, epochs=1) + [f"--seed={seed}"]) for seed in (7, 8)]
+    results = [(r.stdout, r.stderr, r.returncode) for r in (p.result() for p in procs)]
     codes = sorted(r[2] for r in results)
     assert codes == [0, 2], results
     loser = next(r for r in results if r[2] == 2)
