@@ -309,6 +309,9 @@ class _Loader:
 
 def _worker_init(worker_id: int) -> None:
     torch.set_num_threads(1)  # decoding and transforms: one thread per worker process
+    from diffstride.examples.workdir import release_inherited_locks
+
+    release_inherited_locks()  # a killed run's workers must not keep its work directory locked
 
 
 class LoaderTrainBatches:

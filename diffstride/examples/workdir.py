@@ -14,6 +14,7 @@ import glob
 import json
 import os
 import socket
+import time
 from typing import Optional
 
 __all__ = ["WorkdirError", "WorkdirBusy", "prepare", "RunLock", "held_by", "remove_orphans", "check_int"]
@@ -111,27 +112,76 @@ class RunLock:
         except ImportError:  # pragma: no cover - not POSIX
             return self
         f = open(self.path, "a+")
-        try:
-            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            f.seek(0)
-            holder = _holder(f.read())
-            f.close()
-            raise WorkdirBusy(
-                f"the work directory {os.path.dirname(self.path)!r} is in use by {self.holder} ({holder}); "
-                f"{self.advice}") from None
+        deadline = time.monotonic() + ORPHAN_WAIT_SECONDS
+        while True:
+            try:
+                fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError:
+                f.seek(0)
+                text = f.read()
+                # The holder died but processes it forked (DataLoader workers, which exit within
+                # seconds of their parent) still share its lock: wait for them a little.
+                if _holder_has_ended(text) and time.monotonic() < deadline:
+                    time.sleep(0.1)
+                    continue
+                f.close()
+                holder = _holder(text)
+                if _holder_has_ended(text):
+                    holder += ", which has ended, but processes it started still hold the lock"
+                raise WorkdirBusy(
+                    f"the work directory {os.path.dirname(self.path)!r} is in use by {self.holder} ({holder}); "
+                    f"{self.advice}") from None
         f.seek(0)
         f.truncate()
         f.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
                             "started": datetime.datetime.now().astimezone().isoformat(timespec="seconds")}))
         f.flush()
         self._file = f
+        _held.add(f.fileno())
         return self
 
     def __exit__(self, *exc) -> None:
         if self._file is not None:
+            _held.discard(self._file.fileno())
             self._file.close()  # closing releases the flock
             self._file = None
+
+
+# Descriptors of the locks this process holds: a forked child shares them (an flock belongs to
+# the open file), so a run's DataLoader workers would keep its work directory locked after the
+# run was killed, until they noticed; they let go at their start (release_inherited_locks).
+_held: set = set()
+ORPHAN_WAIT_SECONDS = 10.0
+
+
+def release_inherited_locks() -> None:
+    """In a forked child: stops sharing the parent's work-directory locks. Each descriptor is
+    pointed at /dev/null (not closed, so that a file object of the parent's, copied into the
+    child, never closes a descriptor number reused for something else)."""
+    if not _held:
+        return
+    null = os.open(os.devnull, os.O_RDONLY)
+    try:
+        for fd in _held:
+            os.dup2(null, fd)
+    finally:
+        os.close(null)
+    _held.clear()
+
+
+def _holder_has_ended(text: str) -> bool:
+    """Whether the lock file names a process of this host that no longer exists."""
+    try:
+        info = json.loads(text)
+        if info["host"] != socket.gethostname():
+            return False
+        os.kill(int(info["pid"]), 0)
+    except ProcessLookupError:
+        return True
+    except (ValueError, KeyError, TypeError, PermissionError, OverflowError):
+        return False
+    return False
 
 
 def held_by(workdir: str, filename: str = ".lock") -> Optional[str]:

@@ -43,6 +43,64 @@ def test_a_stale_lock_file_of_a_dead_process_does_not_block(tmp_path):
         assert info["pid"] == os.getpid()
 
 
+def _holder_killed_leaving_a_child(workdir, child_releases):
+    """A process takes the run lock, forks a child (as DataLoader forks its workers) that calls
+    ``release_inherited_locks()`` or not, then dies of SIGKILL. Returns the write end of a pipe
+    whose closing lets the child exit."""
+    import signal
+
+    ready_r, ready_w = os.pipe()
+    hold_r, hold_w = os.pipe()
+    holder = os.fork()
+    if holder == 0:  # the run
+        try:
+            os.close(ready_r)
+            os.close(hold_w)
+            lock = wd.RunLock(workdir).__enter__()  # (kept referenced: collecting it would release it)
+            if os.fork() == 0:  # its worker: keeps the shared descriptor unless it lets go
+                if child_releases:
+                    wd.release_inherited_locks()
+                os.write(ready_w, b"x")
+                os.read(hold_r, 1)  # until the test closes the pipe
+                os._exit(0)
+            os.kill(os.getpid(), signal.SIGKILL)
+            del lock
+        finally:
+            os._exit(1)
+    os.close(hold_r)
+    os.read(ready_r, 1)  # the worker exists (and has let go, if it does)
+    os.close(ready_r)
+    os.close(ready_w)
+    _, status = os.waitpid(holder, 0)
+    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
+    return hold_w
+
+
+def test_a_killed_runs_workers_do_not_keep_its_workdir_locked(tmp_path, monkeypatch):
+    """DataLoader workers are forked, and share their run's flock: the pipeline's workers let go
+    of it at their start, so the same command can start again at once after a SIGKILL; a child
+    that does not is waited for a little, then named in the error."""
+    workdir = str(tmp_path / "run")
+    wd.prepare(workdir)
+    release = _holder_killed_leaving_a_child(workdir, child_releases=True)
+    monkeypatch.setattr(wd, "ORPHAN_WAIT_SECONDS", 0.0)
+    with wd.RunLock(workdir):  # the worker is alive, the lock free
+        pass
+    os.close(release)
+
+    release = _holder_killed_leaving_a_child(workdir, child_releases=False)
+    with pytest.raises(wd.WorkdirBusy, match="which has ended, but processes it started still hold the lock"):
+        wd.RunLock(workdir).__enter__()
+    # waited for: the lock is taken once the leftover process exits
+    real_sleep = time.sleep
+    monkeypatch.setattr(wd, "ORPHAN_WAIT_SECONDS", 30.0)
+    monkeypatch.setattr(wd.time, "sleep", lambda s: (os.close(release) if not closed else None, closed.append(1), real_sleep(s)))
+    closed = []
+    with wd.RunLock(workdir):
+        assert closed  # it did wait
+    assert json.loads(open(os.path.join(workdir, ".lock")).read())["pid"] == os.getpid()
+
+
 def test_two_runs_started_together_one_wins_and_the_other_says_why(tmp_path):
     workdir = str(tmp_path / "run")
     procs = [launch.Started(_args(workdir, epochs=1) + [f"--seed={seed}"]) for seed in (7, 8)]
