@@ -1,12 +1,17 @@
 """Per-call overhead of the layers at small inputs, where Python (checks, planning) shows.
 
-    python benchmarks/overhead.py [--threads 2] [--repeats 200]
+    python benchmarks/overhead.py [--threads 2] [--rounds 40] [--backward]
 
 For each small input, forward+backward of the DiffStride layer ('auto') against the direct
 torch.fft form of the reference (tests/oracle.py, the same computation with torch.fft and a
 learnable stride parameter), timed in turns in the same run; prints the ratio layer / torch.fft
 (the target: at most 1.05) and the time of the layer's planning alone (reading the strides,
 the in-place clamp, the plan), the part of a call that is Python.
+
+``--backward`` calibrates ``settings.fft_autograd_max_bytes`` instead: the FFT form's forward +
+backward through autograd's own backward against its explicit backward, by input size; below
+the crossover autograd's is faster (fewer Python steps), above it the explicit one (memory, and
+no full-size complex gradient).
 """
 import argparse
 import os
@@ -19,7 +24,7 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from benchmarks.common import interleaved_medians, machine_header  # noqa: E402
 from benchmarks.pooling import FFTDiffStride  # noqa: E402
-from diffstride import pooling  # noqa: E402
+from diffstride import pooling, settings  # noqa: E402
 
 SIZES = [(4, 1, (16000,)), (8, 4, (1000,)), (16, 8, (128,)), (2, 4, (32, 32)), (8, 16, (16, 16)), (1, 1, (64, 64)),
          (1, 2, (16, 16, 16))]
@@ -55,13 +60,45 @@ def paired_ratio(a, b, rounds: int, calls: int = 10):
     return median, q1, q3, 1e6 * statistics.median(ta), 1e6 * statistics.median(tb)
 
 
+BACKWARD_SIZES = [(16, 8, (128,)), (8, 4, (1000,)), (4, 1, (16000,)), (16, 16, (4000,)), (1, 1, (64, 64)),
+                  (8, 16, (16, 16)), (8, 16, (32, 32)), (16, 32, (32, 32)), (8, 64, (56, 56)), (2, 8, (16, 16, 16)),
+                  (4, 8, (16, 16, 16))]
+
+
+def backward_table(rounds: int) -> None:
+    print("| input | input KiB | autograd's backward µs | explicit backward µs | autograd / explicit | quartiles |")
+    print("|---|---:|---:|---:|---:|---|")
+    for batch, channels, size in BACKWARD_SIZES:
+        torch.manual_seed(0)
+        x = torch.randn((batch, channels) + size, requires_grad=True)
+        layer = LAYERS[len(size)](strides=2.0, algorithm="fft")
+        step = _step(layer, x, torch.randn_like(layer(x)))
+
+        def autograd():
+            with settings.override(fft_autograd_max_bytes=1 << 62):
+                step()
+
+        def explicit():
+            with settings.override(fft_autograd_max_bytes=0):
+                step()
+
+        big = x.numel() > 1 << 20
+        ratio, q1, q3, t_a, t_e = paired_ratio(autograd, explicit, max(3, rounds // 4) if big else rounds, 2 if big else 10)
+        shape = "x".join(map(str, (batch, channels) + size))
+        print(f"| {shape} | {x.numel() * 4 / 1024:.0f} | {t_a:.0f} | {t_e:.0f} | {ratio:.2f} | {q1:.2f}-{q3:.2f} |",
+              flush=True)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=40)
+    parser.add_argument("--backward", action="store_true", help="calibrate settings.fft_autograd_max_bytes")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(machine_header(torch.device("cpu"), args.threads))
+    if args.backward:
+        return backward_table(args.rounds)
     print("| input | layer µs | torch.fft µs | layer / torch.fft (median of rounds) | quartiles | planning µs |")
     print("|---|---:|---:|---:|---|---:|")
     for batch, channels, size in SIZES:

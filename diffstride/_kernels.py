@@ -12,7 +12,7 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from diffstride import settings
-from diffstride._plans import SpectralPlan, clamp_floors, stride_limits
+from diffstride._plans import SpectralPlan, cached_when_eager, clamp_floors, height_positions, stride_limits
 from diffstride._validation import ALGORITHMS, algorithm as _check_algorithm  # noqa: F401  (ALGORITHMS: public via functional)
 
 
@@ -31,17 +31,18 @@ def clip_inclusive(
     """
     if lower is None and upper is None:
         return x
-    inside = torch.ones_like(x, dtype=torch.bool)
-    if lower is not None:
-        inside = inside & (x >= lower)
-    if upper is not None:
-        inside = inside & (x <= upper)
+    if upper is None:
+        inside = x >= lower
+    elif lower is None:
+        inside = x <= upper
+    else:
+        inside = (x >= lower) & (x <= upper)
     return torch.where(inside, x, x.clamp(lower, upper).detach())
 
 
 def maximum_inclusive(x: torch.Tensor, floor: float) -> torch.Tensor:
     """``max(x, floor)`` whose gradient goes to ``x`` where ``x >= floor`` (as ``tf.maximum``)."""
-    return torch.where(x >= floor, x, torch.full_like(x, floor))
+    return torch.where(x >= floor, x, floor)
 
 
 # --------------------------------------------------------------------------------------------
@@ -74,28 +75,44 @@ def _axis_stride(
 def _axis_weights(
     size: int,
     stride: torch.Tensor,
-    positions: Sequence[int],
+    kept: Optional[Tuple[int, ...]],
+    cols: int,
     smoothness_factor: float,
-    width_rule: bool,
 ) -> torch.Tensor:
-    """Mask values at the kept ``positions`` of one axis, as a differentiable function of ``stride``."""
+    """Mask values of one axis, as a differentiable function of ``stride``: at the ``kept`` bins
+    of a centred axis (the height rule), or, with ``kept=None``, at the rfft bins ``0 .. cols-1``
+    (the width rule)."""
     # torch.full_like(...) / stride, not size / stride: Tensor.__rtruediv__ multiplies by the
     # reciprocal, which rounds differently from the reference's float32 division.
     cropped = maximum_inclusive(torch.full_like(stride, size) / stride, 2.0)
     threshold = cropped / 2.0
-    if width_rule:
+    if kept is None:
         threshold = threshold + 1.0
-    if isinstance(positions, range):
-        pos = torch.arange(positions.start, positions.stop, positions.step, dtype=stride.dtype, device=stride.device)
-    else:
-        pos = torch.tensor(positions, dtype=stride.dtype, device=stride.device)
+    pos = _mask_positions(size, kept, cols, stride.dtype, stride.device)
     return spectral_mask(pos, threshold, smoothness_factor)
+
+
+@cached_when_eager
+def _mask_positions(size: int, kept: Optional[Tuple[int, ...]], cols: int, dtype, device) -> torch.Tensor:
+    """The mask positions of the kept bins of an axis (a constant, cached: a call at small sizes
+    is short enough for these tensor constructions to show)."""
+    with torch.inference_mode(False):  # a cached constant must not become an inference tensor
+        if kept is None:
+            return torch.arange(cols, dtype=dtype, device=device)
+        positions = height_positions(size)
+        return torch.tensor([positions[r] for r in kept], dtype=dtype, device=device)
+
+
+@cached_when_eager
+def _floor_tensor(floors: Tuple[float, ...], dtype, device) -> torch.Tensor:
+    with torch.inference_mode(False):
+        return torch.tensor(floors, dtype=dtype, device=device)
 
 
 def _clamped(strides: torch.Tensor, size: Sequence[int], smoothness_factor: float) -> torch.Tensor:
     """The reference's in-graph view of its in-place clamp: value ``max(S, size/(size-R))``, identity gradient."""
     floors = clamp_floors(size, smoothness_factor, shared=strides.numel() == 1)
-    floor = torch.tensor(floors, dtype=strides.dtype, device=strides.device)
+    floor = _floor_tensor(floors, strides.dtype, strides.device)
     # exactly max(S, floor) in value (``S + (max - S)`` can be one ulp off), the identity in gradient
     return torch.maximum(strides, floor).detach() + (strides - strides.detach())
 
@@ -436,7 +453,8 @@ def _bin_factor(n: int, cols: int, interior: float, dtype, device) -> torch.Tens
 _cached_bin_factor = functools.lru_cache(maxsize=256)(_bin_factor)
 
 
-def _runs(rows: Sequence[int]) -> list:
+@cached_when_eager
+def _runs(rows: Tuple[int, ...]) -> Tuple[Tuple[int, int], ...]:
     """``rows`` as ``(start, stop)`` runs of consecutive bins (a centred axis keeps two: the low
     positive and the low negative frequencies)."""
     runs = []
@@ -445,7 +463,7 @@ def _runs(rows: Sequence[int]) -> list:
             runs[-1][1] = r + 1
         else:
             runs.append([r, r + 1])
-    return runs
+    return tuple((start, stop) for start, stop in runs)
 
 
 def _kept_pieces(plan: SpectralPlan, lead: int) -> list:
@@ -471,7 +489,7 @@ def _take_kept(spectrum: torch.Tensor, plan: SpectralPlan, lead: int) -> torch.T
     for axis, rows in enumerate(plan.centred_rows()):
         dim = lead + axis
         runs = _runs(rows)
-        if len(runs) == 1 and runs[0] == [0, spectrum.shape[dim]]:
+        if len(runs) == 1 and runs[0] == (0, spectrum.shape[dim]):
             continue
         parts = [spectrum.narrow(dim, start, stop - start) for start, stop in runs]
         spectrum = parts[0] if len(parts) == 1 else torch.cat(parts, dim)
@@ -591,7 +609,35 @@ def _fft_resample(x: torch.Tensor, plan: SpectralPlan, centred_weights: Sequence
             shape[axis] = -1
             mask = mask * weights.to(dtype).view(shape)
         mask = mask.expand(tuple(len(r) for r in plan.centred_rows()) + (plan.cols,))
+        # (compiled graphs keep the explicit backward: Inductor has no code generation for the
+        # complex products that autograd's backward would put in them)
+        if x.numel() * x.element_size() <= settings.current().fft_autograd_max_bytes and not torch.compiler.is_compiling():
+            return _fft_resample_autograd(x, mask, plan, nd, dtype, out_dtype)
         return _FFTResample.apply(x, mask, plan, nd, dtype, out_dtype)
+
+
+def _fft_resample_autograd(x, mask, plan, nd, dtype, out_dtype):
+    """What :class:`_FFTResample` computes, in one block, differentiated by autograd (small
+    inputs); second derivatives refused as above (:class:`_OnceDifferentiable`), so that they do
+    not work on small inputs only."""
+    dims = tuple(range(-nd, 0))
+    spectrum = _take_kept(torch.fft.rfftn(x.to(dtype), dim=dims), plan, x.dim() - nd)
+    y = torch.fft.irfftn(spectrum * mask, s=tuple(plan.out_size), dim=dims)
+    y = y.to(dtype=out_dtype, memory_format=_memory_format(x))
+    return _OnceDifferentiable.apply(y) if torch.is_grad_enabled() and y.requires_grad else y
+
+
+class _OnceDifferentiable(torch.autograd.Function):
+    """The identity, whose backward refuses to be differentiated."""
+
+    @staticmethod
+    def forward(ctx, y):
+        return y.view_as(y)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        return grad
 
 
 def spectral_resample2d(

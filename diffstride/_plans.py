@@ -2,13 +2,30 @@
 
 Computed from the stride values in Python, emulating the reference's float32 arithmetic exactly
 (:func:`_f32`), so that an output size is never the result of a data-dependent ``nonzero`` and a
-frozen layer's shapes are static. Pure Python: no tensors.
+frozen layer's shapes are static. Pure Python: no tensors. What depends only on sizes is cached
+(:func:`cached_when_eager`): a layer plans at every call.
 """
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Optional, Sequence, Tuple
+
+import torch
+
+
+def cached_when_eager(fn):
+    """``fn`` (hashable arguments, an immutable result) with an LRU cache, bypassed while
+    ``torch.compile`` traces (the graph then folds the computation itself)."""
+    cached = functools.lru_cache(maxsize=1024)(fn)
+
+    @functools.wraps(fn)
+    def wrapper(*args):
+        return fn(*args) if torch.compiler.is_compiling() else cached(*args)
+
+    wrapper.cache_clear = cached.cache_clear
+    return wrapper
 
 
 def _f32(value: float) -> float:
@@ -51,7 +68,8 @@ class SpectralPlan:
         return tuple(r for r in (self.depth_rows, self.rows) if r) if len(self.out_size) > 1 else ()
 
 
-def height_positions(height: int) -> list:
+@cached_when_eager
+def height_positions(height: int) -> Tuple[int, ...]:
     """Mask positions of the FFT rows of a ``height``-long axis, exactly as the reference builds them.
 
     ``r = arange(H//2 + H%2)``; ``pos = fftshift(cat(flip(r[H%2:]), r))``. H = 8 gives
@@ -60,9 +78,10 @@ def height_positions(height: int) -> list:
     r = list(range(height // 2 + height % 2))
     unshifted = list(reversed(r[height % 2:])) + r
     shift = height // 2  # fftshift rolls by n // 2
-    return [unshifted[(i - shift) % height] for i in range(height)]
+    return tuple(unshifted[(i - shift) % height] for i in range(height))
 
 
+@cached_when_eager
 def min_stride(size: int, smoothness_factor: float) -> float:
     """The smallest stride the reference allows along an axis: ``size / (size - R)`` in float32."""
     return _f32(size / _f32(size - _f32(smoothness_factor)))
@@ -87,6 +106,11 @@ def _f64(value: float) -> float:
 def clamp_floors(size: Sequence[int], smoothness_factor: float, shared: bool) -> Tuple[float, ...]:
     """The reference's in-place clamp floors ``size / (size - R)``, one per axis (one, the largest,
     for a shared stride)."""
+    return _clamp_floors(tuple(size), smoothness_factor, shared)
+
+
+@cached_when_eager
+def _clamp_floors(size: Tuple[int, ...], smoothness_factor: float, shared: bool) -> Tuple[float, ...]:
     floors = tuple(min_stride(n, smoothness_factor) for n in size)
     return (max(floors),) if shared else floors
 

@@ -34,7 +34,7 @@ from diffstride._kernels import (
     ALGORITHMS, _axis_stride, _axis_weights, _clamped, _working_dtype, choose_algorithm, spectral_resample1d,
     spectral_resample2d, spectral_resample3d,
 )
-from diffstride._plans import SpectralPlan, diffstride_plan, effective_strides, fixed_spectral_plan, height_positions
+from diffstride._plans import SpectralPlan, clamp_floors, diffstride_plan, effective_strides, fixed_spectral_plan
 from diffstride import _validation as check
 
 __all__ = [
@@ -57,6 +57,8 @@ def _mask_strides(strides: torch.Tensor, size: Sequence[int], smoothness_factor:
     :func:`diffstride._plans.effective_strides` (the reference's in-place clamp, value only, then
     the limits' clip)."""
     s = _clamped(strides.to(_working_dtype(strides)), size, smoothness_factor)
+    if upper is None and (lower is None or lower <= min(clamp_floors(size, smoothness_factor, s.numel() == 1))):
+        return s  # the clip cannot act on clamped strides (value and gradient): skipped
     return _axis_stride(s, lower, upper)
 
 
@@ -122,11 +124,9 @@ def diff_stride_unchecked(
     size = tuple(x.shape[2:])
     s = _mask_strides(strides, size, smoothness_factor, lower_limit_stride, upper_limit_stride)
     stride = (lambda axis: s[0]) if s.numel() == 1 else (lambda axis: s[axis])  # noqa: E731
-    weights = []
-    for axis, (n, kept) in enumerate(zip(size[:-1], _centred_kept(plan, len(size)))):
-        positions = height_positions(n)
-        weights.append(_axis_weights(n, stride(axis), [positions[r] for r in kept], smoothness_factor, False))
-    weights.append(_axis_weights(size[-1], stride(len(size) - 1), range(plan.cols), smoothness_factor, True))
+    weights = [_axis_weights(n, stride(axis), tuple(kept), 0, smoothness_factor)
+               for axis, (n, kept) in enumerate(zip(size[:-1], _centred_kept(plan, len(size))))]
+    weights.append(_axis_weights(size[-1], stride(len(size) - 1), None, plan.cols, smoothness_factor))
     return _RESAMPLE[len(size)](x, plan, *weights, algorithm)
 
 

@@ -50,6 +50,10 @@ class Settings:
     #: ... and 1-D blocks of at least this many planes per thread (a 1-D plane is one transform,
     #: run on one thread).
     fft_planes_per_thread: int = 2
+    #: Inputs of at most this many bytes take the FFT form with autograd's own backward: fewer
+    #: Python steps, where a call is short enough for them to show; larger ones take the explicit
+    #: backward, whose point is memory (no full-size complex gradient).
+    fft_autograd_max_bytes: int = 256 << 10
     #: The FFT form keeps the kept spectrum for the backward when it holds at most this fraction
     #: of the input's elements, else recomputes it there.
     keep_spectrum_max: float = 0.75

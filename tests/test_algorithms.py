@@ -157,15 +157,19 @@ def test_3d_layer_compiles_and_trains_in_a_network():
     (pooling.DiffStride3d, (3, 2, 10, 12, 14), (1.0, 2.0, 3.0), torch.channels_last_3d),
     (pooling.DiffStride3d, (3, 2, 10, 12, 14), (3.0, 2.0, 4.0), torch.contiguous_format),
 ])
-@pytest.mark.parametrize("blocks", ["one", "several"])
+@pytest.mark.parametrize("blocks", ["one", "several", "autograd"])
 def test_fft_form_backward_matches_autograd_of_the_oracle(cls, shape, strides, fmt, blocks):
     """The FFT form's own backward (in one block, whose inverse is the result itself, or by
-    blocks of planes; the kept spectrum saved or recomputed) against autograd through the
-    float64 oracle (tests/oracle.py): gradients of the input and the strides."""
+    blocks of planes; the kept spectrum saved or recomputed), and the small inputs' path through
+    autograd, against autograd through the float64 oracle (tests/oracle.py): gradients of the
+    input and the strides."""
     if blocks == "several":  # blocks of one plane (along the batch for channels_last)
-        blocking = settings.override(fft_block_min_bytes=0, fft_planes_per_thread=0, fft_block_fraction=1 << 20)
+        blocking = settings.override(fft_block_min_bytes=0, fft_planes_per_thread=0, fft_block_fraction=1 << 20,
+                                     fft_autograd_max_bytes=0)
+    elif blocks == "one":
+        blocking = settings.override(fft_block_min_bytes=1 << 40, fft_autograd_max_bytes=0)
     else:
-        blocking = settings.override(fft_block_min_bytes=1 << 40)
+        blocking = settings.override(fft_autograd_max_bytes=1 << 40)
     torch.manual_seed(0)
     layer = cls(strides=strides if len(strides) > 1 else strides[0], algorithm="fft", dtype=torch.float64)
     x = torch.randn(shape, dtype=torch.float64).contiguous(memory_format=fmt).requires_grad_(True)
@@ -194,13 +198,20 @@ def test_fft_form_backward_of_fixed_pooling_matches_autograd_of_the_oracle():
     assert torch.allclose(x.grad, x_ref.grad, rtol=0, atol=1e-12)
 
 
-@pytest.mark.parametrize("shape", [(2, 3, 12, 12), (2, 3, 40, 36)])  # the matrix form, the FFT form
-def test_second_derivatives_are_refused_not_wrong(shape):
+@pytest.mark.parametrize("shape, autograd_max", [
+    ((2, 3, 12, 12), None),  # the matrix form
+    ((2, 3, 40, 36), 0),     # the FFT form, its own backward
+    ((2, 3, 40, 36), None),  # the FFT form of a small input, through autograd
+])
+def test_second_derivatives_are_refused_not_wrong(shape, autograd_max):
     """Both forms have their own backward, which is not itself differentiable: asking for a
-    second derivative (a gradient penalty) raises instead of returning a wrong value."""
+    second derivative (a gradient penalty) raises instead of returning a wrong value; the small
+    inputs' autograd path refuses too, so that a penalty does not work on small inputs only."""
     layer = pooling.DiffStride(strides=2.0)
     x = torch.randn(shape, requires_grad=True)
-    (g,) = torch.autograd.grad(layer(x).square().sum(), x, create_graph=True)
+    changes = {} if autograd_max is None else {"fft_autograd_max_bytes": autograd_max}
+    with settings.override(**changes):
+        (g,) = torch.autograd.grad(layer(x).square().sum(), x, create_graph=True)
     with pytest.raises(RuntimeError, match="once_differentiable|differentiate twice"):
         g.sum().backward()
 

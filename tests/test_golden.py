@@ -3,12 +3,13 @@ gradients, stride gradients and strides after the forward.
 
 Tolerances (max|ours - ref| / max|ref|, float32): 1e-5 for outputs and input gradients, 2e-4
 for stride gradients (the reference's own float32 stride gradients are within 5e-5 of float64).
-Every case runs with the matrix form forced, the FFT form forced, and the automatic choice.
+Every case runs with the matrix form forced, the FFT form forced (its own backward, and the
+small inputs' path through autograd), and the automatic choice.
 """
 import pytest
 import torch
 
-from diffstride import pooling
+from diffstride import pooling, settings
 
 from .conftest import load_golden, rel_err
 
@@ -38,18 +39,21 @@ def test_golden_data_is_complete():
     assert {c["layer"] for c in CASES} == {"DiffStride", "FixedSpectralPooling", "SpatialPooling"}
 
 
-@pytest.mark.parametrize("algorithm", ["auto", "matmul", "fft"])
+@pytest.mark.parametrize("algorithm", ["auto", "matmul", "fft", "fft-explicit-backward"])
 @pytest.mark.parametrize("case", CASES, ids=_case_id)
 def test_matches_reference(case, algorithm):
     """Each form of the layer, forced, and the automatic choice."""
     arr = lambda key: torch.from_numpy(ARRAYS[f"case{case['index']}_{key}"])  # noqa: E731
-    layer = _build(case, algorithm)
+    # the golden inputs are small: the FFT form takes autograd's backward unless told not to
+    explicit = algorithm == "fft-explicit-backward"
+    layer = _build(case, "fft" if explicit else algorithm)
     if f"case{case['index']}_strides_init" in case["keys"] and case["layer"] == "DiffStride":
         assert torch.equal(layer.strides.detach(), arr("strides_init"))
     x = arr("x").clone().requires_grad_(True)
-    y = layer(x)
+    with settings.override(fft_autograd_max_bytes=0 if explicit else settings.current().fft_autograd_max_bytes):
+        y = layer(x)
+        (y * arr("w")).sum().backward()
     assert tuple(y.shape) == tuple(case["output_shape"])
-    (y * arr("w")).sum().backward()
     assert rel_err(y, arr("y")) < 1e-5
     assert rel_err(x.grad, arr("grad_x")) < 1e-5
     if case["layer"] == "DiffStride":
