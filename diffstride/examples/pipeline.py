@@ -264,7 +264,7 @@ class _Loader:
                  skip_bad_files: bool, stream_batch: Optional[int] = None):
         self.device, self.skip_bad_files, self.stream_batch = device, skip_bad_files, stream_batch
         self.bad: set = set()  # names of the examples left out (skip_bad_files)
-        self.skipped_before = 0  # files left out when the source was scanned
+        self.scan_skipped: List[str] = []  # files left out when the source was scanned
         self.sampler = sampler
         kwargs = dict(num_workers=num_workers, pin_memory=device.type == "cuda", collate_fn=collate,
                       worker_init_fn=_worker_init)
@@ -279,7 +279,11 @@ class _Loader:
     @property
     def skipped(self) -> int:
         """Distinct files left out so far (when scanned, and when they failed to decode)."""
-        return self.skipped_before + len(self.bad)
+        return len(self.skipped_files())
+
+    def skipped_files(self) -> set:
+        """The files left out so far (scanned out, or failed to decode), by path."""
+        return set(self.scan_skipped) | self.bad
 
     def _batches(self):
         if self.stream_batch is None:
@@ -294,7 +298,9 @@ class _Loader:
         if items:
             yield collate(items)
 
-    def __iter__(self) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
+    def __iter__(self) -> Iterator[Tuple[Optional[torch.Tensor], Optional[torch.Tensor]]]:
+        """This rank's batches on the device; ``(None, None)`` for a batch whose every example was
+        a skipped bad file (so that the batch still counts: resume positions and DDP's steps)."""
         for images, labels, bad in self._batches():
             if bad:
                 if not self.skip_bad_files:
@@ -303,6 +309,7 @@ class _Loader:
                                      f"(they are counted in metrics.json)")
                 self.bad.update(bad)
             if images is None:
+                yield None, None
                 continue
             yield (images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True))
 
@@ -330,6 +337,14 @@ class LoaderTrainBatches:
     def skipped(self) -> int:
         return self.loader.skipped
 
+    def skipped_files(self) -> set:
+        return self.loader.skipped_files()
+
+    @property
+    def may_skip(self) -> bool:
+        """Whether a batch can come empty (``(None, None)``: all its files bad and skipped)."""
+        return self.loader.skip_bad_files
+
     def order(self, epoch: int) -> int:
         """The epoch's order is a function of (seed, epoch): the epoch number stands for it."""
         return epoch
@@ -343,6 +358,10 @@ class LoaderTrainBatches:
         for images, labels in self.loader:
             if done >= self.steps:
                 break
+            done += 1
+            if images is None:  # every file of this share was bad: the step is skipped (train_one_epoch)
+                yield None, None
+                continue
             images = self.normalize(images)
             if self.augment_fn is not None:
                 images = self.augment_fn(images)
@@ -351,7 +370,6 @@ class LoaderTrainBatches:
                 if images.shape[0] % 2:  # a bad example was skipped: pairs need an even count
                     images, labels = images[:-1], labels[:-1]
                 images, labels = mixup_pairs(images, labels, self.mixup_alpha)
-            done += 1
             yield images, labels
 
 
@@ -365,9 +383,13 @@ class LoaderTestBatches:
     def skipped(self) -> int:
         return self.loader.skipped
 
+    def skipped_files(self) -> set:
+        return self.loader.skipped_files()
+
     def __iter__(self):
         for images, labels in self.loader:
-            yield self.normalize(images), labels
+            if images is not None:  # (None: every file of the batch was bad and skipped)
+                yield self.normalize(images), labels
 
 
 class _StreamSampler:
@@ -552,7 +574,7 @@ def file_datasets(name: str, *, data_dir: str, download: bool, batch_size: int, 
         test_loader = _Loader(ExampleDataset(test_src, transforms[1], seed),
                               EpochBatchSampler(len(test_src), batch_size, rank, world_size, seed, shuffle=False),
                               workers, device, prefetch_factor, skip_bad_files)
-    train_loader.skipped_before = len(train_src.skipped)
-    test_loader.skipped_before = len(test_src.skipped)
+    train_loader.scan_skipped = list(train_src.skipped)
+    test_loader.scan_skipped = list(test_src.skipped)
     return (LoaderTrainBatches(train_loader, steps, num_classes, normalize, augment_fn, mixup_alpha),
             LoaderTestBatches(test_loader, normalize), num_classes, shape)

@@ -164,6 +164,9 @@ def train_one_epoch(run: Run, state: RunState, num_epochs: int, save_mid_epoch: 
 
     try:
         for images, labels in train.batches(order, start=state.batch):
+            if _skipped_everywhere(run, images is None):
+                state.batch += 1  # a batch of bad files only (skip_bad_files): read, not trained on
+                continue
             lr = run.optimizer_spec.learning_rate_at(state.step)
             for group in run.optimizer.param_groups:
                 group["lr"] = lr
@@ -199,6 +202,18 @@ def train_one_epoch(run: Run, state: RunState, num_epochs: int, save_mid_epoch: 
     result["diverged"] = diverged
     result["learning_rate"] = run.optimizer_spec.learning_rate_at(max(state.step - 1, 0))
     return result
+
+
+def _skipped_everywhere(run: Run, empty: bool) -> bool:
+    """Whether this step is skipped: this process's share of the batch is empty (all its files
+    bad and skipped), or, under DDP, any process's is; every process then skips it, so that their
+    steps (and gradient all-reduces) stay paired. One small all-reduce per step, only when the
+    data can skip files."""
+    if run.ctx.distributed and getattr(run.datasets.train, "may_skip", False):
+        flag = torch.tensor([1.0 if empty else 0.0], device=run.ctx.device)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        return bool(flag.item())
+    return empty
 
 
 def _accumulate(run: Run, images: torch.Tensor, labels: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -274,9 +289,12 @@ def epoch_metrics(run: Run, state: RunState, sums: Dict[str, float]) -> Dict[str
     with torch.no_grad():
         metrics["complexity"] = float(run.complexity_fn(run.model, trace=run.structure))
     metrics["flops"] = count_flops(run.model, run.datasets.image_shape)
-    skipped = [getattr(run.datasets.train, "skipped", None), getattr(run.datasets.test, "skipped", None)]
-    if skipped[0] is not None:  # file sources: files left out by data.load_datasets.skip_bad_files, all ranks
-        metrics["skipped_files"] = int(run.ctx.all_sum([float(skipped[0] + (skipped[1] or 0))])[0])
+    train, test = run.datasets.train, run.datasets.test
+    if hasattr(train, "skipped_files"):  # file sources: files left out by data.load_datasets.skip_bad_files
+        mine = train.skipped_files() | (test.skipped_files() if hasattr(test, "skipped_files") else set())
+        # distinct files over every process (each scans the same folders; a bad file can land in
+        # different processes' shares from one epoch to the next)
+        metrics["skipped_files"] = len(set().union(*run.ctx.gather(sorted(mine))))
     return metrics
 
 

@@ -2,8 +2,10 @@
 mid-epoch with workers then the same command, torchrun over two processes, bad files during
 training, gradient accumulation, torch.compile, and torchvision / timm models by name."""
 import functools
+import json
 import math
 import os
+import signal
 import subprocess
 import sys
 
@@ -101,20 +103,79 @@ def test_killed_mid_epoch_with_workers_then_rerun_gives_the_same_metrics(files, 
     assert a["pooling"] == b["pooling"]
 
 
+def _break_share(root, batch, rank=0, world_size=1, global_batch=6, seed=1):
+    """Overwrites with garbage every training file of ``rank``'s share of ``batch`` in epoch 0 (the
+    order the pipeline draws from the seed); returns their paths."""
+    from diffstride.examples.pipeline import EpochBatchSampler
+    from diffstride.examples.sources import FolderSource
+
+    source = FolderSource(str(root / "train"), "image")
+    sampler = EpochBatchSampler(len(source), global_batch, rank, world_size, seed, shuffle=True)
+    share = list(sampler)[batch]
+    paths = [source.files[index] for _, index in share]
+    for path in paths:
+        with open(path, "wb") as f:
+            f.write(b"\xff\xd8\xff\xe0 not an image")
+    return paths
+
+
+@pytest.mark.slow
+def test_a_batch_of_bad_files_only_is_skipped_and_a_resume_after_it_is_exact(files, tmp_path):
+    """skip_bad_files with every file of a batch bad: the batch is read and counted, not trained
+    on, so that a mid-epoch checkpoint after it resumes at the right batch (it once resumed one
+    batch early and trained a batch twice)."""
+    import shutil
+
+    root = tmp_path / "images"
+    shutil.copytree(files["root"] / "images", root)
+    assert len(_break_share(root, batch=1)) == 6
+    extra = ["data.load_datasets.skip_bad_files = True", "train.train.checkpoint_every_steps = 2"]
+    whole = _run(_file_args(tmp_path / "whole", "imagefolder", root, epochs=2, extra=extra))
+    assert whole.returncode == 0, whole.stderr[-2000:]
+    args = _file_args(tmp_path / "killed", "imagefolder", root, epochs=2, extra=extra)
+    killed = _run_killed_at(args, "checkpoint_written", 2)  # batches 0 and 2 trained, batch 1 skipped
+    assert killed.returncode == -9
+    again = _run(args)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "(epoch 0, batch 3, step 2)" in again.stdout
+    a, b = _metrics(tmp_path / "whole"), _metrics(tmp_path / "killed")
+    assert a["skipped_files"] == b["skipped_files"] == 6
+    with open(tmp_path / "whole" / "history.json") as f:
+        assert json.load(f)[0]["step"] == 5  # 6 batches in epoch 1, one of bad files only
+    for key in ("train_loss", "test_loss", "test_accuracy", "step", "pooling"):
+        assert a[key] == b[key], key
+
+
 @pytest.mark.slow
 def test_torchrun_two_processes_read_their_shards_and_resume(files, tmp_path):
     """Two processes (gloo) on an image folder, with gradient accumulation (DDP's no_sync on all
     but the last part): each rank reads its half of each batch; the second command resumes: rank 0
-    chooses the checkpoint and every rank loads it. (The in-memory sets' sharding: test_data.)"""
+    chooses the checkpoint and every rank loads it. (The in-memory sets' sharding: test_data.)
+    Rank 1's whole share of the second batch is bad files, skipped: both processes skip that step
+    (one trained on, the other not, they stopped pairing their all-reduces and hung)."""
+    import shutil
+
+    root = tmp_path / "images"
+    shutil.copytree(files["root"] / "images", root)
+    assert len(_break_share(root, batch=1, rank=1, world_size=2)) == 3
     workdir = tmp_path / "ddp"
 
     def torchrun(epochs):
-        args = _file_args(workdir, "imagefolder", files["root"] / "images", epochs=epochs,
-                          extra=["train.train.accumulate_steps = 2", "train.train.checkpoint_every_steps = 4"])
+        args = _file_args(workdir, "imagefolder", root, epochs=epochs,
+                          extra=["train.train.accumulate_steps = 2", "train.train.checkpoint_every_steps = 4",
+                                 "data.load_datasets.skip_bad_files = True"])
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                "-m", "diffstride.examples.main", *args]
-        return subprocess.run(cmd, capture_output=True, text=True, timeout=600,
-                              env=dict(os.environ, OMP_NUM_THREADS="1"))
+        # its own process group: a hang (the failure this test looks for) is killed whole
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                env=dict(os.environ, OMP_NUM_THREADS="1"), start_new_session=True)
+        try:
+            out, err = proc.communicate(timeout=300)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+            raise
+        return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
     result = torchrun(1)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -122,7 +183,8 @@ def test_torchrun_two_processes_read_their_shards_and_resume(files, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.count("resumed from") == 1 and "ckpt-0001.pt" in result.stdout  # rank 0 says it
     metrics = _metrics(workdir)
-    assert metrics["step"] == 12 and metrics["run"]["world_size"] == 2 and metrics["run"]["accumulate_steps"] == 2
+    assert metrics["step"] == 11 and metrics["run"]["world_size"] == 2 and metrics["run"]["accumulate_steps"] == 2
+    assert metrics["skipped_files"] == 3
     replicas = metrics["replica_strides"]
     assert len(replicas) == 2 and replicas[0] == replicas[1]
     assert replicas[0]["stem_pooling"] != [1.0, 1.0]  # the strides did train
