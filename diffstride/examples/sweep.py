@@ -248,8 +248,6 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     from diffstride.examples.main import UsageError, resolve_config
 
-    from diffstride.examples.workdir import RunLock, WorkdirError
-
     args = parse_args(argv)
     try:
         cells = grid(args.poolings, args.strides, args.seeds, args.complexity_weights)
@@ -264,9 +262,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
               file=sys.stderr)
         return 2
     started = time.time()
-    signal.signal(signal.SIGTERM, _interrupt)  # `kill` as Ctrl-C (a background job may ignore SIGINT)
-    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    # `kill` as Ctrl-C (a background job may ignore SIGINT); the caller's handlers come back at the end
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    signal.signal(signal.SIGTERM, _interrupt)
+    if before[signal.SIGINT] is signal.SIG_IGN:
         signal.signal(signal.SIGINT, _interrupt)
+    try:
+        return _run_and_report(args, cells, started)
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
+
+
+def _run_and_report(args: argparse.Namespace, cells, started: float) -> int:
+    from diffstride.examples.workdir import RunLock, WorkdirError
+
     try:
         os.makedirs(args.root, exist_ok=True)
         # one sweep per root: a second one stops at once, naming the first (the lock dies with its holder)
