@@ -496,6 +496,17 @@ def _take_kept(spectrum: torch.Tensor, plan: SpectralPlan, lead: int) -> torch.T
     return spectrum
 
 
+def _own_tensor(t: torch.Tensor, shape: Tuple[int, ...]) -> torch.Tensor:
+    """``t.view(shape)`` (``t`` contiguous) as a tensor of its own on the same memory, not a view:
+    a custom Function's output that is a view cannot be modified in place afterwards
+    (``nn.ReLU(inplace=True)`` after the layer raised)."""
+    strides, step = [], 1
+    for n in reversed(shape):
+        strides.append(step)
+        step *= n
+    return t.new_empty(0).set_(t.untyped_storage(), t.storage_offset(), shape, tuple(reversed(strides)))
+
+
 class _FFTResample(torch.autograd.Function):
     """``y = irfftn(mask ⊙ crop(rfftn(x)))`` over the last ``nd`` axes, by blocks of planes, with
     an explicit backward.
@@ -533,7 +544,7 @@ class _FFTResample(torch.autograd.Function):
             spectrum = spectrum * mask  # drops the block's full spectrum before the inverse
             y_block = torch.fft.irfftn(spectrum, s=out_size, dim=dims)
             if direct:
-                y = y_block.view(y_shape)
+                y = y_block.view(y_shape) if torch.compiler.is_compiling() else _own_tensor(y_block, y_shape)
             else:
                 y_planes[start:start + block] = y_block
         recompute = ctx.needs_input_grad[1] and not keep
@@ -628,11 +639,12 @@ def _fft_resample_autograd(x, mask, plan, nd, dtype, out_dtype):
 
 
 class _OnceDifferentiable(torch.autograd.Function):
-    """The identity, whose backward refuses to be differentiated."""
+    """The identity, whose backward refuses to be differentiated. Its output is a copy: a view of
+    its input could not be modified in place (``nn.ReLU(inplace=True)`` after the layer)."""
 
     @staticmethod
     def forward(ctx, y):
-        return y.view_as(y)
+        return y.clone()
 
     @staticmethod
     @once_differentiable

@@ -239,3 +239,28 @@ def test_settings_steer_the_choice_and_blocks_and_refuse_bad_values():
     with pytest.raises(TypeError, match=r"settings.kronecker_max_pixels must be an integer, but got 6.5"):
         settings.override(kronecker_max_pixels=6.5).__enter__()
     assert settings.current() == settings.Settings()
+
+
+@pytest.mark.parametrize("make, shape", [
+    (lambda algorithm: pooling.DiffStride(strides=(2.0, 3.0), algorithm=algorithm), (2, 3, 20, 18)),
+    (lambda algorithm: pooling.DiffStride(strides=2.0, algorithm=algorithm), (2, 3, 6, 6)),  # one Kronecker product
+    (lambda algorithm: pooling.DiffStride1d(strides=2.0, algorithm=algorithm), (2, 3, 50)),
+    (lambda algorithm: pooling.DiffStride3d(strides=2.0), (1, 2, 8, 10, 12)),
+    (lambda algorithm: pooling.FixedSpectralPooling(strides=2.0, algorithm=algorithm), (2, 3, 20, 18)),
+])
+@pytest.mark.parametrize("algorithm, autograd_max", [("matmul", None), ("fft", 0), ("fft", 1 << 40)])
+def test_the_output_can_be_modified_in_place(make, shape, algorithm, autograd_max):
+    """``nn.ReLU(inplace=True)`` after the layer (torchvision's ResNets): every form's output can be
+    modified in place, with the gradients of the out-of-place ReLU."""
+    changes = {} if autograd_max is None else {"fft_autograd_max_bytes": autograd_max}
+    grads = []
+    for inplace in (False, True):
+        torch.manual_seed(0)
+        layer = make(algorithm)
+        x = torch.randn(shape, requires_grad=True)
+        with settings.override(**changes):
+            y = layer(x)
+            y = torch.relu_(y) if inplace else torch.relu(y)
+            (y * torch.linspace(-1, 1, y.numel()).view(y.shape)).sum().backward()
+        grads.append([x.grad] + [p.grad for p in layer.parameters()])
+    assert all(torch.equal(a, b) for a, b in zip(*grads))
