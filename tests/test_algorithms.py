@@ -67,11 +67,16 @@ def test_a_million_samples_forward_and_backward():
     assert ((layer(small).double() - ref).abs().max() / ref.abs().max()).item() < 1e-5
 
 
+# the FFT form's two backward paths: its own (explicit), and autograd's for small inputs
+BACKWARDS = pytest.mark.parametrize("autograd_max", [0, 1 << 40], ids=["explicit-backward", "autograd-backward"])
+
+
+@BACKWARDS
 @pytest.mark.parametrize("dtype, tol", [(torch.bfloat16, 2e-2), (torch.float16, 2e-3)])
-def test_fft_form_under_autocast_runs_in_float32_and_returns_the_autocast_dtype(dtype, tol):
+def test_fft_form_under_autocast_runs_in_float32_and_returns_the_autocast_dtype(dtype, tol, autograd_max):
     layer = pooling.DiffStride(strides=(2.0, 3.0), algorithm="fft")
     x = torch.randn(2, 3, 40, 36)
-    with torch.autocast("cpu", dtype=dtype):
+    with torch.autocast("cpu", dtype=dtype), settings.override(fft_autograd_max_bytes=autograd_max):
         y = layer(x)
     ref = diffstride_fft(x.double(), torch.tensor([2.0, 3.0]).double())
     assert y.dtype == dtype
@@ -83,12 +88,14 @@ def test_fft_form_under_autocast_runs_in_float32_and_returns_the_autocast_dtype(
     (pooling.FixedSpectralPooling, (2, 3, 40, 36), torch.channels_last),
     (pooling.DiffStride3d, (2, 3, 10, 12, 14), torch.channels_last_3d),
 ])
-def test_fft_form_keeps_channels_last(cls, shape, fmt):
+@BACKWARDS
+def test_fft_form_keeps_channels_last(cls, shape, fmt, autograd_max):
     kwargs = {"algorithm": "fft"}
     layer = cls(strides=2.0, **kwargs)
     x = torch.randn(shape)
     y_ref = layer(x)
-    y = layer(x.contiguous(memory_format=fmt))
+    with settings.override(fft_autograd_max_bytes=autograd_max):
+        y = layer(x.contiguous(memory_format=fmt))
     assert y.is_contiguous(memory_format=fmt) and torch.allclose(y, y_ref, atol=1e-5)
 
 
