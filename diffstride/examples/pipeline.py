@@ -20,8 +20,11 @@ Deterministic by construction:
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import random
+import select
+import threading
 from typing import Any, Callable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -267,7 +270,7 @@ class _Loader:
         self.scan_skipped: List[str] = []  # files left out when the source was scanned
         self.sampler = sampler
         kwargs = dict(num_workers=num_workers, pin_memory=device.type == "cuda", collate_fn=collate,
-                      worker_init_fn=_worker_init)
+                      worker_init_fn=functools.partial(_worker_init, main_pid=os.getpid()))
         if num_workers > 0:
             kwargs.update(prefetch_factor=prefetch_factor, persistent_workers=stream_batch is None)
         if stream_batch is None:
@@ -314,11 +317,32 @@ class _Loader:
             yield (images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True))
 
 
-def _worker_init(worker_id: int) -> None:
+def _worker_init(worker_id: int, main_pid: int) -> None:
     torch.set_num_threads(1)  # decoding and transforms: one thread per worker process
     from diffstride.examples.workdir import release_inherited_locks
 
     release_inherited_locks()  # a killed run's workers must not keep its work directory locked
+    if os.getppid() != main_pid:
+        # Started through a forkserver (Python 3.14's default on Linux): DataLoader's own watchdog
+        # watches this process's parent, the forkserver, which the workers themselves keep alive;
+        # after a SIGKILL of the run they would wait for work forever.
+        _exit_with(main_pid)
+
+
+def _exit_with(pid: int) -> bool:
+    """Ends this process as soon as process ``pid`` ends (a daemon thread waiting on a Linux
+    pidfd: no polling, no PID reuse). Returns whether the watch could be set up."""
+    try:
+        fd = os.pidfd_open(pid)
+    except (AttributeError, OSError):  # not Linux >= 5.3, or ``pid`` already gone
+        return False
+
+    def wait() -> None:
+        select.select([fd], [], [])  # readable once the process has ended
+        os._exit(0)
+
+    threading.Thread(target=wait, name=f"exit-with-{pid}", daemon=True).start()
+    return True
 
 
 class LoaderTrainBatches:

@@ -83,6 +83,50 @@ def test_hugging_face_audio_dataset_trains(files, tmp_path):
     _finite_run(tmp_path / "run", f"hf:{tmp_path / 'hf'}")
 
 
+def _ended(pid):
+    """Whether process ``pid`` has ended (gone, or a zombie waiting for its parent)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+@pytest.mark.skipif(not hasattr(os, "pidfd_open"), reason="Linux pidfd (Python 3.9+, Linux 5.3+)")
+def test_a_killed_runs_workers_end_with_it_under_the_forkserver_start_method(files, tmp_path):
+    """Workers started through a forkserver (Python 3.14's default on Linux) are not the run's
+    children: DataLoader's watchdog watches the forkserver, which the workers keep alive, so after a
+    SIGKILL of the run they waited for work forever (seen). They now end with the run."""
+    import textwrap
+    import time
+
+    code = textwrap.dedent(f"""
+        import multiprocessing, os, signal
+        multiprocessing.set_start_method("forkserver")
+        from diffstride.examples import data
+        ds = data.load_datasets("imagefolder", data_dir={str(files["root"] / "images")!r}, batch_size=6,
+                                image_size=24, num_workers=2)
+        next(ds.train.batches(ds.train.order(0)))
+        print(" ".join(str(w.pid) for w in ds.train.loader.loader._iterator._workers), flush=True)
+        os.kill(os.getpid(), signal.SIGKILL)
+    """)
+    out = tmp_path / "out.txt"
+    with open(out, "w") as f:  # a file, not a pipe: leftover workers would hold a pipe open
+        code_ = subprocess.run([sys.executable, "-c", code], stdout=f, stderr=subprocess.STDOUT, timeout=120,
+                               env=dict(os.environ, OMP_NUM_THREADS="1")).returncode
+    assert code_ == -signal.SIGKILL, out.read_text()[-2000:]
+    workers = [int(p) for p in out.read_text().split()[-2:]]
+    deadline = time.monotonic() + 30  # (DataLoader's own watchdog would look every 5 s)
+    try:
+        while not all(_ended(p) for p in workers) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert all(_ended(p) for p in workers), "the workers outlived the run"
+    finally:
+        for pid in workers:
+            if not _ended(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
 @pytest.mark.slow
 def test_killed_mid_epoch_with_workers_then_rerun_gives_the_same_metrics(files, tmp_path):
     """SIGKILL after the mid-epoch checkpoint of step 4 (of 6 per epoch), then the same command:
