@@ -25,6 +25,7 @@ import os
 import random
 import select
 import threading
+import time
 from typing import Any, Callable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -329,20 +330,32 @@ def _worker_init(worker_id: int, main_pid: int) -> None:
         _exit_with(main_pid)
 
 
-def _exit_with(pid: int) -> bool:
-    """Ends this process as soon as process ``pid`` ends (a daemon thread waiting on a Linux
-    pidfd: no polling, no PID reuse). Returns whether the watch could be set up."""
+def _exit_with(pid: int) -> None:
+    """Ends this process as soon as process ``pid`` ends: a daemon thread waiting on a Linux pidfd
+    (no polling), else checking every second. A ``pid`` already gone (the run was killed while
+    this worker started) ends it at once."""
     try:
         fd = os.pidfd_open(pid)
-    except (AttributeError, OSError):  # not Linux >= 5.3, or ``pid`` already gone
-        return False
+    except ProcessLookupError:
+        os._exit(0)
+    except (AttributeError, OSError):  # no pidfd (not Linux >= 5.3)
+        fd = None
 
     def wait() -> None:
-        select.select([fd], [], [])  # readable once the process has ended
+        if fd is not None:
+            select.select([fd], [], [])  # readable once the process has ended
+        else:
+            while True:
+                time.sleep(1.0)
+                try:
+                    os.kill(pid, 0)
+                except ProcessLookupError:
+                    break
+                except PermissionError:  # alive, another user's (a reused PID): keep waiting
+                    pass
         os._exit(0)
 
     threading.Thread(target=wait, name=f"exit-with-{pid}", daemon=True).start()
-    return True
 
 
 class LoaderTrainBatches:

@@ -127,6 +127,23 @@ def test_a_killed_runs_workers_end_with_it_under_the_forkserver_start_method(fil
                 os.kill(pid, signal.SIGKILL)
 
 
+def test_a_worker_that_starts_after_its_run_was_killed_ends_at_once():
+    """The other order of the same race (seen under load): the run is gone before a worker reaches
+    its set-up, which then ends it instead of watching nothing."""
+    from diffstride.examples.pipeline import _exit_with
+
+    gone = subprocess.Popen(["true"])
+    gone.wait()  # an ended (and reaped) process
+    child = os.fork()
+    if child == 0:
+        try:
+            _exit_with(gone.pid)
+        finally:
+            os._exit(3)  # returned: it would have kept running
+    _, status = os.waitpid(child, 0)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+
+
 @pytest.mark.slow
 def test_killed_mid_epoch_with_workers_then_rerun_gives_the_same_metrics(files, tmp_path):
     """SIGKILL after the mid-epoch checkpoint of step 4 (of 6 per epoch), then the same command:
