@@ -3,7 +3,6 @@ choice between them. Internal: :mod:`diffstride.functional` is the public API.
 """
 from __future__ import annotations
 
-import functools
 import itertools
 import math
 from typing import Optional, Sequence, Tuple
@@ -435,22 +434,16 @@ def _planes(t: torch.Tensor, nd: int, flat: bool) -> torch.Tensor:
     return t.view(-1, *t.shape[-nd:]) if flat else t
 
 
+@cached_when_eager
 def _rfft_bin_factor(n: int, cols: int, interior: float, dtype, device) -> torch.Tensor:
     """``interior`` on the rfft bins of an ``n``-long axis that stand for two complex bins (not
     DC, not Nyquist), 1 on the others; bins ``0 .. cols-1``. A constant: cached (a few small
     tensor ops saved at every backward, which show at small inputs), except while compiling."""
-    if torch.compiler.is_compiling():
-        return _bin_factor(n, cols, interior, dtype, device)
-    return _cached_bin_factor(n, cols, interior, dtype, torch.device(device))
-
-
-def _bin_factor(n: int, cols: int, interior: float, dtype, device) -> torch.Tensor:
-    k = torch.arange(cols, device=device)
-    edge = (k == 0) | (2 * k == n)
-    return torch.where(edge, torch.ones((), dtype=dtype, device=device), torch.full((), interior, dtype=dtype, device=device))
-
-
-_cached_bin_factor = functools.lru_cache(maxsize=256)(_bin_factor)
+    with torch.inference_mode(False):  # a cached constant must not become an inference tensor
+        k = torch.arange(cols, device=device)
+        edge = (k == 0) | (2 * k == n)
+        return torch.where(edge, torch.ones((), dtype=dtype, device=device),
+                           torch.full((), interior, dtype=dtype, device=device))
 
 
 @cached_when_eager
