@@ -60,6 +60,19 @@ def _trained_then_newest_truncated(tmp_path) -> str:
     return workdir
 
 
+def _until(condition, seconds=120.0):
+    """Polls ``condition`` until it holds (returns its value) or the deadline passes (fails)."""
+    import time
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"not reached within {seconds} s")
+
+
 def _run_killed_at(args, event, step):
     """The command in a process of its own that SIGKILLs itself at the hook ``event`` of ``step``."""
     return launch.run(args, kill_at=(event, step))

@@ -19,7 +19,7 @@ from diffstride.examples import checkpoint as ckpt
 from diffstride.examples import data, main as main_lib, models
 from diffstride.examples import train as train_lib
 
-from .conftest import _metrics, _run, _run_killed_at, _shards
+from .conftest import _metrics, _run, _run_killed_at, _shards, _until
 
 SMALL = [
     "data.load_datasets.image_size = 24",
@@ -98,7 +98,6 @@ def test_a_killed_runs_workers_end_with_it_under_the_forkserver_start_method(fil
     children: DataLoader's watchdog watches the forkserver, which the workers keep alive, so after a
     SIGKILL of the run they waited for work forever (seen). They now end with the run."""
     import textwrap
-    import time
 
     code = textwrap.dedent(f"""
         import multiprocessing, os, signal
@@ -116,11 +115,8 @@ def test_a_killed_runs_workers_end_with_it_under_the_forkserver_start_method(fil
                                env=dict(os.environ, OMP_NUM_THREADS="1")).returncode
     assert code_ == -signal.SIGKILL, out.read_text()[-2000:]
     workers = [int(p) for p in out.read_text().split()[-2:]]
-    deadline = time.monotonic() + 30  # (DataLoader's own watchdog would look every 5 s)
     try:
-        while not all(_ended(p) for p in workers) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert all(_ended(p) for p in workers), "the workers outlived the run"
+        _until(lambda: all(_ended(p) for p in workers), seconds=30)  # (DataLoader's own watchdog: every 5 s)
     finally:
         for pid in workers:
             if not _ended(pid):

@@ -14,7 +14,7 @@ import torch
 from diffstride.examples import data, report, sweep
 from diffstride.examples import main as main_lib
 
-from .conftest import TINY
+from .conftest import TINY, _until
 
 
 def test_one_dimensional_training_from_the_packaged_config(tmp_path):
@@ -176,19 +176,6 @@ def _one_cell_args(root, epochs=1, extra=()):
     for b in SWEEP_BINDINGS + [f"train.train.num_epochs = {epochs}"] + list(extra):
         args += ["--gin_bindings", b]
     return args
-
-
-def _until(condition, seconds=120.0):
-    """Polls ``condition`` until it holds (returns its value) or the deadline passes (fails)."""
-    import time
-
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"not reached within {seconds} s")
 
 
 @pytest.mark.slow

@@ -56,15 +56,14 @@ def _holder_killed_leaving_a_child(workdir, child_releases):
         try:
             os.close(ready_r)
             os.close(hold_w)
-            lock = wd.RunLock(workdir).__enter__()  # (kept referenced: collecting it would release it)
-            if os.fork() == 0:  # its worker: keeps the shared descriptor unless it lets go
-                if child_releases:
-                    wd.release_inherited_locks()
-                os.write(ready_w, b"x")
-                os.read(hold_r, 1)  # until the test closes the pipe
-                os._exit(0)
-            os.kill(os.getpid(), signal.SIGKILL)
-            del lock
+            with wd.RunLock(workdir):
+                if os.fork() == 0:  # its worker: keeps the shared descriptor unless it lets go
+                    if child_releases:
+                        wd.release_inherited_locks()
+                    os.write(ready_w, b"x")
+                    os.read(hold_r, 1)  # until the test closes the pipe
+                    os._exit(0)
+                os.kill(os.getpid(), signal.SIGKILL)
         finally:
             os._exit(1)
     os.close(hold_r)
@@ -92,10 +91,16 @@ def test_a_killed_runs_workers_do_not_keep_its_workdir_locked(tmp_path, monkeypa
     with pytest.raises(wd.WorkdirBusy, match="which has ended, but processes it started still hold the lock"):
         wd.RunLock(workdir).__enter__()
     # waited for: the lock is taken once the leftover process exits
-    real_sleep = time.sleep
+    real_sleep, closed = time.sleep, []
+
+    def sleep(seconds):  # the lock's first wait lets the leftover process exit
+        if not closed:
+            os.close(release)
+        closed.append(seconds)
+        real_sleep(seconds)
+
     monkeypatch.setattr(wd, "ORPHAN_WAIT_SECONDS", 30.0)
-    monkeypatch.setattr(wd.time, "sleep", lambda s: (os.close(release) if not closed else None, closed.append(1), real_sleep(s)))
-    closed = []
+    monkeypatch.setattr(wd.time, "sleep", sleep)
     with wd.RunLock(workdir):
         assert closed  # it did wait
     assert json.loads(open(os.path.join(workdir, ".lock")).read())["pid"] == os.getpid()
