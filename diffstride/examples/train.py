@@ -291,7 +291,7 @@ def epoch_metrics(run: Run, state: RunState, sums: Dict[str, float]) -> Dict[str
     metrics["flops"] = count_flops(run.model, run.datasets.image_shape)
     train, test = run.datasets.train, run.datasets.test
     if hasattr(train, "skipped_files"):  # file sources: files left out by data.load_datasets.skip_bad_files
-        mine = train.skipped_files() | (test.skipped_files() if hasattr(test, "skipped_files") else set())
+        mine = train.skipped_files() | test.skipped_files()
         # distinct files over every process (each scans the same folders; a bad file can land in
         # different processes' shares from one epoch to the next)
         metrics["skipped_files"] = len(set().union(*run.ctx.gather(sorted(mine))))

@@ -120,14 +120,15 @@ class RunLock:
             except OSError:
                 f.seek(0)
                 text = f.read()
+                ended = _holder_has_ended(text)
                 # The holder died but processes it forked (DataLoader workers, which exit within
                 # seconds of their parent) still share its lock: wait for them a little.
-                if _holder_has_ended(text) and time.monotonic() < deadline:
+                if ended and time.monotonic() < deadline:
                     time.sleep(0.1)
                     continue
                 f.close()
                 holder = _holder(text)
-                if _holder_has_ended(text):
+                if ended:
                     holder += ", which has ended, but processes it started still hold the lock"
                 raise WorkdirBusy(
                     f"the work directory {os.path.dirname(self.path)!r} is in use by {self.holder} ({holder}); "
