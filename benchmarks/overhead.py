@@ -8,7 +8,7 @@ learnable stride parameter), timed in turns in the same run; prints the ratio la
 (the target: at most 1.05) and the time of the layer's planning alone (reading the strides,
 the in-place clamp, the plan), the part of a call that is Python.
 
-``--backward`` calibrates ``settings.fft_autograd_max_bytes`` instead: the FFT form's forward +
+``--backward`` calibrates ``settings.cpu_compact_max_bytes`` instead: the FFT form's forward +
 backward through autograd's own backward against its explicit backward, by input size; below
 the crossover autograd's is faster (fewer Python steps), above it the explicit one (memory, and
 no full-size complex gradient).
@@ -75,11 +75,11 @@ def backward_table(rounds: int) -> None:
         step = _step(layer, x, torch.randn_like(layer(x)))
 
         def autograd():
-            with settings.override(fft_autograd_max_bytes=1 << 62):
+            with settings.override(cpu_compact_max_bytes=1 << 62):
                 step()
 
         def explicit():
-            with settings.override(fft_autograd_max_bytes=0):
+            with settings.override(cpu_compact_max_bytes=0):
                 step()
 
         big = x.numel() > 1 << 20
@@ -93,7 +93,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=40)
-    parser.add_argument("--backward", action="store_true", help="calibrate settings.fft_autograd_max_bytes")
+    parser.add_argument("--backward", action="store_true", help="calibrate settings.cpu_compact_max_bytes")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(machine_header(torch.device("cpu"), args.threads))

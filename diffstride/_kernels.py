@@ -387,6 +387,21 @@ def operator_elements(size: Sequence[int], out_size: Sequence[int]) -> int:
     return sum(2 * n * m for n, m in zip(size, out_size))
 
 
+def use_compact(x: torch.Tensor) -> bool:
+    """Whether a call takes the compact form (:mod:`diffstride._compact`: few operations, plain
+    autograd) rather than the cache-blocked kernels with explicit backwards: always off the CPU,
+    inside ``torch.compile`` / ``torch.export``, on meta and fake tensors and under ``torch.func``
+    transforms; on CPU when ``settings.cpu_blocked_kernels`` is off or the input is small enough
+    for the call's overhead to matter (``settings.cpu_compact_max_bytes``)."""
+    if x.device.type != "cpu" or torch.compiler.is_compiling() or not settings.current().cpu_blocked_kernels:
+        return True
+    if type(x) is not torch.Tensor and not isinstance(x, torch.nn.Parameter):  # fake / functorch / subclasses
+        return True
+    if torch._C._are_functorch_transforms_active():
+        return True
+    return x.numel() * x.element_size() <= settings.current().cpu_compact_max_bytes
+
+
 def choose_algorithm(x: torch.Tensor, plan: SpectralPlan, algorithm: str = "auto") -> str:
     """``'matmul'`` or ``'fft'`` for ``x`` (N, C, *spatial) and ``plan``: ``algorithm`` itself
     unless it is ``'auto'``, then the cheaper form by the cost model above."""
@@ -400,7 +415,8 @@ def choose_algorithm(x: torch.Tensor, plan: SpectralPlan, algorithm: str = "auto
     input_elements = x.shape[0] * x.shape[1] * math.prod(size)
     if operator_elements(size, out_size) > input_elements:
         return "fft"
-    return "fft" if matmul_cost(size, out_size) > fft_cost_weight(size) * fft_cost(size, out_size) else "matmul"
+    weight = settings.current().fft_cost_weight_gpu if x.device.type != "cpu" else fft_cost_weight(size)
+    return "fft" if matmul_cost(size, out_size) > weight * fft_cost(size, out_size) else "matmul"
 
 
 # Blocks of the FFT form (settings.fft_block_*): the full-size spectra of a block stay small
@@ -613,36 +629,7 @@ def _fft_resample(x: torch.Tensor, plan: SpectralPlan, centred_weights: Sequence
             shape[axis] = -1
             mask = mask * weights.to(dtype).view(shape)
         mask = mask.expand(tuple(len(r) for r in plan.centred_rows()) + (plan.cols,))
-        # (compiled graphs keep the explicit backward: Inductor has no code generation for the
-        # complex products that autograd's backward would put in them)
-        if x.numel() * x.element_size() <= settings.current().fft_autograd_max_bytes and not torch.compiler.is_compiling():
-            return _fft_resample_autograd(x, mask, plan, nd, dtype, out_dtype)
         return _FFTResample.apply(x, mask, plan, nd, dtype, out_dtype)
-
-
-def _fft_resample_autograd(x, mask, plan, nd, dtype, out_dtype):
-    """What :class:`_FFTResample` computes, in one block, differentiated by autograd (small
-    inputs); second derivatives refused as above (:class:`_OnceDifferentiable`), so that they do
-    not work on small inputs only."""
-    dims = tuple(range(-nd, 0))
-    spectrum = _take_kept(torch.fft.rfftn(x.to(dtype), dim=dims), plan, x.dim() - nd)
-    y = torch.fft.irfftn(spectrum * mask, s=tuple(plan.out_size), dim=dims)
-    y = y.to(dtype=out_dtype, memory_format=_memory_format(x))
-    return _OnceDifferentiable.apply(y) if torch.is_grad_enabled() and y.requires_grad else y
-
-
-class _OnceDifferentiable(torch.autograd.Function):
-    """The identity, whose backward refuses to be differentiated. Its output is a copy: a view of
-    its input could not be modified in place (``nn.ReLU(inplace=True)`` after the layer)."""
-
-    @staticmethod
-    def forward(ctx, y):
-        return y.clone()
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad):
-        return grad
 
 
 def spectral_resample2d(

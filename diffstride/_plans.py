@@ -61,6 +61,9 @@ class SpectralPlan:
     cols: int
     out_size: Tuple[int, ...]
     depth_rows: Tuple[int, ...] = ()  # 3-D only: kept bins of the depth axis (FFT order)
+    #: DiffStride plans: ``size / S > 2`` on every axis in the mask's arithmetic, so the mask's
+    #: ``max(size / S, 2)`` does not act (the compact form then skips it). False when unknown.
+    above_floor: bool = False
 
     def centred_rows(self) -> Tuple[Tuple[int, ...], ...]:
         """Kept bins of every centred (complex-FFT) axis, outermost first: () in 1-D, (rows,) in
@@ -158,11 +161,11 @@ def _kept(positions: Sequence[int], threshold: float, smoothness_factor: float, 
     return [i for i, pos in enumerate(positions) if edge - pos > 0]
 
 
-def _plan(kept: Sequence[Tuple[int, ...]], cols: int, width: int) -> SpectralPlan:
+def _plan(kept: Sequence[Tuple[int, ...]], cols: int, width: int, above_floor: bool = False) -> SpectralPlan:
     """A plan from the kept bins of the centred axes (outermost first), the kept rfft bins and the
     output width."""
     return SpectralPlan(kept[-1] if kept else (), cols, tuple(len(k) for k in kept) + (width,),
-                        depth_rows=kept[0] if len(kept) == 2 else ())
+                        depth_rows=kept[0] if len(kept) == 2 else (), above_floor=above_floor)
 
 
 def _diffstride_plan_nd(size, strides, smoothness_factor, cropping, lower, upper, float64) -> SpectralPlan:
@@ -177,7 +180,8 @@ def _diffstride_plan_nd(size, strides, smoothness_factor, cropping, lower, upper
         cols = len(_kept(range(width // 2 + 1), _threshold(width, effective[-1], True, rnd), smoothness_factor, rnd))
     else:
         kept, cols = [tuple(range(n)) for n in centred], width // 2 + 1
-    return _plan(kept, cols, 2 * (cols - 1))
+    above_floor = all(rnd(n / s) > 2.0 for n, s in zip(size, effective))
+    return _plan(kept, cols, 2 * (cols - 1), above_floor)
 
 
 def diffstride_plan(

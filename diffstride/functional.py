@@ -30,9 +30,10 @@ from typing import Optional, Sequence, Tuple
 
 import torch
 
+from diffstride import _compact
 from diffstride._kernels import (
-    ALGORITHMS, _axis_stride, _axis_weights, _clamped, _working_dtype, choose_algorithm, spectral_resample1d,
-    spectral_resample2d, spectral_resample3d,
+    ALGORITHMS, _autocast_dtype, _axis_stride, _axis_weights, _clamped, _working_dtype, choose_algorithm,
+    spectral_resample1d, spectral_resample2d, spectral_resample3d, use_compact,
 )
 from diffstride._plans import SpectralPlan, clamp_floors, diffstride_plan, effective_strides, fixed_spectral_plan
 from diffstride import _validation as check
@@ -52,11 +53,14 @@ _RESAMPLE = {1: spectral_resample1d, 2: spectral_resample2d, 3: spectral_resampl
 
 
 def _mask_strides(strides: torch.Tensor, size: Sequence[int], smoothness_factor: float,
-                  lower: Optional[float], upper: Optional[float]) -> torch.Tensor:
+                  lower: Optional[float], upper: Optional[float], clamped: bool = False) -> torch.Tensor:
     """The strides the masks see, as a differentiable tensor: the stride rule of
     :func:`diffstride._plans.effective_strides` (the reference's in-place clamp, value only, then
-    the limits' clip)."""
-    s = _clamped(strides.to(_working_dtype(strides)), size, smoothness_factor)
+    the limits' clip). ``clamped``: the caller knows the values are at or above the clamp's floors
+    (a layer clamps its parameter in place before planning): the clamp is the identity then."""
+    s = strides.to(_working_dtype(strides))
+    if not clamped:
+        s = _clamped(s, size, smoothness_factor)
     if upper is None and (lower is None or lower <= min(clamp_floors(size, smoothness_factor, s.numel() == 1))):
         return s  # the clip cannot act on clamped strides (value and gradient): skipped
     return _axis_stride(s, lower, upper)
@@ -112,6 +116,7 @@ def diff_stride_unchecked(
     upper_limit_stride: Optional[float],
     plan: SpectralPlan,
     algorithm: str = "auto",
+    clamped: bool = False,
 ) -> torch.Tensor:
     """DiffStride on a (N, C, *spatial) tensor of 1 to 3 spatial axes, with ``plan`` already made
     (:func:`diffstride_plan`) and nothing checked: the core of :func:`diff_stride1d` /
@@ -119,15 +124,31 @@ def diff_stride_unchecked(
 
     Every spatial axis but the last is centred (the reference's height rule), the last is the
     real-FFT axis (its width rule); the mask of each axis is a differentiable function of its
-    stride (one shared value or one per axis).
+    stride (one shared value or one per axis). ``clamped``: the stride values are known to be at
+    or above the reference's clamp floors (a layer's, clamped in place before planning).
     """
     size = tuple(x.shape[2:])
-    s = _mask_strides(strides, size, smoothness_factor, lower_limit_stride, upper_limit_stride)
+    s = _mask_strides(strides, size, smoothness_factor, lower_limit_stride, upper_limit_stride, clamped)
+    if use_compact(x):
+        weights = _compact.mask_values(s, size, plan, smoothness_factor, plan.above_floor)
+        return _compact_resample(x, plan, weights, algorithm)
     stride = (lambda axis: s[0]) if s.numel() == 1 else (lambda axis: s[axis])  # noqa: E731
     weights = [_axis_weights(n, stride(axis), tuple(kept), 0, smoothness_factor)
                for axis, (n, kept) in enumerate(zip(size[:-1], _centred_kept(plan, len(size))))]
     weights.append(_axis_weights(size[-1], stride(len(size) - 1), None, plan.cols, smoothness_factor))
     return _RESAMPLE[len(size)](x, plan, *weights, algorithm)
+
+
+def _compact_resample(x: torch.Tensor, plan: SpectralPlan, weights, algorithm: str) -> torch.Tensor:
+    """The compact form (:mod:`diffstride._compact`): the matrix form's two GEMMs or the FFT form,
+    by :func:`choose_algorithm`; operators and FFTs in float32 (float64 for float64 inputs), the
+    matrix products in the autocast dtype under autocast, the output in it."""
+    dtype, out_dtype = _working_dtype(x), _autocast_dtype(x)
+    with torch.autocast(x.device.type, enabled=False):
+        if choose_algorithm(x, plan, algorithm) == "fft":
+            return _compact.apply_fft(x, plan, weights, dtype, out_dtype)
+        ops = _compact.operators(tuple(x.shape[2:]), plan, weights, dtype, x.device)
+        return _compact.apply_matmul(x, ops, out_dtype)
 
 
 def _diff_stride(x, strides, ndim, name, smoothness_factor, cropping, lower, upper, plan, algorithm):
@@ -211,6 +232,8 @@ def diff_stride3d(
 def fixed_spectral_pool_unchecked(x: torch.Tensor, plan: SpectralPlan, algorithm: str = "auto") -> torch.Tensor:
     """Spectral pooling of a (N, C, *spatial) tensor with ``plan`` already made
     (:func:`fixed_spectral_plan`) and nothing checked: the core of the ``fixed_spectral_pool*d`` ops."""
+    if use_compact(x):
+        return _compact_resample(x, plan, None, algorithm)
     ndim = x.dim() - 2
     ones = lambda n: torch.ones(n, dtype=_working_dtype(x), device=x.device)  # noqa: E731 - no mask: a hard crop
     weights = [ones(len(kept)) for kept in _centred_kept(plan, ndim)] + [ones(plan.cols)]

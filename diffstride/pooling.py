@@ -217,8 +217,9 @@ class _DiffStrideNd(PoolingLayer):
 
     def _downsample(self, x: torch.Tensor, plan: F.SpectralPlan) -> torch.Tensor:
         # the layer checked its input and arguments: the op's core, without its checks
+        # the plan clamped the parameter in place: the in-graph clamp is the identity (skipped)
         return F.diff_stride_unchecked(x, self.strides, self.smoothness_factor, self.lower_limit_stride,
-                                       self.upper_limit_stride, plan, self.algorithm)
+                                       self.upper_limit_stride, plan, self.algorithm, clamped=True)
 
     def extra_repr(self) -> str:
         values = ", ".join(f"{v:.3g}" for v in self.strides.detach().float().cpu().tolist())

@@ -50,17 +50,28 @@ class Settings:
     #: ... and 1-D blocks of at least this many planes per thread (a 1-D plane is one transform,
     #: run on one thread).
     fft_planes_per_thread: int = 2
-    #: Inputs of at most this many bytes take the FFT form with autograd's own backward: fewer
-    #: Python steps, where a call is short enough for them to show; larger ones take the explicit
-    #: backward, whose point is memory (no full-size complex gradient).
-    fft_autograd_max_bytes: int = 256 << 10
     #: The FFT form keeps the kept spectrum for the backward when it holds at most this fraction
     #: of the input's elements, else recomputes it there.
     keep_spectrum_max: float = 0.75
+    #: On CPU, inputs larger than ``cpu_compact_max_bytes`` take the cache-blocked kernels with
+    #: explicit backwards (faster there on 2 cores, first derivatives only); False: every call takes
+    #: the compact form that GPUs use (few operations, second derivatives, torch.func).
+    cpu_blocked_kernels: bool = True
+    #: CPU inputs of at most this many bytes take the compact form: fewer Python steps, where a
+    #: call is short enough for them to show (calibrated by ``benchmarks/overhead.py --backward``).
+    cpu_compact_max_bytes: int = 256 << 10
+    #: Off the CPU (GPUs), 'auto' takes the FFT form when the matrix form's multiply-adds exceed
+    #: this many times the FFT form's count: GEMMs on tensor cores cost little beside the FFT's
+    #: launches and memory traffic. Not yet calibrated on a GPU (benchmarks/gpu.py measures both forms).
+    fft_cost_weight_gpu: float = 16.0
 
     def __post_init__(self) -> None:
         for field in dataclasses.fields(self):
             value = getattr(self, field.name)
+            if field.type in ("bool", bool):
+                if not isinstance(value, bool):
+                    raise TypeError(f"settings.{field.name} must be True or False, but got {value!r}")
+                continue
             kind = float if field.type in ("float", float) else int
             if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and not isinstance(value, int)):
                 raise TypeError(f"settings.{field.name} must be {'a number' if kind is float else 'an integer'}, "

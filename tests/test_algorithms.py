@@ -76,7 +76,7 @@ BACKWARDS = pytest.mark.parametrize("autograd_max", [0, 1 << 40], ids=["explicit
 def test_fft_form_under_autocast_runs_in_float32_and_returns_the_autocast_dtype(dtype, tol, autograd_max):
     layer = pooling.DiffStride(strides=(2.0, 3.0), algorithm="fft")
     x = torch.randn(2, 3, 40, 36)
-    with torch.autocast("cpu", dtype=dtype), settings.override(fft_autograd_max_bytes=autograd_max):
+    with torch.autocast("cpu", dtype=dtype), settings.override(cpu_compact_max_bytes=autograd_max):
         y = layer(x)
     ref = diffstride_fft(x.double(), torch.tensor([2.0, 3.0]).double())
     assert y.dtype == dtype
@@ -94,7 +94,7 @@ def test_fft_form_keeps_channels_last(cls, shape, fmt, autograd_max):
     layer = cls(strides=2.0, **kwargs)
     x = torch.randn(shape)
     y_ref = layer(x)
-    with settings.override(fft_autograd_max_bytes=autograd_max):
+    with settings.override(cpu_compact_max_bytes=autograd_max):
         y = layer(x.contiguous(memory_format=fmt))
     assert y.is_contiguous(memory_format=fmt) and torch.allclose(y, y_ref, atol=1e-5)
 
@@ -172,11 +172,11 @@ def test_fft_form_backward_matches_autograd_of_the_oracle(cls, shape, strides, f
     input and the strides."""
     if blocks == "several":  # blocks of one plane (along the batch for channels_last)
         blocking = settings.override(fft_block_min_bytes=0, fft_planes_per_thread=0, fft_block_fraction=1 << 20,
-                                     fft_autograd_max_bytes=0)
+                                     cpu_compact_max_bytes=0)
     elif blocks == "one":
-        blocking = settings.override(fft_block_min_bytes=1 << 40, fft_autograd_max_bytes=0)
+        blocking = settings.override(fft_block_min_bytes=1 << 40, cpu_compact_max_bytes=0)
     else:
-        blocking = settings.override(fft_autograd_max_bytes=1 << 40)
+        blocking = settings.override(cpu_compact_max_bytes=1 << 40)
     torch.manual_seed(0)
     layer = cls(strides=strides if len(strides) > 1 else strides[0], algorithm="fft", dtype=torch.float64)
     x = torch.randn(shape, dtype=torch.float64).contiguous(memory_format=fmt).requires_grad_(True)
@@ -205,19 +205,41 @@ def test_fft_form_backward_of_fixed_pooling_matches_autograd_of_the_oracle():
     assert torch.allclose(x.grad, x_ref.grad, rtol=0, atol=1e-12)
 
 
-@pytest.mark.parametrize("shape, autograd_max", [
-    ((2, 3, 12, 12), None),  # the matrix form
-    ((2, 3, 40, 36), 0),     # the FFT form, its own backward
-    ((2, 3, 40, 36), None),  # the FFT form of a small input, through autograd
+@pytest.mark.parametrize("cls, shape, algorithm", [
+    (pooling.DiffStride, (2, 3, 12, 10), "matmul"),
+    (pooling.DiffStride, (2, 3, 12, 10), "fft"),
+    (pooling.DiffStride1d, (2, 3, 21), "matmul"),
+    (pooling.DiffStride3d, (1, 2, 7, 8, 9), "fft"),
 ])
-def test_second_derivatives_are_refused_not_wrong(shape, autograd_max):
-    """Both forms have their own backward, which is not itself differentiable: asking for a
-    second derivative (a gradient penalty) raises instead of returning a wrong value; the small
-    inputs' autograd path refuses too, so that a penalty does not work on small inputs only."""
-    layer = pooling.DiffStride(strides=2.0)
+def test_a_gradient_penalty_through_the_compact_form_equals_finite_differences(cls, shape, algorithm):
+    """Double backward (the compact form is plain autograd): the penalty ``|d sum(y*w)/dx|^2`` is
+    differentiated in the strides and compared with a central difference of it (float64)."""
+    torch.manual_seed(0)
+    layer = cls(strides=1.7, algorithm=algorithm, dtype=torch.float64)
+    x = torch.randn(shape, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(layer(x).shape, dtype=torch.float64)
+
+    def penalty(strides):
+        y = F.diff_stride_unchecked(x, strides, 4.0, None, None, layer._plan(shape[2:], (1.7,)), algorithm)
+        (g,) = torch.autograd.grad((y * w).sum(), x, create_graph=True)
+        return g.square().sum()
+
+    s = layer.strides.detach().clone().requires_grad_(True)
+    (analytic,) = torch.autograd.grad(penalty(s), s)
+    eps, direction = 1e-6, torch.linspace(1.0, 0.5, s.numel(), dtype=torch.float64)
+    numeric = (penalty(s.detach() + eps * direction) - penalty(s.detach() - eps * direction)) / (2 * eps)
+    assert analytic.abs().max().item() > 1e-3  # the penalty does depend on the strides
+    assert torch.allclose((analytic * direction).sum(), numeric, rtol=1e-6, atol=1e-8)
+    assert torch.autograd.gradcheck(penalty, (s,))
+
+
+@pytest.mark.parametrize("shape, algorithm", [((2, 3, 40, 36), "matmul"), ((2, 3, 40, 36), "fft")])
+def test_second_derivatives_through_the_blocked_cpu_kernels_are_refused_not_wrong(shape, algorithm):
+    """The CPU's cache-blocked kernels have explicit backwards that are not themselves
+    differentiable: a second derivative raises instead of returning a wrong value."""
+    layer = pooling.DiffStride(strides=2.0, algorithm=algorithm)
     x = torch.randn(shape, requires_grad=True)
-    changes = {} if autograd_max is None else {"fft_autograd_max_bytes": autograd_max}
-    with settings.override(**changes):
+    with settings.override(cpu_compact_max_bytes=0):
         (g,) = torch.autograd.grad(layer(x).square().sum(), x, create_graph=True)
     with pytest.raises(RuntimeError, match="once_differentiable|differentiate twice"):
         g.sum().backward()
@@ -259,7 +281,7 @@ def test_settings_steer_the_choice_and_blocks_and_refuse_bad_values():
 def test_the_output_can_be_modified_in_place(make, shape, algorithm, autograd_max):
     """``nn.ReLU(inplace=True)`` after the layer (torchvision's ResNets): every form's output can be
     modified in place, with the gradients of the out-of-place ReLU."""
-    changes = {} if autograd_max is None else {"fft_autograd_max_bytes": autograd_max}
+    changes = {} if autograd_max is None else {"cpu_compact_max_bytes": autograd_max}
     grads = []
     for inplace in (False, True):
         torch.manual_seed(0)

@@ -50,7 +50,7 @@ def test_matches_reference(case, algorithm):
     if f"case{case['index']}_strides_init" in case["keys"] and case["layer"] == "DiffStride":
         assert torch.equal(layer.strides.detach(), arr("strides_init"))
     x = arr("x").clone().requires_grad_(True)
-    with settings.override(fft_autograd_max_bytes=0 if explicit else settings.current().fft_autograd_max_bytes):
+    with settings.override(cpu_compact_max_bytes=0 if explicit else settings.current().cpu_compact_max_bytes):
         y = layer(x)
         (y * arr("w")).sum().backward()
     assert tuple(y.shape) == tuple(case["output_shape"])

@@ -1,0 +1,241 @@
+"""The compact form of the kernels: each layer call as a short graph of standard differentiable
+operations (about 30 dispatched operations for a DiffStride forward and backward, whatever the size).
+
+What a GPU wants (a launch per operation costs more than the arithmetic at CNN sizes), and what
+the compiler, ``torch.func``, double backward, meta / fake tensors and ``torch.export`` need: no
+``autograd.Function``, no Python loops over blocks or axes, no data-dependent shapes.
+
+* **Masks**: the strides of every axis become the mask values of every kept bin of every axis in
+  one chain of vectorised operations (positions, axis of each bin and sizes are cached constants).
+* **Operators**: the matrix form's operators are linear in the mask values, so each is one GEMM
+  of the mask values with a cached basis, ``A2 = a @ E_A`` and ``Bs = b @ E_B`` (the bases hold the
+  DFT phases with the ``1/h``, ``1/w`` and rfft-doubling factors folded in). FixedSpectralPooling's
+  operators are constants (cached whole).
+* **Matrix form**: two GEMMs, ``v = x @ [B_r; B_i]ᵀ`` (N, C, H, 2w), read as (N, C, 2H, w), then
+  ``y = A2 @ v`` with ``A2[p, 2m + j] = (A_r, −A_i)[j][p, m]``: exactly
+  ``A_r x B_rᵀ − A_i x B_iᵀ``, without a copy of the input or of the intermediate.
+* **FFT form**: ``rfftn``, the kept bins by slices (one concatenation per centred axis), the mask
+  as one outer product, ``irfftn``; differentiated by autograd.
+
+The cache-blocked kernels of :mod:`diffstride._kernels` (explicit backwards, first derivatives only)
+stay the CPU's choice where they are faster (``settings.cpu_blocked_kernels``); both forms give the
+same values and gradients (tests/test_oracle.py, tests/test_golden.py run both).
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional, Sequence, Tuple
+
+import torch
+
+from diffstride._plans import SpectralPlan, cached_when_eager, height_positions
+
+
+# --------------------------------------------------------------------------------------------
+# Masks of every axis in one chain of operations.
+
+
+@cached_when_eager
+def _mask_layout(sizes: Tuple[int, ...], centred: Tuple[Tuple[int, ...], ...], cols: int, dtype, device):
+    """Constants of the masks of one plan: the position of every kept bin (centred axes' bins,
+    outermost first, then the rfft bins ``0 .. cols-1``), a one-hot (bins × axes) matrix of the
+    axis each bin belongs to, half of each axis' size and the threshold's offset per axis (+1 on
+    the rfft axis, the reference's width rule)."""
+    with torch.inference_mode(False):  # a cached constant must not become an inference tensor
+        positions, axis = [], []
+        for i, (n, kept) in enumerate(zip(sizes[:-1], centred)):
+            heights = height_positions(n)
+            positions += [heights[r] for r in kept]
+            axis += [i] * len(kept)
+        positions += list(range(cols))
+        axis += [len(sizes) - 1] * cols
+        one_hot = torch.zeros(len(axis), len(sizes), dtype=dtype, device=device)
+        one_hot[torch.arange(len(axis)), torch.tensor(axis)] = 1.0
+        as_tensor = lambda v: torch.tensor(v, dtype=dtype, device=device)  # noqa: E731
+        offsets = [0.0] * (len(sizes) - 1) + [1.0]
+        return as_tensor(positions), one_hot, as_tensor([n / 2 for n in sizes]), as_tensor(offsets)
+
+
+def mask_values(
+    strides: torch.Tensor, sizes: Sequence[int], plan: SpectralPlan, smoothness_factor: float,
+    floor_free: bool = False,
+) -> torch.Tensor:
+    """The mask value of every kept bin of every axis (centred axes' bins first, then the rfft
+    bins), from the effective ``strides`` (one per axis, or one shared), as the reference computes
+    them in float32: ``t = max(n/S, 2)/2`` (+1 on the rfft axis), ``clip((1/R) * (R + t - pos), 0, 1)``,
+    every clip passing the gradient at its bounds included (TensorFlow's rule).
+
+    ``(n/S)/2`` is computed as ``(n/2)/S`` (the same float: halving is exact). ``floor_free``: the
+    caller knows ``n/S > 2`` on every axis (the ``max`` is then the identity, skipped)."""
+    positions, one_hot, half_size, offset = _mask_layout(tuple(sizes), plan.centred_rows(), plan.cols,
+                                                         strides.dtype, strides.device)
+    half = half_size / strides  # a tensor division (the reference's rounding), broadcast if shared
+    if not floor_free:
+        half = torch.where(half >= 1.0, half, 1.0)  # tf.maximum(n/S, 2): gradient at equality
+    threshold = one_hot @ (half + offset)  # each bin's threshold (exact: one term per row)
+    ramp = (1.0 / smoothness_factor) * (smoothness_factor + threshold - positions)
+    clipped = ramp.clamp(0.0, 1.0)
+    # clip_by_value's gradient passes where 0 <= ramp <= 1, i.e. exactly where the clamp left it
+    return torch.where(clipped == ramp, ramp, clipped.detach())
+
+
+def split_axes(values: torch.Tensor, plan: SpectralPlan) -> list:
+    """:func:`mask_values` split per axis (views): centred axes outermost first, then the rfft axis."""
+    lengths = [len(r) for r in plan.centred_rows()] + [plan.cols]
+    return list(values.split(lengths))
+
+
+# --------------------------------------------------------------------------------------------
+# The matrix form's operators: one GEMM of the mask values with a cached basis per axis.
+
+
+def _phases(n_in: int, n_out: int, freqs: Sequence[int], dtype, device):
+    """``cos`` and ``sin`` of ``2π (k·p/n_out − f_k·m/n_in)`` as (K, n_out, n_in); angles reduced
+    modulo the period in integers first, so that they stay exact before the cosine."""
+    k = torch.arange(len(freqs), device=device)
+    f = torch.tensor(list(freqs), device=device, dtype=torch.long)
+    p = torch.arange(n_out, device=device)
+    m = torch.arange(n_in, device=device)
+    out_angle = (k[:, None] * p[None, :] % n_out).to(dtype) * (2 * math.pi / n_out)  # (K, n_out)
+    in_angle = (f[:, None] * m[None, :] % n_in).to(dtype) * (2 * math.pi / n_in)  # (K, n_in)
+    # cos(a - b), sin(a - b) by the angle-difference formulas (a product per term, no large angles)
+    co, so, ci, si = torch.cos(out_angle), torch.sin(out_angle), torch.cos(in_angle), torch.sin(in_angle)
+    cos = co[:, :, None] * ci[:, None, :] + so[:, :, None] * si[:, None, :]
+    sin = so[:, :, None] * ci[:, None, :] - co[:, :, None] * si[:, None, :]
+    return cos, sin
+
+
+@cached_when_eager
+def height_basis(n_in: int, n_out: int, rows: Tuple[int, ...], dtype, device) -> torch.Tensor:
+    """``E_A`` (K, n_out·2·n_in): ``a @ E_A`` is ``A2`` (n_out, 2·n_in) with
+    ``A2[p, 2m] = A_r[p, m]``, ``A2[p, 2m+1] = −A_i[p, m]`` of
+    ``A[p, m] = Σ_k a_k exp(2πi (k·p/n_out − f_k·m/n_in)) / n_out``."""
+    with torch.inference_mode(False):
+        cos, sin = _phases(n_in, n_out, rows, dtype, device)
+        return (torch.stack([cos, -sin], dim=-1) / n_out).reshape(len(rows), -1)
+
+
+@cached_when_eager
+def width_basis(n_in: int, n_out: int, cols: int, dtype, device, imaginary: bool = True) -> torch.Tensor:
+    """``E_B`` (cols, 2·n_out·n_in): ``b @ E_B`` is ``Bs = [B_r; B_i]`` (2·n_out, n_in) of
+    ``B[q, n] = Σ_l c_l b_l exp(2πi l (q/n_out − n/n_in)) / n_out``, ``c_l`` 1 on DC and on the
+    Nyquist bin of the output, else 2 (the real inverse's doubling). ``imaginary=False``: ``B_r``
+    alone (n_out, n_in), all that 1-D needs."""
+    with torch.inference_mode(False):
+        cos, sin = _phases(n_in, n_out, range(cols), dtype, device)
+        c = torch.full((cols, 1, 1), 2.0, dtype=dtype, device=device)
+        c[0] = 1.0
+        if n_out % 2 == 0 and cols - 1 == n_out // 2:
+            c[cols - 1] = 1.0
+        if not imaginary:
+            return (cos * (c / n_out)).reshape(cols, -1)
+        return (torch.stack([cos, sin], dim=1) * (c[:, :, None] / n_out)).reshape(cols, -1)
+
+
+@cached_when_eager
+def operator_basis(size: Tuple[int, ...], plan: SpectralPlan, dtype, device) -> torch.Tensor:
+    """All the operators' bases of a plan in one block-diagonal matrix (kept bins × operator
+    elements): the mask values of every axis (:func:`mask_values`) times it is every operator,
+    flattened and side by side (``A2`` then ``Bs`` in 2-D, ``B_r`` in 1-D): one GEMM per call."""
+    with torch.inference_mode(False):
+        if len(size) == 1:
+            return width_basis(size[0], plan.out_size[0], plan.cols, dtype, device, False)
+        (height, width), (h, w) = size, plan.out_size
+        ea = height_basis(height, h, plan.rows, dtype, device)
+        eb = width_basis(width, w, plan.cols, dtype, device)
+        return torch.block_diag(ea, eb)
+
+
+@cached_when_eager
+def fixed_operators(size: Tuple[int, ...], plan: SpectralPlan, dtype, device) -> torch.Tensor:
+    """FixedSpectralPooling's operators, flattened side by side (mask values all one): a constant."""
+    with torch.inference_mode(False):
+        return operator_basis(size, plan, dtype, device).sum(0)
+
+
+def operators(size: Sequence[int], plan: SpectralPlan, weights: Optional[torch.Tensor], dtype,
+              device) -> Tuple[torch.Tensor, ...]:
+    """The matrix form's operators, ``(B_r,)`` in 1-D or ``(A2, Bs)`` in 2-D, from the mask values
+    of every axis (:func:`mask_values`; ``None``: FixedSpectralPooling, no mask): one GEMM."""
+    size = tuple(size)
+    if weights is None:
+        flat = fixed_operators(size, plan, dtype, device)
+    else:
+        flat = weights.to(dtype) @ operator_basis(size, plan, dtype, device)
+    if len(size) == 1:
+        return (flat.view(plan.out_size[0], size[0]),)
+    (height, width), (h, w) = size, plan.out_size
+    return flat[:h * 2 * height].view(h, 2 * height), flat[h * 2 * height:].view(2 * w, width)
+
+
+# --------------------------------------------------------------------------------------------
+# Applying them.
+
+
+def apply_matmul(x: torch.Tensor, ops: Tuple[torch.Tensor, ...], dtype: torch.dtype) -> torch.Tensor:
+    """The matrix form on (N, C, L) or (N, C, H, W) in ``dtype`` (the autocast dtype under
+    autocast): one GEMM in 1-D, two in 2-D. A channels_last input is read contiguous and the
+    output returned channels_last."""
+    channels_last = x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+    x = x.to(dtype).contiguous()
+    if x.dim() == 3:
+        return torch.matmul(x, ops[0].to(dtype).t())
+    a2, bs = ops
+    n, c, height, _ = x.shape
+    h, w = a2.shape[0], bs.shape[0] // 2
+    v = torch.matmul(x, bs.to(dtype).t())  # (N, C, H, 2w) = (N, C, 2H, w) in memory: one GEMM
+    # the height product as one batched GEMM whose operator has batch stride 0 (no copies)
+    y = torch.bmm(a2.to(dtype).expand(n * c, h, 2 * height), v.view(n * c, 2 * height, w)).view(n, c, h, w)
+    return y.contiguous(memory_format=torch.channels_last) if channels_last else y
+
+
+def apply_fft(x: torch.Tensor, plan: SpectralPlan, weights: Optional[Sequence[torch.Tensor]], dtype: torch.dtype,
+              out_dtype: torch.dtype) -> torch.Tensor:
+    """The FFT form: ``irfftn(crop(rfftn(x)) ⊙ mask)`` over the spatial axes, in ``dtype``
+    (float32 or float64: FFT libraries have no bfloat16), differentiated by autograd; the output
+    in ``out_dtype`` and the input's memory format. ``weights``: the mask values per axis
+    (:func:`mask_values`), or ``None`` (FixedSpectralPooling: no mask)."""
+    nd = x.dim() - 2
+    dims = tuple(range(-nd, 0))
+    spectrum = torch.fft.rfftn(x.to(dtype), dim=dims)
+    spectrum = spectrum[..., :plan.cols] if plan.cols < spectrum.shape[-1] else spectrum
+    for axis, rows in enumerate(plan.centred_rows()):
+        dim = 2 + axis
+        runs = _runs(rows)
+        if len(runs) == 1 and runs[0] == (0, spectrum.shape[dim]):
+            continue
+        parts = [spectrum.narrow(dim, start, stop - start) for start, stop in runs]
+        spectrum = parts[0] if len(parts) == 1 else torch.cat(parts, dim)
+    if weights is not None:
+        weights = split_axes(weights, plan)
+        mask = weights[-1].to(dtype)
+        for axis, w in enumerate(weights[:-1]):
+            shape = [1] * nd
+            shape[axis] = -1
+            mask = w.to(dtype).view(shape) * mask
+        spectrum = spectrum * mask
+    y = torch.fft.irfftn(spectrum, s=tuple(plan.out_size), dim=dims)
+    fmt = _memory_format(x)
+    if y.dtype != out_dtype or fmt is not torch.contiguous_format:
+        y = y.to(dtype=out_dtype, memory_format=fmt)
+    return y
+
+
+@cached_when_eager
+def _runs(rows: Tuple[int, ...]) -> Tuple[Tuple[int, int], ...]:
+    """``rows`` as ``(start, stop)`` runs of consecutive bins."""
+    runs = []
+    for r in rows:
+        if runs and runs[-1][1] == r:
+            runs[-1][1] = r + 1
+        else:
+            runs.append([r, r + 1])
+    return tuple((start, stop) for start, stop in runs)
+
+
+def _memory_format(x: torch.Tensor) -> torch.memory_format:
+    if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    if x.dim() == 5 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last_3d):
+        return torch.channels_last_3d
+    return torch.contiguous_format
