@@ -3,6 +3,7 @@ choice between them. Internal: :mod:`diffstride.functional` is the public API.
 """
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
 from typing import Optional, Sequence, Tuple
@@ -171,6 +172,8 @@ def _irfft_coefficients(cols: int, out_len: int, dtype: torch.dtype, device) -> 
 
 
 def _autocast_dtype(x: torch.Tensor) -> torch.dtype:
+    if not torch.amp.is_autocast_available(x.device.type):  # e.g. meta tensors
+        return x.dtype
     if torch.is_autocast_enabled(x.device.type) and x.dtype in (torch.float32, torch.float16, torch.bfloat16):
         return torch.get_autocast_dtype(x.device.type)
     return x.dtype
@@ -385,6 +388,13 @@ def fft_cost(size: Sequence[int], out_size: Sequence[int]) -> float:
 def operator_elements(size: Sequence[int], out_size: Sequence[int]) -> int:
     """Elements of the matrix form's operators (real and imaginary parts)."""
     return sum(2 * n * m for n, m in zip(size, out_size))
+
+
+def autocast_off(device_type: str):
+    """``torch.autocast(device_type, enabled=False)``, or nothing where autocast does not exist (meta)."""
+    if torch.amp.is_autocast_available(device_type):
+        return torch.autocast(device_type, enabled=False)
+    return contextlib.nullcontext()
 
 
 def use_compact(x: torch.Tensor) -> bool:

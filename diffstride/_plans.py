@@ -14,15 +14,20 @@ from typing import Optional, Sequence, Tuple
 
 import torch
 
+_FAKE = torch._C._TorchDispatchModeKey.FAKE
+
 
 def cached_when_eager(fn):
     """``fn`` (hashable arguments, an immutable result) with an LRU cache, bypassed while
-    ``torch.compile`` traces (the graph then folds the computation itself)."""
+    ``torch.compile`` traces (the graph then folds the computation itself) and under a fake tensor
+    mode (its tensors must not be cached, nor real ones returned to it)."""
     cached = functools.lru_cache(maxsize=1024)(fn)
 
     @functools.wraps(fn)
     def wrapper(*args):
-        return fn(*args) if torch.compiler.is_compiling() else cached(*args)
+        if torch.compiler.is_compiling() or torch._C._get_dispatch_mode(_FAKE) is not None:
+            return fn(*args)
+        return cached(*args)
 
     wrapper.cache_clear = cached.cache_clear
     return wrapper

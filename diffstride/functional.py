@@ -32,7 +32,7 @@ import torch
 
 from diffstride import _compact
 from diffstride._kernels import (
-    ALGORITHMS, _autocast_dtype, _axis_stride, _axis_weights, _clamped, _working_dtype, choose_algorithm,
+    ALGORITHMS, _autocast_dtype, autocast_off, _axis_stride, _axis_weights, _clamped, _working_dtype, choose_algorithm,
     spectral_resample1d, spectral_resample2d, spectral_resample3d, use_compact,
 )
 from diffstride._plans import SpectralPlan, clamp_floors, diffstride_plan, effective_strides, fixed_spectral_plan
@@ -144,7 +144,7 @@ def _compact_resample(x: torch.Tensor, plan: SpectralPlan, weights, algorithm: s
     by :func:`choose_algorithm`; operators and FFTs in float32 (float64 for float64 inputs), the
     matrix products in the autocast dtype under autocast, the output in it."""
     dtype, out_dtype = _working_dtype(x), _autocast_dtype(x)
-    with torch.autocast(x.device.type, enabled=False):
+    with autocast_off(x.device.type):
         if choose_algorithm(x, plan, algorithm) == "fft":
             return _compact.apply_fft(x, plan, weights, dtype, out_dtype)
         ops = _compact.operators(tuple(x.shape[2:]), plan, weights, dtype, x.device)

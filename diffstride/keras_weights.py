@@ -154,6 +154,6 @@ def load_reference_weights(model: "Resnet", weights: Iterable) -> None:
             else:  # FixedSpectralPooling keeps its fixed strides as Python floats
                 setattr(slot.module, slot.attr, tuple(float(v) for v in array))
     for _, layer in model.named_modules():
-        sync = getattr(layer, "_sync_frozen_values", None)
+        sync = getattr(layer, "_sync_known_values", None)
         if sync is not None:
             sync()

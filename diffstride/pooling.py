@@ -14,6 +14,7 @@ from torch import nn
 from diffstride import functional as F
 from diffstride import _validation as check
 from diffstride._plans import clamp_floors
+from torch._subclasses.fake_tensor import FakeTensor
 
 __all__ = [
     "DiffStride",
@@ -31,6 +32,7 @@ __all__ = [
     "PoolingLayer",
     "param_groups",
     "pooling_layers",
+    "sync_plans",
 ]
 
 Strides = Union[float, Sequence[float]]
@@ -128,16 +130,22 @@ class _DiffStrideNd(PoolingLayer):
         n = 1 if self.shared_stride else self._ndim
         self.strides = nn.Parameter(
             torch.empty(n, device=device, dtype=dtype or torch.float32), requires_grad=bool(trainable))
-        # Python copy of the stride values, used to plan the output size inside torch.compile
-        # when the strides are frozen (no device read, so fullgraph=True works).
-        self._frozen_values: Tuple[float, ...] = ()
+        # Python copy of the stride values as last read (clamped): what a frozen layer plans from
+        # inside torch.compile, and every layer under torch.export or on meta / fake tensors
+        # (no device read, so fullgraph=True works).
+        self._known_values: Tuple[float, ...] = self._init_strides[: self.strides.numel()]
+        # the sizes this layer has planned for, and the plans compiled graphs of a trainable layer
+        # use between two calls of :func:`sync_plans` (None: not synced, plans read the strides)
+        self._sizes_seen: set = set()
+        self._synced_plans: Optional[dict] = None
         self.reset_parameters()
         self.register_load_state_dict_post_hook(_after_load_state_dict)  # a module-level function: picklable
 
     def reset_parameters(self) -> None:
         with torch.no_grad():
             self.strides.copy_(torch.tensor(self._init_strides[: self.strides.numel()], dtype=self.strides.dtype))
-        self._sync_frozen_values()
+        self._known_values = self._init_strides[: self.strides.numel()]
+        self._sync_known_values()
 
     @property
     def trainable(self) -> bool:
@@ -162,11 +170,16 @@ class _DiffStrideNd(PoolingLayer):
             values = self.strides.detach().clone()
             del self._parameters["strides"]
             self.register_buffer("strides", values)
-            self._sync_frozen_values()
+            self._sync_known_values()
+            self._synced_plans = None
         return self
 
-    def _sync_frozen_values(self) -> None:
-        self._frozen_values = F.stride_values(self.strides)
+    def _sync_known_values(self) -> None:
+        """Reads the strides into the Python mirror (a device sync), unless they hold no data
+        (meta or fake tensors: the mirror keeps what it had)."""
+        if not _has_data(self.strides):
+            return
+        self._known_values = F.stride_values(self.strides)
 
     def _check_size(self, size: Tuple[int, ...]) -> None:
         check.diffstride_size(size, self.smoothness_factor, type(self).__name__)
@@ -181,18 +194,31 @@ class _DiffStrideNd(PoolingLayer):
         if clamped != values:
             with torch.no_grad():
                 self.strides.copy_(torch.tensor(clamped, dtype=self.strides.dtype))
-            if not self.trainable:
-                self._frozen_values = clamped
+            self._known_values = clamped
         return clamped
 
     def _current_plan(self, size: Tuple[int, ...]) -> F.SpectralPlan:
-        """Applies the in-place clamp and plans the output for ``size``."""
-        if not torch.compiler.is_compiling():
+        """Applies the in-place clamp and plans the output for ``size``: from the strides tensor
+        (a device read) in eager code; inside compiled graphs from Python values (frozen layers,
+        synced plans of trainable ones: :func:`sync_plans`) or, failing those, outside the graph."""
+        compiling = torch.compiler.is_compiling()
+        if not compiling and _has_data(self.strides):
             return _plan_from_tensor(self, size)
-        if not self.trainable:
-            # Python values: folded into the graph, no break (fullgraph=True works)
-            return self._plan(size, self._clamp_(size, self._frozen_values))
-        return _plan_outside_graphs(self, size)
+        if self.trainable and compiling and not torch.compiler.is_exporting():
+            if self._synced_plans is not None and size in self._synced_plans:
+                return self._synced_plans[size]  # Python ints: no break (fullgraph=True works)
+            return _plan_outside_graphs(self, size)
+        # frozen strides, torch.export at the current strides, meta / fake tensors: the Python
+        # values, folded into the graph
+        return self._plan(size, self._clamp_values(size, self._known_values))
+
+    def _clamp_values(self, size: Tuple[int, ...], values: Tuple[float, ...]) -> Tuple[float, ...]:
+        """The in-place clamp on Python values; the tensor written only when it holds data and
+        no graph is being traced."""
+        if _has_data(self.strides) and not torch.compiler.is_compiling():
+            return self._clamp_(size, values)
+        floors = clamp_floors(size, self.smoothness_factor, shared=self.strides.numel() == 1)
+        return tuple(max(v, m) for v, m in zip(values, floors))
 
     def _plan(self, size: Tuple[int, ...], values: Sequence[float]) -> F.SpectralPlan:
         return F.diffstride_plan(size, values, self.smoothness_factor, self.cropping, self.lower_limit_stride,
@@ -241,14 +267,21 @@ class _DiffStrideNd(PoolingLayer):
 
 
 def _after_load_state_dict(module: "_DiffStrideNd", incompatible_keys) -> None:
-    module._sync_frozen_values()
+    module._sync_known_values()
+    module._synced_plans = None if module._synced_plans is None else {}
+
+
+def _has_data(t: torch.Tensor) -> bool:
+    """Whether ``t``'s values can be read: not a meta tensor, not a fake tensor (torch.export,
+    FakeTensorMode)."""
+    return not t.is_meta and not isinstance(t, FakeTensor)
 
 
 def _plan_from_tensor(layer: "_DiffStrideNd", size: Tuple[int, ...]) -> F.SpectralPlan:
     """Reads the strides (a device sync), applies the in-place clamp and plans the output."""
     values = layer._clamp_(size, F._planned_values(layer.strides, type(layer).__name__))
-    if not layer.trainable:
-        layer._frozen_values = values  # what a compiled frozen layer plans from
+    layer._known_values = values
+    layer._sizes_seen.add(size)
     return layer._plan(size, values)
 
 
@@ -529,3 +562,52 @@ def param_groups(
         {"params": decayed, "weight_decay": weight_decay},
         {"params": not_decayed, "weight_decay": 0.0},
     ]
+
+
+def sync_plans(model: nn.Module, enabled: bool = True) -> None:
+    """Reads the strides of every trainable DiffStride layer of ``model`` (one device read for
+    all), applies the reference's in-place clamp, and fixes the plans (which bins are kept, the
+    output sizes) that compiled graphs use until the next call: a ``torch.compile``d model then
+    runs as one graph, ``fullgraph=True`` and CUDA graphs (``mode="reduce-overhead"``) included,
+    recompiling only when a plan changes. The masks inside the graph stay functions of the live
+    strides (their gradients are exact); only the kept bins come from the last call.
+
+    Call it after every optimizer step (the training loop does when ``compile = True``): between
+    two calls a plan may lag behind strides that crossed a bin. ``enabled=False`` returns the
+    layers to planning inside the call (a graph break per layer when compiled). Eager calls never
+    use synced plans. Covers the sizes each layer has been called with (a layer's first compiled
+    call at a new size plans outside the graph once).
+
+    Example:
+        >>> net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), DiffStride(strides=2.0))
+        >>> _ = net(torch.rand(2, 3, 32, 32))          # eager: the layer learns its sizes
+        >>> sync_plans(net)
+        >>> compiled = torch.compile(net, fullgraph=True, backend="eager")
+        >>> compiled(torch.rand(2, 3, 32, 32)).shape
+        torch.Size([2, 8, 24, 24])
+    """
+    layers = [m for _, m in pooling_layers(model) if isinstance(m, _DiffStrideNd) and m.trainable]
+    if not enabled:
+        for layer in layers:
+            layer._synced_plans = None
+        return
+    live = [layer for layer in layers if _has_data(layer.strides)]
+    if not live:
+        return
+    flat = torch.cat([layer.strides.detach().to(torch.float64).reshape(-1) for layer in live]).cpu().tolist()
+    start = 0
+    for layer in live:
+        n = layer.strides.numel()
+        values = tuple(float(v) for v in flat[start:start + n])
+        start += n
+        # (float32 strides read through float64: the same values, exactly)
+        if not all(math.isfinite(v) for v in values):
+            raise FloatingPointError(f"{type(layer).__name__} strides are not finite: {values}. Training has "
+                                     "diverged (lower the learning rate), or non-finite values were loaded.")
+        old = layer._synced_plans or {}
+        plans = {}
+        for size in layer._sizes_seen:
+            plan = layer._plan(size, layer._clamp_(size, values))
+            plans[size] = old[size] if old.get(size) == plan else plan  # the same object: no recompile
+        layer._known_values = values
+        layer._synced_plans = plans

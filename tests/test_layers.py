@@ -156,7 +156,7 @@ def test_parameter_and_state_dict():
     frozen = pooling.DiffStride(strides=2, trainable=False)
     assert not frozen.strides.requires_grad
     frozen.load_state_dict({"strides": torch.tensor([3.0, 1.5])})
-    assert frozen._frozen_values == (3.0, 1.5)
+    assert frozen._known_values == (3.0, 1.5)
     assert frozen.output_size((32, 32)) == pooling.DiffStride(strides=(3.0, 1.5)).output_size((32, 32))
 
 
@@ -438,7 +438,7 @@ def test_whole_layer_pickles_with_torch_save(tmp_path):
     x = torch.randn(1, 3, 20, 20)
     assert torch.equal(loaded(x), model(x))
     loaded[1].load_state_dict({"strides": torch.tensor([2.5, 2.5])})  # the post-load hook survived pickling
-    assert loaded[1]._frozen_values == (2.5, 2.5)
+    assert loaded[1]._known_values == (2.5, 2.5)
 
 
 @pytest.mark.parametrize("layer, ndim, values", [
