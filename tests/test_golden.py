@@ -3,8 +3,9 @@ gradients, stride gradients and strides after the forward.
 
 Tolerances (max|ours - ref| / max|ref|, float32): 1e-5 for outputs and input gradients, 2e-4
 for stride gradients (the reference's own float32 stride gradients are within 5e-5 of float64).
-Every case runs with the matrix form forced, the FFT form forced (its own backward, and the
-small inputs' path through autograd), and the automatic choice.
+Every case runs with the automatic choice and each form forced, in both kernel families: the
+compact form (GPUs, small CPU inputs; through autograd) and the CPU's cache-blocked kernels with
+their own backwards (``cpu_compact_max_bytes=0``).
 """
 import pytest
 import torch
@@ -39,18 +40,18 @@ def test_golden_data_is_complete():
     assert {c["layer"] for c in CASES} == {"DiffStride", "FixedSpectralPooling", "SpatialPooling"}
 
 
-@pytest.mark.parametrize("algorithm", ["auto", "matmul", "fft", "fft-explicit-backward"])
+@pytest.mark.parametrize("algorithm", ["auto", "matmul", "fft", "blocked-matmul", "blocked-fft"])
 @pytest.mark.parametrize("case", CASES, ids=_case_id)
 def test_matches_reference(case, algorithm):
-    """Each form of the layer, forced, and the automatic choice."""
+    """Each form of the layer, forced, and the automatic choice, in both kernel families."""
     arr = lambda key: torch.from_numpy(ARRAYS[f"case{case['index']}_{key}"])  # noqa: E731
-    # the golden inputs are small: the FFT form takes autograd's backward unless told not to
-    explicit = algorithm == "fft-explicit-backward"
-    layer = _build(case, "fft" if explicit else algorithm)
+    # the golden inputs are small: they take the compact form unless told not to
+    blocked = algorithm.startswith("blocked-")
+    layer = _build(case, algorithm.replace("blocked-", ""))
     if f"case{case['index']}_strides_init" in case["keys"] and case["layer"] == "DiffStride":
         assert torch.equal(layer.strides.detach(), arr("strides_init"))
     x = arr("x").clone().requires_grad_(True)
-    with settings.override(cpu_compact_max_bytes=0 if explicit else settings.current().cpu_compact_max_bytes):
+    with settings.override(cpu_compact_max_bytes=0 if blocked else 1 << 40):
         y = layer(x)
         (y * arr("w")).sum().backward()
     assert tuple(y.shape) == tuple(case["output_shape"])

@@ -7,7 +7,7 @@ import random
 import pytest
 import torch
 
-from diffstride import functional as F
+from diffstride import settings, functional as F
 from diffstride import _plans
 from diffstride import pooling
 
@@ -58,10 +58,13 @@ def _rel(a, b):
     return ((a.double() - b.double()).abs().max() / b.double().abs().max().clamp_min(1e-12)).item()
 
 
+@pytest.mark.parametrize("kernels", ["compact", "blocked"])
 @pytest.mark.parametrize("algorithm", ["matmul", "fft"])
 @pytest.mark.parametrize("seed", range(40))
 @pytest.mark.parametrize("one_d", [False, True], ids=["2d", "1d"])
-def test_random_configs_match_fft_oracle_float64(seed, one_d, algorithm):
+def test_random_configs_match_fft_oracle_float64(seed, one_d, algorithm, kernels):
+    """Both kernel families: the compact form (GPUs, small CPU inputs) and the CPU's cache-blocked
+    kernels with explicit backwards (forced with ``cpu_compact_max_bytes=0``)."""
     rng = random.Random(seed * 2 + one_d)
     cfg = _random_config(rng, one_d)
     if seed % 5 == 0:  # stride limits, inside the graph
@@ -71,7 +74,8 @@ def test_random_configs_match_fft_oracle_float64(seed, one_d, algorithm):
     shape = (2, 3) + cfg["size"]
     x = torch.randn(shape, dtype=torch.float64)
     layer_cls = pooling.DiffStride1d if one_d else pooling.DiffStride
-    y, gx, gs, _, w = _run(layer_cls, cfg, torch.float64, x, algorithm)
+    with settings.override(cpu_compact_max_bytes=0 if kernels == "blocked" else 1 << 40):
+        y, gx, gs, _, w = _run(layer_cls, cfg, torch.float64, x, algorithm)
     y_ref, gx_ref, gs_ref = _oracle(cfg, x, w)
     assert y.shape == y_ref.shape, cfg
     assert _rel(y, y_ref) < 1e-10, cfg
