@@ -14,8 +14,8 @@ the compiler, ``torch.func``, double backward, meta / fake tensors and ``torch.e
 * **Matrix form**: two GEMMs, ``v = x @ [B_r; B_i]ᵀ`` (N, C, H, 2w), read as (N, C, 2H, w), then
   ``y = A2 @ v`` with ``A2[p, 2m + j] = (A_r, −A_i)[j][p, m]``: exactly
   ``A_r x B_rᵀ − A_i x B_iᵀ``, without a copy of the input or of the intermediate.
-* **FFT form**: ``rfftn``, the kept bins by slices (one concatenation per centred axis), the mask
-  as one outer product, ``irfftn``; differentiated by autograd.
+* **FFT form**: ``rfftn``, the kept bins by one ``index_select`` per centred axis, the mask as
+  outer products (GEMMs), ``irfftn``; differentiated by autograd.
 
 The cache-blocked kernels of :mod:`diffstride._kernels` (explicit backwards, first derivatives only)
 stay the CPU's choice where they are faster (``settings.cpu_blocked_kernels``); both forms give the
@@ -28,6 +28,7 @@ from typing import Optional, Sequence, Tuple
 
 import torch
 
+from diffstride import settings
 from diffstride._plans import SpectralPlan, cached_when_eager, height_positions
 
 
@@ -150,22 +151,81 @@ def operator_basis(size: Tuple[int, ...], plan: SpectralPlan, dtype, device) -> 
 def fixed_operators(size: Tuple[int, ...], plan: SpectralPlan, dtype, device) -> torch.Tensor:
     """FixedSpectralPooling's operators, flattened side by side (mask values all one): a constant."""
     with torch.inference_mode(False):
-        return operator_basis(size, plan, dtype, device).sum(0)
+        ones = torch.ones(sum(len(r) for r in plan.centred_rows()) + plan.cols, dtype=dtype, device=device)
+        return torch.cat([op.reshape(-1) for op in _factored_operators(size, plan, ones, dtype, device)])
+
+
+@cached_when_eager
+def height_factors(n_in: int, n_out: int, rows: Tuple[int, ...], dtype, device) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``A2`` (:func:`height_basis`) as ``(P * a).view(n_out, 2K) @ R``: ``P`` (n_out, 2, K) holds
+    ``cos, sin (2π k p / n_out) / n_out``, ``R`` (2K, 2·n_in) the input phases, interleaved as A2's
+    columns. Memory ``O(K·(n_out + n_in))``, for operators whose basis would be too large."""
+    with torch.inference_mode(False):
+        k, f = torch.arange(len(rows), device=device), torch.tensor(rows, dtype=torch.long, device=device)
+        p, m = torch.arange(n_out, device=device), torch.arange(n_in, device=device)
+        alpha = (p[:, None] * k[None, :] % n_out).to(dtype) * (2 * math.pi / n_out)  # (n_out, K)
+        beta = (f[:, None] * m[None, :] % n_in).to(dtype) * (2 * math.pi / n_in)  # (K, n_in)
+        left = torch.stack([torch.cos(alpha), torch.sin(alpha)], dim=1) / n_out
+        qc, qs = torch.cos(beta), torch.sin(beta)
+        right = torch.cat([torch.stack([qc, qs], dim=-1), torch.stack([qs, -qc], dim=-1)]).reshape(2 * len(rows), -1)
+        return left, right
+
+
+@cached_when_eager
+def width_factors(n_in: int, n_out: int, cols: int, dtype, device) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``Bs = [B_r; B_i]`` (:func:`width_basis`) as ``(L * b).view(2·n_out, 2·cols) @ R``."""
+    with torch.inference_mode(False):
+        l, q, n = (torch.arange(v, device=device) for v in (cols, n_out, n_in))
+        alpha = (q[:, None] * l[None, :] % n_out).to(dtype) * (2 * math.pi / n_out)  # (n_out, cols)
+        beta = (l[:, None] * n[None, :] % n_in).to(dtype) * (2 * math.pi / n_in)  # (cols, n_in)
+        c = torch.full((cols,), 2.0, dtype=dtype, device=device)
+        c[0] = 1.0
+        if n_out % 2 == 0 and cols - 1 == n_out // 2:
+            c[cols - 1] = 1.0
+        ca, sa = torch.cos(alpha) * c / n_out, torch.sin(alpha) * c / n_out
+        left = torch.cat([torch.stack([ca, sa], dim=1), torch.stack([sa, -ca], dim=1)])  # (2·n_out, 2, cols)
+        return left, torch.cat([torch.cos(beta), torch.sin(beta)])
 
 
 def operators(size: Sequence[int], plan: SpectralPlan, weights: Optional[torch.Tensor], dtype,
               device) -> Tuple[torch.Tensor, ...]:
     """The matrix form's operators, ``(B_r,)`` in 1-D or ``(A2, Bs)`` in 2-D, from the mask values
-    of every axis (:func:`mask_values`; ``None``: FixedSpectralPooling, no mask): one GEMM."""
+    of every axis (:func:`mask_values`; ``None``: FixedSpectralPooling, no mask): one GEMM with
+    the plan's basis, or, where the basis would hold more than ``settings.compact_basis_max``
+    elements, two small products per axis (:func:`height_factors`, :func:`width_factors`)."""
     size = tuple(size)
     if weights is None:
         flat = fixed_operators(size, plan, dtype, device)
-    else:
+    elif _basis_elements(size, plan) <= settings.current().compact_basis_max:
         flat = weights.to(dtype) @ operator_basis(size, plan, dtype, device)
+    else:
+        return _factored_operators(size, plan, weights.to(dtype), dtype, device)
     if len(size) == 1:
         return (flat.view(plan.out_size[0], size[0]),)
     (height, width), (h, w) = size, plan.out_size
     return flat[:h * 2 * height].view(h, 2 * height), flat[h * 2 * height:].view(2 * w, width)
+
+
+def _basis_elements(size: Tuple[int, ...], plan: SpectralPlan) -> int:
+    if len(size) == 1:
+        return plan.cols * plan.out_size[0] * size[0]
+    (height, width), (h, w) = size, plan.out_size
+    return (len(plan.rows) + plan.cols) * (h * 2 * height + 2 * w * width)  # block-diagonal
+
+
+def _factored_operators(size, plan, weights, dtype, device):
+    if len(size) == 1:
+        (out_len,) = plan.out_size
+        left, right = width_factors(size[0], out_len, plan.cols, dtype, device)
+        b_real = (left[:out_len] * weights).view(out_len, -1) @ right
+        return (b_real,)
+    (height, width), (h, w) = size, plan.out_size
+    a, b = split_axes(weights, plan)
+    left, right = height_factors(height, h, plan.rows, dtype, device)
+    a2 = (left * a).view(h, -1) @ right
+    left, right = width_factors(width, w, plan.cols, dtype, device)
+    bs = (left * b).view(2 * w, -1) @ right
+    return a2, bs
 
 
 # --------------------------------------------------------------------------------------------
@@ -200,20 +260,16 @@ def apply_fft(x: torch.Tensor, plan: SpectralPlan, weights: Optional[Sequence[to
     spectrum = torch.fft.rfftn(x.to(dtype), dim=dims)
     spectrum = spectrum[..., :plan.cols] if plan.cols < spectrum.shape[-1] else spectrum
     for axis, rows in enumerate(plan.centred_rows()):
-        dim = 2 + axis
-        runs = _runs(rows)
-        if len(runs) == 1 and runs[0] == (0, spectrum.shape[dim]):
-            continue
-        parts = [spectrum.narrow(dim, start, stop - start) for start, stop in runs]
-        spectrum = parts[0] if len(parts) == 1 else torch.cat(parts, dim)
+        if rows != tuple(range(spectrum.shape[2 + axis])):
+            spectrum = spectrum.index_select(2 + axis, _index(rows, x.device))
     if weights is not None:
-        weights = split_axes(weights, plan)
-        mask = weights[-1].to(dtype)
-        for axis, w in enumerate(weights[:-1]):
-            shape = [1] * nd
-            shape[axis] = -1
-            mask = w.to(dtype).view(shape) * mask
-        spectrum = spectrum * mask
+        # the separable mask as products of column vectors and row vectors (GEMMs: their
+        # gradients are GEMMs too, no reductions)
+        *centred, cols = split_axes(weights.to(dtype), plan)
+        mask = cols[None, :]
+        for w in reversed(centred):
+            mask = (w[:, None] @ mask.reshape(1, -1)).view(len(w), *mask.shape)
+        spectrum = spectrum * mask.reshape(spectrum.shape[2:])
     y = torch.fft.irfftn(spectrum, s=tuple(plan.out_size), dim=dims)
     fmt = _memory_format(x)
     if y.dtype != out_dtype or fmt is not torch.contiguous_format:
@@ -222,15 +278,10 @@ def apply_fft(x: torch.Tensor, plan: SpectralPlan, weights: Optional[Sequence[to
 
 
 @cached_when_eager
-def _runs(rows: Tuple[int, ...]) -> Tuple[Tuple[int, int], ...]:
-    """``rows`` as ``(start, stop)`` runs of consecutive bins."""
-    runs = []
-    for r in rows:
-        if runs and runs[-1][1] == r:
-            runs[-1][1] = r + 1
-        else:
-            runs.append([r, r + 1])
-    return tuple((start, stop) for start, stop in runs)
+def _index(rows: Tuple[int, ...], device) -> torch.Tensor:
+    """The kept bins of a centred axis as an index tensor (a constant)."""
+    with torch.inference_mode(False):
+        return torch.tensor(rows, dtype=torch.long, device=device)
 
 
 def _memory_format(x: torch.Tensor) -> torch.memory_format:

@@ -31,13 +31,9 @@ def clip_inclusive(
     """
     if lower is None and upper is None:
         return x
-    if upper is None:
-        inside = x >= lower
-    elif lower is None:
-        inside = x <= upper
-    else:
-        inside = (x >= lower) & (x <= upper)
-    return torch.where(inside, x, x.clamp(lower, upper).detach())
+    clipped = x.clamp(lower, upper)
+    # the gradient passes where lower <= x <= upper, i.e. exactly where the clamp left x as it was
+    return torch.where(clipped == x, x, clipped.detach())
 
 
 def maximum_inclusive(x: torch.Tensor, floor: float) -> torch.Tensor:

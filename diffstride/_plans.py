@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import operator
 from typing import Optional, Sequence, Tuple
 
 import torch
@@ -31,6 +32,13 @@ def cached_when_eager(fn):
 
     wrapper.cache_clear = cached.cache_clear
     return wrapper
+
+
+def spatial_size(x: "torch.Tensor") -> Tuple[int, ...]:
+    """The spatial size of a (N, C, *spatial) tensor as Python ints. A plan depends on the exact
+    size: inside a graph traced with dynamic shapes, ``operator.index`` specialises each symbol to
+    its value (a guard: another size recompiles), where ``int()`` would keep it symbolic."""
+    return tuple(operator.index(n) for n in x.shape[2:])
 
 
 def _f32(value: float) -> float:
@@ -66,9 +74,12 @@ class SpectralPlan:
     cols: int
     out_size: Tuple[int, ...]
     depth_rows: Tuple[int, ...] = ()  # 3-D only: kept bins of the depth axis (FFT order)
-    #: DiffStride plans: ``size / S > 2`` on every axis in the mask's arithmetic, so the mask's
-    #: ``max(size / S, 2)`` does not act (the compact form then skips it). False when unknown.
-    above_floor: bool = False
+    #: DiffStride plans, what the stride values planned from let the compact form skip (True
+    #: when unknown): the stride rule (the in-place clamp's floors and the limits' clip) acts, i.e.
+    #: some value is below its floor or outside the limits (else value and gradient are the identity)
+    stride_rule_acts: bool = True
+    #: ... and the mask's ``max(size / S, 2)`` acts (some ``size / S <= 2``).
+    crop_floor_acts: bool = True
 
     def centred_rows(self) -> Tuple[Tuple[int, ...], ...]:
         """Kept bins of every centred (complex-FFT) axis, outermost first: () in 1-D, (rows,) in
@@ -166,11 +177,11 @@ def _kept(positions: Sequence[int], threshold: float, smoothness_factor: float, 
     return [i for i, pos in enumerate(positions) if edge - pos > 0]
 
 
-def _plan(kept: Sequence[Tuple[int, ...]], cols: int, width: int, above_floor: bool = False) -> SpectralPlan:
+def _plan(kept: Sequence[Tuple[int, ...]], cols: int, width: int, **flags) -> SpectralPlan:
     """A plan from the kept bins of the centred axes (outermost first), the kept rfft bins and the
     output width."""
     return SpectralPlan(kept[-1] if kept else (), cols, tuple(len(k) for k in kept) + (width,),
-                        depth_rows=kept[0] if len(kept) == 2 else (), above_floor=above_floor)
+                        depth_rows=kept[0] if len(kept) == 2 else (), **flags)
 
 
 def _diffstride_plan_nd(size, strides, smoothness_factor, cropping, lower, upper, float64) -> SpectralPlan:
@@ -185,8 +196,10 @@ def _diffstride_plan_nd(size, strides, smoothness_factor, cropping, lower, upper
         cols = len(_kept(range(width // 2 + 1), _threshold(width, effective[-1], True, rnd), smoothness_factor, rnd))
     else:
         kept, cols = [tuple(range(n)) for n in centred], width // 2 + 1
-    above_floor = all(rnd(n / s) > 2.0 for n, s in zip(size, effective))
-    return _plan(kept, cols, 2 * (cols - 1), above_floor)
+    # (values at a bound are left as they are, their gradient passed: the rule is the identity there)
+    rule_acts = tuple(strides) * (len(size) if len(strides) == 1 else 1) != effective
+    floor_acts = any(rnd(n / s) <= 2.0 for n, s in zip(size, effective))
+    return _plan(kept, cols, 2 * (cols - 1), stride_rule_acts=rule_acts, crop_floor_acts=floor_acts)
 
 
 def diffstride_plan(

@@ -35,7 +35,7 @@ from diffstride._kernels import (
     ALGORITHMS, _autocast_dtype, autocast_off, _axis_stride, _axis_weights, _clamped, _working_dtype, choose_algorithm,
     spectral_resample1d, spectral_resample2d, spectral_resample3d, use_compact,
 )
-from diffstride._plans import SpectralPlan, clamp_floors, diffstride_plan, effective_strides, fixed_spectral_plan
+from diffstride._plans import SpectralPlan, spatial_size, clamp_floors, diffstride_plan, effective_strides, fixed_spectral_plan
 from diffstride import _validation as check
 
 __all__ = [
@@ -73,7 +73,7 @@ def _check_diffstride_call(x, strides, ndim: int, smoothness_factor, lower, uppe
     check.stride_tensor(strides, ndim, name)
     smoothness_factor = check.smoothness_factor(smoothness_factor)
     lower, upper = check.stride_limits(lower, upper)
-    check.diffstride_size(tuple(x.shape[2:]), smoothness_factor, name)
+    check.diffstride_size(spatial_size(x), smoothness_factor, name)
     check.algorithm(algorithm, ndim, "inputs")
     return smoothness_factor, lower, upper
 
@@ -81,7 +81,7 @@ def _check_diffstride_call(x, strides, ndim: int, smoothness_factor, lower, uppe
 def _check_fixed_call(x, strides, ndim: int, algorithm: str, name: str) -> Tuple[float, ...]:
     check.spatial_input(x, ndim, name)
     strides = tuple(float(v) for v in check.per_axis(strides, ndim))
-    check.fixed_size(tuple(x.shape[2:]), name)
+    check.fixed_size(spatial_size(x), name)
     check.algorithm(algorithm, ndim, "inputs")
     return strides
 
@@ -127,11 +127,14 @@ def diff_stride_unchecked(
     stride (one shared value or one per axis). ``clamped``: the stride values are known to be at
     or above the reference's clamp floors (a layer's, clamped in place before planning).
     """
-    size = tuple(x.shape[2:])
-    s = _mask_strides(strides, size, smoothness_factor, lower_limit_stride, upper_limit_stride, clamped)
+    size = spatial_size(x)
     if use_compact(x):
-        weights = _compact.mask_values(s, size, plan, smoothness_factor, plan.above_floor)
+        # the stride rule is skipped where the values planned from show that it is the identity
+        s = (_mask_strides(strides, size, smoothness_factor, lower_limit_stride, upper_limit_stride, clamped)
+             if plan.stride_rule_acts else strides.to(_working_dtype(strides)))
+        weights = _compact.mask_values(s, size, plan, smoothness_factor, not plan.crop_floor_acts)
         return _compact_resample(x, plan, weights, algorithm)
+    s = _mask_strides(strides, size, smoothness_factor, lower_limit_stride, upper_limit_stride, clamped)
     stride = (lambda axis: s[0]) if s.numel() == 1 else (lambda axis: s[axis])  # noqa: E731
     weights = [_axis_weights(n, stride(axis), tuple(kept), 0, smoothness_factor)
                for axis, (n, kept) in enumerate(zip(size[:-1], _centred_kept(plan, len(size))))]
@@ -147,7 +150,7 @@ def _compact_resample(x: torch.Tensor, plan: SpectralPlan, weights, algorithm: s
     with autocast_off(x.device.type):
         if choose_algorithm(x, plan, algorithm) == "fft":
             return _compact.apply_fft(x, plan, weights, dtype, out_dtype)
-        ops = _compact.operators(tuple(x.shape[2:]), plan, weights, dtype, x.device)
+        ops = _compact.operators(spatial_size(x), plan, weights, dtype, x.device)
         return _compact.apply_matmul(x, ops, out_dtype)
 
 
@@ -157,7 +160,7 @@ def _diff_stride(x, strides, ndim, name, smoothness_factor, cropping, lower, upp
     smoothness_factor, lower, upper = _check_diffstride_call(x, strides, ndim, smoothness_factor, lower, upper,
                                                              algorithm, name)
     if plan is None:
-        plan = diffstride_plan(tuple(x.shape[2:]), _planned_values(strides, name), smoothness_factor, cropping,
+        plan = diffstride_plan(spatial_size(x), _planned_values(strides, name), smoothness_factor, cropping,
                                lower, upper, float64=strides.dtype == torch.float64)
     return diff_stride_unchecked(x, strides, smoothness_factor, lower, upper, plan, algorithm)
 
@@ -242,7 +245,7 @@ def fixed_spectral_pool_unchecked(x: torch.Tensor, plan: SpectralPlan, algorithm
 
 def _fixed_spectral_pool(x, strides, ndim, name, plan, algorithm) -> torch.Tensor:
     strides = _check_fixed_call(x, strides, ndim, algorithm, name)
-    plan = plan or fixed_spectral_plan(tuple(x.shape[2:]), strides)
+    plan = plan or fixed_spectral_plan(spatial_size(x), strides)
     return fixed_spectral_pool_unchecked(x, plan, algorithm)
 
 

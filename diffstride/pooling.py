@@ -13,7 +13,7 @@ from torch import nn
 
 from diffstride import functional as F
 from diffstride import _validation as check
-from diffstride._plans import clamp_floors
+from diffstride._plans import clamp_floors, spatial_size
 from torch._subclasses.fake_tensor import FakeTensor
 
 __all__ = [
@@ -47,6 +47,15 @@ def _to_channels_first(x: torch.Tensor, ndim: int, data_format: str, layer: str)
     """Checks the input (rank in the layer's layout, dtype) and returns a channels-first *view*."""
     check.spatial_input(x, ndim, layer, data_format)
     return x.movedim(-1, 1) if data_format == "channels_last" else x
+
+
+def _format_of(x: torch.Tensor) -> torch.memory_format:
+    """The memory format of a (N, C, *spatial) tensor (channels_last kept by copies)."""
+    if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    if x.dim() == 5 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last_3d):
+        return torch.channels_last_3d
+    return torch.contiguous_format
 
 
 def _from_channels_first(y: torch.Tensor, data_format: str) -> torch.Tensor:
@@ -235,7 +244,7 @@ class _DiffStrideNd(PoolingLayer):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = _to_channels_first(x, self._ndim, self.data_format, type(self).__name__)
-        size = tuple(x.shape[2:])
+        size = spatial_size(x)
         self._check_size(size)
         plan = self._current_plan(size)
         y = self._downsample(x, plan)
@@ -404,14 +413,14 @@ class _FixedSpectralPoolingNd(PoolingLayer):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = _to_channels_first(x, self._ndim, self.data_format, type(self).__name__)
-        check.fixed_size(tuple(x.shape[2:]), type(self).__name__)
+        check.fixed_size(spatial_size(x), type(self).__name__)
         return _from_channels_first(self._pool(x), self.data_format)
 
     def _plan(self, size: Tuple[int, ...]) -> F.SpectralPlan:
         return F.fixed_spectral_plan(size, self.strides)
 
     def _pool(self, x: torch.Tensor) -> torch.Tensor:
-        return F.fixed_spectral_pool_unchecked(x, self._plan(tuple(x.shape[2:])), self.algorithm)
+        return F.fixed_spectral_pool_unchecked(x, self._plan(spatial_size(x)), self.algorithm)
 
     def extra_repr(self) -> str:
         text = f"strides={tuple(float(s) for s in self.strides)}"
@@ -483,7 +492,9 @@ class _SpatialPoolingNd(PoolingLayer):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = _to_channels_first(x, self._ndim, self.data_format, type(self).__name__)
         index = (slice(None), slice(None)) + tuple(slice(None, None, s) for s in self.strides)
-        return _from_channels_first(x[index], self.data_format)
+        # a tensor of its own, as nn.AvgPool2d returns: a view would let an in-place op after the
+        # layer (nn.ReLU(inplace=True), y += z) write into the input, which a residual branch reads
+        return _from_channels_first(x[index].clone(memory_format=_format_of(x)), self.data_format)
 
     def extra_repr(self) -> str:
         text = f"strides={self.strides}"

@@ -60,6 +60,10 @@ class Settings:
     #: CPU inputs of at most this many bytes take the compact form: fewer Python steps, where a
     #: call is short enough for them to show (calibrated by ``benchmarks/overhead.py --backward``).
     cpu_compact_max_bytes: int = 256 << 10
+    #: The compact form builds the matrix form's operators with one GEMM of the mask values and a
+    #: basis of (kept bins × operator elements), cached per plan, up to this many elements; larger
+    #: ones by two small products per axis (memory linear in the sizes, a few more operations).
+    compact_basis_max: int = 1 << 22
     #: Off the CPU (GPUs), 'auto' takes the FFT form when the matrix form's multiply-adds exceed
     #: this many times the FFT form's count: GEMMs on tensor cores cost little beside the FFT's
     #: launches and memory traffic. Not yet calibrated on a GPU (benchmarks/gpu.py measures both forms).

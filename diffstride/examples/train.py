@@ -75,10 +75,11 @@ class Run:
 
 
 def _compiled(net: nn.Module, model: nn.Module) -> nn.Module:
-    """``torch.compile(net)``; with sizes marked dynamic when learned strides may move them (an
-    output size that changes would otherwise recompile the graph each time), and dynamo's
-    recompile limit raised to 8 + 4 per pooling layer (each layer, at its own sizes, compiles its
-    own plan-reading frames)."""
+    """``torch.compile(net)``; with sizes marked dynamic when learned strides may move them, and
+    dynamo's recompile limit raised to 8 + 4 per pooling layer. The training loop calls
+    :func:`diffstride.pooling.sync_plans` after every optimizer step: the step then runs as one
+    graph, recompiled when a plan changes (the first compiled step plans outside the graph, which
+    records each layer's input size)."""
     from torch import _dynamo
 
     layers = pooling.pooling_layers(model)
@@ -175,6 +176,8 @@ def train_one_epoch(run: Run, state: RunState, num_epochs: int, save_mid_epoch: 
             loss, outputs = _accumulate(run, images, labels)
             run.scaler.step(run.optimizer)
             run.scaler.update()
+            if run.train_net is not run.net:  # compiled: the plans of the next step (one device read)
+                pooling.sync_plans(run.model)
             state.step += 1
             state.batch += 1
             loss_sum += loss.double() * labels.shape[0]
