@@ -29,7 +29,7 @@ from typing import Optional, Sequence, Tuple
 import torch
 
 from diffstride import settings
-from diffstride._plans import SpectralPlan, cached_when_eager, height_positions
+from diffstride._plans import SpectralPlan, cached_when_eager, height_positions, is_exporting
 
 
 # --------------------------------------------------------------------------------------------
@@ -259,8 +259,14 @@ def apply_fft(x: torch.Tensor, plan: SpectralPlan, weights: Optional[Sequence[to
     dims = tuple(range(-nd, 0))
     spectrum = torch.fft.rfftn(x.to(dtype), dim=dims)
     spectrum = spectrum[..., :plan.cols] if plan.cols < spectrum.shape[-1] else spectrum
+    exporting = is_exporting()
     for axis, rows in enumerate(plan.centred_rows()):
-        if rows != tuple(range(spectrum.shape[2 + axis])):
+        if rows == tuple(range(spectrum.shape[2 + axis])):
+            continue
+        if exporting:  # ONNX has no complex gather: the runs of kept bins by slices, concatenated
+            parts = [spectrum.narrow(2 + axis, start, stop - start) for start, stop in _runs(rows)]
+            spectrum = parts[0] if len(parts) == 1 else torch.cat(parts, 2 + axis)
+        else:
             spectrum = spectrum.index_select(2 + axis, _index(rows, x.device))
     if weights is not None:
         # the separable mask as products of column vectors and row vectors (GEMMs: their
@@ -275,6 +281,18 @@ def apply_fft(x: torch.Tensor, plan: SpectralPlan, weights: Optional[Sequence[to
     if y.dtype != out_dtype or fmt is not torch.contiguous_format:
         y = y.to(dtype=out_dtype, memory_format=fmt)
     return y
+
+
+@cached_when_eager
+def _runs(rows: Tuple[int, ...]) -> Tuple[Tuple[int, int], ...]:
+    """``rows`` as ``(start, stop)`` runs of consecutive bins (a centred axis keeps two)."""
+    runs = []
+    for r in rows:
+        if runs and runs[-1][1] == r:
+            runs[-1][1] = r + 1
+        else:
+            runs.append([r, r + 1])
+    return tuple((start, stop) for start, stop in runs)
 
 
 @cached_when_eager

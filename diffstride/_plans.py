@@ -34,6 +34,12 @@ def cached_when_eager(fn):
     return wrapper
 
 
+def is_exporting() -> bool:
+    """Whether ``torch.export`` is tracing (``torch.compiler.is_exporting``, where this torch has it)."""
+    check = getattr(torch.compiler, "is_exporting", None)
+    return bool(check is not None and check())
+
+
 def spatial_size(x: "torch.Tensor") -> Tuple[int, ...]:
     """The spatial size of a (N, C, *spatial) tensor as Python ints. A plan depends on the exact
     size: inside a graph traced with dynamic shapes, ``operator.index`` specialises each symbol to

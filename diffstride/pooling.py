@@ -13,7 +13,7 @@ from torch import nn
 
 from diffstride import functional as F
 from diffstride import _validation as check
-from diffstride._plans import clamp_floors, spatial_size
+from diffstride._plans import clamp_floors, is_exporting, spatial_size
 from torch._subclasses.fake_tensor import FakeTensor
 
 __all__ = [
@@ -213,7 +213,7 @@ class _DiffStrideNd(PoolingLayer):
         compiling = torch.compiler.is_compiling()
         if not compiling and _has_data(self.strides):
             return _plan_from_tensor(self, size)
-        if self.trainable and compiling and not torch.compiler.is_exporting():
+        if self.trainable and compiling and not is_exporting():
             if self._synced_plans is not None and size in self._synced_plans:
                 return self._synced_plans[size]  # Python ints: no break (fullgraph=True works)
             return _plan_outside_graphs(self, size)

@@ -116,6 +116,17 @@ def test_torch_func_grad_over_the_parameters_equals_autograd(algorithm):
     assert grads["1.strides"].abs().min() > 0
 
 
+def test_torch_func_vmap_and_jvp():
+    """vmap over samples equals the batched call; the layer is linear in its input, so its jvp
+    along ``v`` is the layer applied to ``v``."""
+    layer = pooling.DiffStride(strides=(2.0, 2.5))
+    x, v = torch.randn(4, 3, 20, 18), torch.randn(4, 3, 20, 18)
+    per_sample = torch.func.vmap(lambda t: layer(t[None])[0])(x)
+    assert torch.allclose(per_sample, layer(x), atol=1e-6)
+    y, tangent = torch.func.jvp(layer, (x,), (v,))
+    assert torch.allclose(y, layer(x), atol=1e-6) and torch.allclose(tangent, layer(v), atol=1e-5)
+
+
 @pytest.mark.parametrize("make, shape", [
     (lambda device: pooling.DiffStride(strides=(2.0, 3.3), device=device), (2, 3, 40, 36)),
     (lambda device: pooling.DiffStride1d(strides=3.0, device=device), (2, 3, 301)),

@@ -25,6 +25,12 @@ class DistributedContext:
         self.rank = int(os.environ.get("RANK", "0"))
         self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
         cuda = torch.cuda.is_available() and device_arg in (None, "cuda")
+        if cuda and self.local_rank >= torch.cuda.device_count():
+            per_node = os.environ.get("LOCAL_WORLD_SIZE", str(self.local_rank + 1))
+            raise ValueError(
+                f"{per_node} processes per node but this node has {torch.cuda.device_count()} GPU(s) "
+                f"(local rank {self.local_rank} has none): start at most one process per GPU "
+                f"(torchrun --nproc_per_node={torch.cuda.device_count()}), or train on the CPU (train.train.device = 'cpu')")
         self.device = torch.device("cuda", self.local_rank) if cuda else torch.device("cpu")
         if cuda:
             torch.cuda.set_device(self.device)

@@ -280,7 +280,7 @@ def test_a_finished_run_started_again_changes_nothing_and_a_changed_network_is_l
     workdir = str(tmp_path / "run")
     assert main_lib.main(_args(workdir, epochs=1)) == 0
     before, events = _files(workdir), _events(workdir)
-    assert _metrics(workdir)["seconds"] > 0.1  # the run's own time, not the rerun's
+    assert _metrics(workdir)["seconds"] > 0  # the run's own time (a GPU run can take under 0.1 s); the rerun rewrites nothing
     capsys.readouterr()
     assert main_lib.main(_args(workdir, epochs=1)) == 0
     assert "has finished its 1 epochs; nothing to train" in capsys.readouterr().out

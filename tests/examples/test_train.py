@@ -237,3 +237,23 @@ def test_bf16_mixed_precision_training_on_cpu(tmp_path, capsys):
     correct = metrics["test_accuracy"] * 128  # a count of correct answers among the 128 test digits
     assert abs(correct - round(correct)) < 1e-9 and math.isfinite(metrics["train_loss"])
     assert all(math.isfinite(v) for info in metrics["pooling"].values() for v in info["strides"])
+
+
+def test_more_processes_than_gpus_is_one_clear_error_before_any_work(tmp_path, capsys, monkeypatch):
+    """torchrun --nproc_per_node=2 on a one-GPU node: rank 1 names the counts and exits 2 (it used
+    to die in CUDA with "invalid device ordinal"). CUDA's presence is simulated: this runs on CPUs."""
+    from diffstride.examples.distributed import DistributedContext
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda device: pytest.fail("a device was chosen"))
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    with pytest.raises(ValueError, match=r"2 processes per node but this node has 1 GPU\(s\) \(local rank 1 has "
+                                         r"none\).*--nproc_per_node=1.*train.train.device = 'cpu'"):
+        DistributedContext(None)
+    assert DistributedContext("cpu").device.type == "cpu"  # the CPU is always there
+    workdir = str(tmp_path / "run")
+    assert main_lib.main(_args(workdir, epochs=1)) == 2
+    assert "2 processes per node but this node has 1 GPU(s)" in capsys.readouterr().err
+    assert not os.path.exists(os.path.join(workdir, "ckpt-0001.pt"))
