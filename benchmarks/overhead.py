@@ -9,9 +9,9 @@ learnable stride parameter), timed in turns in the same run; prints the ratio la
 the in-place clamp, the plan), the part of a call that is Python.
 
 ``--backward`` calibrates ``settings.cpu_compact_max_bytes`` instead: the FFT form's forward +
-backward through autograd's own backward against its explicit backward, by input size; below
-the crossover autograd's is faster (fewer Python steps), above it the explicit one (memory, and
-no full-size complex gradient).
+backward in the compact form (plain autograd, few operations) against the CPU's blocked kernels
+(explicit backward), by input size; below the crossover the compact form is faster (fewer Python
+steps), above it the blocked one (memory: no full-size complex gradient; cache blocks).
 """
 import argparse
 import os
@@ -66,7 +66,7 @@ BACKWARD_SIZES = [(16, 8, (128,)), (8, 4, (1000,)), (4, 1, (16000,)), (16, 16, (
 
 
 def backward_table(rounds: int) -> None:
-    print("| input | input KiB | autograd's backward µs | explicit backward µs | autograd / explicit | quartiles |")
+    print("| input | input KiB | compact form µs | CPU-blocked µs | compact / blocked | quartiles |")
     print("|---|---:|---:|---:|---:|---|")
     for batch, channels, size in BACKWARD_SIZES:
         torch.manual_seed(0)
