@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Any, Callable, Dict, Iterator, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, NamedTuple, Optional, Sequence, Tuple
 
+from diffstride.examples.randomness import BATCH_STREAM, example_seed, seeded_on
 from diffstride.examples.workdir import check_int
 
 import gin
@@ -229,7 +230,8 @@ def augment(images: torch.Tensor, pad_size: int = 2, flip: bool = True) -> torch
     """The reference's augmentation on a batch (B, C, H, W): zero-pad, random crop back, random horizontal flip.
 
     Each image gets its own offsets in ``[0, 2·pad_size]`` and its own flip; random numbers
-    come from the default generator of the images' device.
+    come from the default generator of the images' device, which the training loop seeds for
+    each batch (:func:`augment_and_mix`).
     """
     b, _, h, w = images.shape
     if pad_size > 0:
@@ -244,6 +246,21 @@ def augment(images: torch.Tensor, pad_size: int = 2, flip: bool = True) -> torch
         flips = torch.rand(b, device=images.device) < 0.5
         images = torch.where(flips[:, None, None, None], images.flip(-1), images)
     return images
+
+
+def augment_and_mix(images: torch.Tensor, labels: torch.Tensor, augment_fn: Optional[Callable], mixup_alpha: float,
+                    key: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """A batch's device-side randomness, drawn from a stream keyed by ``key`` (the batch's
+    (seed, epoch, batch, rank): :mod:`~diffstride.examples.randomness`): ``augment_fn``, then the
+    reference's pairwise Mixup when ``mixup_alpha > 0``. The run's global generators are untouched."""
+    if augment_fn is None and mixup_alpha <= 0:
+        return images, labels
+    with seeded_on(images.device, key):
+        if augment_fn is not None:
+            images = augment_fn(images)
+        if mixup_alpha > 0:
+            images, labels = mixup_pairs(images, labels, mixup_alpha)
+    return images, labels
 
 
 def mixup_pairs(images: torch.Tensor, labels: torch.Tensor, alpha: float) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -272,6 +289,13 @@ class _Normalize:
         return (images.float() - self.mean) / self.std
 
 
+class EpochOrder(NamedTuple):
+    """An epoch of the in-memory sets: its number (which keys its batches' randomness) and order."""
+
+    epoch: int
+    perm: torch.Tensor
+
+
 class TrainBatches:
     """Training batches of one epoch, made on the device.
 
@@ -282,7 +306,8 @@ class TrainBatches:
     """
 
     def __init__(self, split: Split, num_classes: int, batch_size: int, normalize: _Normalize,
-                 augment_fn: Optional[Callable], mixup_alpha: float, rank: int = 0, world_size: int = 1):
+                 augment_fn: Optional[Callable], mixup_alpha: float, rank: int = 0, world_size: int = 1,
+                 seed: int = 0):
         if batch_size % world_size:
             raise ValueError(f"batch_size ({batch_size}) must be divisible by the number of processes ({world_size})")
         per_example = 2 if mixup_alpha > 0 else 1
@@ -291,30 +316,28 @@ class TrainBatches:
                              f"({batch_size * per_example} images with mixup_alpha={mixup_alpha})")
         self.split, self.num_classes, self.batch_size = split, num_classes, batch_size
         self.normalize, self.augment_fn, self.mixup_alpha = normalize, augment_fn, mixup_alpha
-        self.rank, self.world_size, self.per_example = rank, world_size, per_example
+        self.rank, self.world_size, self.per_example, self.seed = rank, world_size, per_example, seed
 
     def __len__(self) -> int:
         return len(self.split) // (self.batch_size * self.per_example)
 
-    def order(self, epoch: int) -> torch.Tensor:
+    def order(self, epoch: int) -> "EpochOrder":
         """The order of one epoch, drawn from torch's global generator (of the split's device);
         the training loop restores that generator's state to draw it again on a resume."""
-        return torch.randperm(len(self.split), device=self.split.images.device)
+        return EpochOrder(epoch, torch.randperm(len(self.split), device=self.split.images.device))
 
-    def batches(self, perm: torch.Tensor, start: int = 0) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
-        """The epoch ordered by ``perm``, from batch ``start`` on (a run resumed mid-epoch)."""
+    def batches(self, order: "EpochOrder", start: int = 0) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
+        """The epoch in ``order``, from batch ``start`` on (a run resumed mid-epoch)."""
+        epoch, perm = order
         images_per_batch = self.batch_size * self.per_example
         shard = images_per_batch // self.world_size
         for i in range(start, len(self)):
             index = perm[i * images_per_batch:(i + 1) * images_per_batch]
             index = index[self.rank * shard:(self.rank + 1) * shard]
             images = self.normalize(self.split.images[index])
-            if self.augment_fn is not None:
-                images = self.augment_fn(images)
             labels = F.one_hot(self.split.labels[index], self.num_classes).float()
-            if self.mixup_alpha > 0:
-                images, labels = mixup_pairs(images, labels, self.mixup_alpha)
-            yield images, labels
+            key = example_seed(self.seed, epoch, i, self.rank, BATCH_STREAM)
+            yield augment_and_mix(images, labels, self.augment_fn, self.mixup_alpha, key)
 
     def __iter__(self) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
         return self.batches(self.order(0))
@@ -484,7 +507,8 @@ def load_datasets(
     train, test = train.to(device), test.to(device)
     normalize = _Normalize(mean, std, device, train.images.dtype, train.images.dim() - 2)
     return Datasets(
-        train=TrainBatches(train, num_classes, batch_size, normalize, augment_fn, mixup_alpha, rank, world_size),
+        train=TrainBatches(train, num_classes, batch_size, normalize, augment_fn, mixup_alpha, rank, world_size,
+                           0 if seed is None else seed),
         test=TestBatches(test, batch_size, normalize, rank, world_size),
         num_classes=num_classes,
         image_shape=tuple(train.images.shape[1:]),

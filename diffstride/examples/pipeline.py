@@ -32,18 +32,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from diffstride.examples.randomness import BATCH_STREAM, example_seed
 from diffstride.examples.sources import BadExample, DataError, TarShards, decode_audio, decode_image
 
 __all__ = ["example_seed", "ImageTransform", "AudioTransform", "ExampleDataset", "EpochBatchSampler",
            "ShardStream", "LoaderTrainBatches", "LoaderTestBatches", "default_num_workers"]
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-
-
-def example_seed(*numbers: int) -> int:
-    """A well-mixed 63-bit seed from integers (``numpy.random.SeedSequence``)."""
-    return int(np.random.SeedSequence([n & 0xFFFFFFFFFFFFFFFF for n in numbers]).generate_state(2, np.uint64)[0]
-               >> np.uint64(1))
 
 
 def default_num_workers() -> int:
@@ -265,13 +260,17 @@ class _Loader:
     """Builds the DataLoader and moves its batches to the device, counting bad examples."""
 
     def __init__(self, dataset, sampler, num_workers: int, device: torch.device, prefetch_factor: int,
-                 skip_bad_files: bool, stream_batch: Optional[int] = None):
+                 skip_bad_files: bool, stream_batch: Optional[int] = None, seed: int = 0):
         self.device, self.skip_bad_files, self.stream_batch = device, skip_bad_files, stream_batch
         self.bad: set = set()  # names of the examples left out (skip_bad_files)
         self.scan_skipped: List[str] = []  # files left out when the source was scanned
         self.sampler = sampler
+        # a generator of its own: a DataLoader iterator draws its workers' base seed from it, not
+        # from torch's global generator (a draw per epoch with 0 workers, one with persistent
+        # workers, which changed whatever drew from that generator next)
         kwargs = dict(num_workers=num_workers, pin_memory=device.type == "cuda", collate_fn=collate,
-                      worker_init_fn=functools.partial(_worker_init, main_pid=os.getpid()))
+                      worker_init_fn=functools.partial(_worker_init, main_pid=os.getpid()),
+                      generator=torch.Generator().manual_seed(seed))
         if num_workers > 0:
             kwargs.update(prefetch_factor=prefetch_factor, persistent_workers=stream_batch is None)
         if stream_batch is None:
@@ -363,9 +362,10 @@ class LoaderTrainBatches:
     :class:`~diffstride.examples.data.TrainBatches` (``order(epoch)``, ``batches(order, start)``)."""
 
     def __init__(self, loader: _Loader, steps: int, num_classes: int, normalize: Callable,
-                 augment_fn: Optional[Callable], mixup_alpha: float):
+                 augment_fn: Optional[Callable], mixup_alpha: float, seed: int = 0, rank: int = 0):
         self.loader, self.steps, self.num_classes = loader, steps, num_classes
         self.normalize, self.augment_fn, self.mixup_alpha = normalize, augment_fn, mixup_alpha
+        self.seed, self.rank = seed, rank
 
     def __len__(self) -> int:
         return self.steps
@@ -387,7 +387,7 @@ class LoaderTrainBatches:
         return epoch
 
     def batches(self, order: int, start: int = 0) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
-        from diffstride.examples.data import mixup_pairs
+        from diffstride.examples.data import augment_and_mix
 
         sampler = self.loader.sampler
         sampler.epoch, sampler.start = order, start
@@ -395,19 +395,16 @@ class LoaderTrainBatches:
         for images, labels in self.loader:
             if done >= self.steps:
                 break
-            done += 1
+            batch, done = done, done + 1
             if images is None:  # every file of this share was bad: the step is skipped (train_one_epoch)
                 yield None, None
                 continue
             images = self.normalize(images)
-            if self.augment_fn is not None:
-                images = self.augment_fn(images)
             labels = F.one_hot(labels, self.num_classes).float()
-            if self.mixup_alpha > 0:
-                if images.shape[0] % 2:  # a bad example was skipped: pairs need an even count
-                    images, labels = images[:-1], labels[:-1]
-                images, labels = mixup_pairs(images, labels, self.mixup_alpha)
-            yield images, labels
+            if self.mixup_alpha > 0 and images.shape[0] % 2:  # a bad example was skipped: pairs need an even count
+                images, labels = images[:-1], labels[:-1]
+            key = example_seed(self.seed, order, batch, self.rank, BATCH_STREAM)
+            yield augment_and_mix(images, labels, self.augment_fn, self.mixup_alpha, key)
 
 
 class LoaderTestBatches:
@@ -594,12 +591,12 @@ def file_datasets(name: str, *, data_dir: str, download: bool, batch_size: int, 
         stream = ShardStream(train_src, transforms[0], seed, rank, world_size, steps * per_rank_batch,
                              shuffle_buffer, train=True)
         train_loader = _Loader(stream, _StreamSampler(stream, per_rank_batch), workers, device, prefetch_factor,
-                               skip_bad_files, stream_batch=per_rank_batch)
+                               skip_bad_files, stream_batch=per_rank_batch, seed=seed)
         check_shards_for_ranks(test_src, world_size)
         test_limit = sum(test_src.counts) if test_examples is None else -(-test_examples // world_size)
         test_stream = ShardStream(test_src, transforms[1], seed, rank, world_size, test_limit, 0, train=False)
         test_loader = _Loader(test_stream, None, workers, device, prefetch_factor, skip_bad_files,
-                              stream_batch=batch_size)
+                              stream_batch=batch_size, seed=seed)
     else:
         if len(train_src) < global_batch:
             raise ValueError(f"the training split has {len(train_src)} examples, fewer than one batch "
@@ -607,11 +604,11 @@ def file_datasets(name: str, *, data_dir: str, download: bool, batch_size: int, 
         sampler = EpochBatchSampler(len(train_src), global_batch, rank, world_size, seed, shuffle=True)
         steps = len(sampler)
         train_loader = _Loader(ExampleDataset(train_src, transforms[0], seed), sampler, workers, device,
-                               prefetch_factor, skip_bad_files)
+                               prefetch_factor, skip_bad_files, seed=seed)
         test_loader = _Loader(ExampleDataset(test_src, transforms[1], seed),
                               EpochBatchSampler(len(test_src), batch_size, rank, world_size, seed, shuffle=False),
-                              workers, device, prefetch_factor, skip_bad_files)
+                              workers, device, prefetch_factor, skip_bad_files, seed=seed)
     train_loader.scan_skipped = list(train_src.skipped)
     test_loader.scan_skipped = list(test_src.skipped)
-    return (LoaderTrainBatches(train_loader, steps, num_classes, normalize, augment_fn, mixup_alpha),
+    return (LoaderTrainBatches(train_loader, steps, num_classes, normalize, augment_fn, mixup_alpha, seed, rank),
             LoaderTestBatches(test_loader, normalize), num_classes, shape)

@@ -236,6 +236,55 @@ def test_workers_never_change_a_batch_and_a_resume_continues_the_epoch(files):
     assert not torch.equal(other_seed[0][0], zero[0][0])
 
 
+def test_mixup_and_batch_augmentation_draw_from_their_own_keyed_stream(files):
+    """Mixup's weights and ``augment_fn`` are drawn per batch from (seed, epoch, batch, rank):
+    the same batches with 0 or 2 workers, whatever else draws from torch's global generator
+    between them, and from a resume; another seed gives other draws."""
+    root = files["root"] / "images"
+    options = dict(mixup_alpha=0.2, augment_fn=data.augment)
+
+    def batches(workers, start=0, seed=3, draw_between=False):
+        ds = _load("imagefolder", root, num_workers=workers, seed=seed, **options)
+        out = []
+        for epoch in (0, 1):
+            for images, labels in ds.train.batches(ds.train.order(epoch), start=start if epoch == 0 else 0):
+                out.append((images, labels))
+                if draw_between:
+                    torch.rand(100)  # what a DataLoader iterator or a user's code may do
+        return out
+
+    zero, two = batches(0), batches(2, draw_between=True)
+    assert len(zero) == 6 and zero[0][0].shape[0] == 6  # 6 examples a batch, each a mixed pair of images
+    for (xa, ya), (xb, yb) in zip(zero, two):
+        assert torch.equal(xa, xb) and torch.equal(ya, yb)
+    assert not torch.equal(zero[0][1], zero[0][1].round())  # the labels are mixed
+    resumed = batches(2, start=1)
+    assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(resumed, zero[1:]))
+    before = torch.get_rng_state()
+    other = batches(0, seed=4)
+    assert torch.equal(torch.get_rng_state(), before)  # the global stream is untouched
+    assert not torch.equal(other[0][1], zero[0][1])
+
+
+def test_the_in_memory_sets_key_mixup_and_augmentation_per_batch():
+    """The built-in sets (on the device): the same keyed draws, whatever draws from the global
+    generator between batches."""
+    split = data.Split(torch.randint(0, 255, (64, 1, 12, 12), dtype=torch.uint8), torch.arange(64) % 4)
+    normalize = data._Normalize((0.5,), (0.25,), torch.device("cpu"))
+    train = data.TrainBatches(split, 4, 8, normalize, data.augment, 0.2, seed=5)
+    order = train.order(1)
+    plain = list(train.batches(order))
+    disturbed = []
+    for batch in train.batches(order):
+        disturbed.append(batch)
+        torch.rand(10)
+    assert len(plain) == 4
+    assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(plain, disturbed))
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(plain[2:], train.batches(order, start=2)))
+    shifted = list(data.TrainBatches(split, 4, 8, normalize, data.augment, 0.2, seed=6).batches(order))
+    assert not torch.equal(shifted[0][1], plain[0][1])
+
+
 def test_ranks_share_each_batch_and_see_each_example_once():
     size, batch = 103, 8
     samplers = [pipeline.EpochBatchSampler(size, batch, rank, 2, seed=5, shuffle=True) for rank in range(2)]

@@ -140,12 +140,35 @@ def test_a_worker_that_starts_after_its_run_was_killed_ends_at_once():
     assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
 
 
+RANDOM_BATCHES = ["data.load_datasets.mixup_alpha = 0.2", "data.load_datasets.augment_fn = @data.augment"]
+
+
+@pytest.mark.slow
+def test_workers_never_change_a_run_with_mixup_and_augmentation(files, tmp_path):
+    """0 and 2 DataLoader workers, Mixup and the batch augmentation on, 2 epochs: the same run
+    (the second epoch differed: a DataLoader iterator drew from torch's global generator every
+    epoch with 0 workers and once with persistent workers, and Mixup drew from it too)."""
+    root = files["root"] / "images"
+    runs = []
+    for workers in (0, 2):
+        extra = RANDOM_BATCHES + [f"data.load_datasets.num_workers = {workers}"]
+        workdir = tmp_path / f"workers{workers}"
+        assert main_lib.main(_file_args(workdir, "imagefolder", root, epochs=2, extra=extra)) == 0
+        with open(workdir / "history.json") as f:
+            runs.append(json.load(f))
+    assert len(runs[0]) == 2
+    for a, b in zip(*runs):
+        for key in ("train_loss", "test_loss", "test_accuracy", "step", "pooling"):
+            assert a[key] == b[key], (a["epoch"], key)
+
+
 @pytest.mark.slow
 def test_killed_mid_epoch_with_workers_then_rerun_gives_the_same_metrics(files, tmp_path):
-    """SIGKILL after the mid-epoch checkpoint of step 4 (of 6 per epoch), then the same command:
-    the run resumes at batch 4 of epoch 1 and ends exactly as a run never interrupted."""
+    """SIGKILL after the mid-epoch checkpoint of step 4 (epoch 2 of 3 steps each), then the same
+    command, 2 workers, RandAugment, Mixup and the batch augmentation on: the run resumes at
+    batch 1 of epoch 2 and ends exactly as a run never interrupted."""
     root = files["root"] / "images"
-    extra = ["train.train.checkpoint_every_steps = 2", "data.load_datasets.auto_augment = 'randaugment'"]
+    extra = ["train.train.checkpoint_every_steps = 2", "data.load_datasets.auto_augment = 'randaugment'"] + RANDOM_BATCHES
     whole = _run(_file_args(tmp_path / "whole", "imagefolder", root, epochs=2, extra=extra))
     assert whole.returncode == 0, whole.stderr[-2000:]
     args = _file_args(tmp_path / "killed", "imagefolder", root, epochs=2, extra=extra)

@@ -68,17 +68,25 @@ def test_running_again_resumes_from_the_latest_checkpoint(tmp_path, capsys):
     assert len(json.load(open(os.path.join(workdir, "history.json")))) == 2
 
 
+# Mixup and the batch augmentation on: their draws are keyed by (seed, epoch, batch, rank), so a
+# resume replays them (before 2026-12-04 they came from torch's global stream)
+RANDOM_BATCHES = ["data.load_datasets.mixup_alpha = 0.2", "data.load_datasets.augment_fn = @data.augment"]
+
+
 @pytest.mark.slow
 def test_sigkill_mid_epoch_then_rerun_equals_an_uninterrupted_run(tmp_path):
+    """The built-in set on the device, Mixup and augmentation on: killed after the mid-epoch
+    checkpoint of step 6 (4 steps an epoch), the same command ends as the uninterrupted run."""
     clean, killed = str(tmp_path / "clean"), str(tmp_path / "killed")
-    args_clean, args_killed = _args(clean, epochs=3), _args(killed, epochs=3)
+    extra = RANDOM_BATCHES + ["train.train.checkpoint_every_steps = 3"]
+    args_clean, args_killed = _args(clean, epochs=3, extra=extra), _args(killed, epochs=3, extra=extra)
     assert _run(args_clean).returncode == 0
-    first = _run_killed_at(args_killed, "step", 12)  # mid-epoch 2 (8 steps an epoch)
+    first = _run_killed_at(args_killed, "checkpoint_written", 6)  # mid-epoch 2
     assert first.returncode == -9
-    assert [e for e, _ in ckpt.list_checkpoints(killed)] == [1]
+    assert [e for e, _ in ckpt.list_checkpoints(killed)] == [1, 1]  # the end of epoch 1, step 6
     second = _run(args_killed)
     assert second.returncode == 0, second.stderr
-    assert "resumed from" in second.stdout
+    assert "resumed from" in second.stdout and "step 6" in second.stdout
     a, b = _metrics(clean), _metrics(killed)
     for key in ("test_accuracy", "test_loss", "train_loss", "train_accuracy", "step", "pooling"):
         assert a[key] == b[key], key
