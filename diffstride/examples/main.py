@@ -16,6 +16,7 @@ import sys
 from typing import Callable, List, Optional, Sequence
 
 import gin
+import torch.distributed
 
 from diffstride.examples import CONFIGS_DIR
 
@@ -83,8 +84,31 @@ def main(argv: Optional[Sequence[str]] = None, hooks: Sequence[Callable] = ()) -
     try:
         return _main(argv, hooks)
     except KeyboardInterrupt:  # Ctrl-C at any moment: no traceback
-        print("interrupted; the newest checkpoint in the work directory (if any) resumes the run", file=sys.stderr)
+        if _rank() == 0:  # (under torchrun every process is interrupted: one line for the run)
+            print("interrupted; the newest checkpoint in the work directory (if any) resumes the run",
+                  file=sys.stderr)
         return 130
+
+
+def _rank() -> int:
+    return int(os.environ.get("RANK", "0"))
+
+
+# what the collectives raise when another process of the run has gone (gloo, NCCL, the store)
+_PEER_LOST = ("Connection closed by peer", "Connection reset by peer", "Broken pipe", "/gloo/transport/",
+              "NCCL communicator", "ProcessGroupNCCL", "Socket Timeout", "failed to recv")
+
+
+def _lost_a_peer(err: RuntimeError) -> bool:
+    return isinstance(err, torch.distributed.DistError) or any(marker in str(err) for marker in _PEER_LOST)
+
+
+def _report(err: BaseException) -> None:
+    """Prints the run's error once: by every process of a single-process run; under torchrun by
+    rank 0 (an error found before training is the same in every process), or by the process that
+    met it during training (a bad file in its share: ``met_by_this_process``)."""
+    if _rank() == 0 or getattr(err, "met_by_this_process", False):
+        print(f"error: {_without_gin_context(err)}", file=sys.stderr)
 
 
 def _main(argv: Optional[Sequence[str]], hooks: Sequence[Callable]) -> int:
@@ -106,11 +130,17 @@ def _main(argv: Optional[Sequence[str]], hooks: Sequence[Callable]) -> int:
     try:
         metrics = train_lib.train(**overrides)
     except (ValueError, TypeError, DatasetUnavailable, WorkdirError) as err:
-        print(f"error: {_without_gin_context(err)}", file=sys.stderr)
+        _report(err)
         return 2
     except train_lib.TrainingError as err:
-        print(f"error: {_without_gin_context(err)}", file=sys.stderr)
+        _report(err)
         return 1
+    except RuntimeError as err:
+        if int(os.environ.get("WORLD_SIZE", "1")) == 1 or not _lost_a_peer(err):
+            raise
+        # another process of the run stopped (it printed its error) and the collectives broke:
+        # this process ends quietly, with the run's status
+        return 2
     workdir = metrics.get("workdir")
     if int(os.environ.get("RANK", "0")) == 0:
         if "test_accuracy" in metrics:
@@ -130,7 +160,13 @@ def cli() -> None:
     (``kill``, a sweep that stops, a scheduler's preemption) ends the run as Ctrl-C does, with its
     last line printed; the newest checkpoint resumes it."""
     signal.signal(signal.SIGTERM, _interrupt)
-    sys.exit(main())
+    code = main()
+    # from here on a SIGTERM or SIGINT (torchrun ending the other processes of a run that failed)
+    # ends the process as the default action does, not as a KeyboardInterrupt inside the
+    # interpreter's exit callbacks (a traceback per process)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    sys.exit(code)
 
 
 if __name__ == "__main__":

@@ -59,6 +59,9 @@ class RunState:
     batch: int = 0  # batches done in the current epoch
     history: List[Dict[str, Any]] = dataclasses.field(default_factory=list)
     partial: Dict[str, float] = dataclasses.field(default_factory=dict)
+    # every process's ``partial`` (rank order) in a mid-epoch checkpoint of a torchrun run: each
+    # resumes its own running sums (the epoch's metrics are their sum over the processes)
+    partial_shares: List[Dict[str, float]] = dataclasses.field(default_factory=list)
     epoch_rng: Optional[Dict[str, Any]] = None
     checkpoints: List[str] = dataclasses.field(default_factory=list)  # names this run wrote, oldest first
     config_changes: List[Dict[str, Any]] = dataclasses.field(default_factory=list)
@@ -227,14 +230,20 @@ def fire(hooks: Sequence[Callable], event: str, state: RunState) -> None:
 class CheckpointSchedule:
     """When to write a checkpoint in the middle of an epoch (every N steps and/or M minutes)."""
 
-    def __init__(self, every_steps: Optional[int], every_minutes: Optional[float]):
-        self.every_steps, self.every_minutes = every_steps, every_minutes
+    def __init__(self, every_steps: Optional[int], every_minutes: Optional[float],
+                 agree: Optional[Callable[[bool], bool]] = None):
+        """``agree``: under torchrun, rank 0's decision broadcast to every process (the minutes
+        are each process's own clock; the processes must all take part in a checkpoint)."""
+        self.every_steps, self.every_minutes, self.agree = every_steps, every_minutes, agree
         self.last = time.monotonic()
 
     def due(self, step: int) -> bool:
         if self.every_steps and step % self.every_steps == 0:
             return True
-        return bool(self.every_minutes) and time.monotonic() - self.last >= 60.0 * self.every_minutes
+        if not self.every_minutes:
+            return False
+        due = time.monotonic() - self.last >= 60.0 * self.every_minutes
+        return self.agree(due) if self.agree is not None else due
 
     def done(self) -> None:
         self.last = time.monotonic()

@@ -27,6 +27,7 @@ from diffstride.examples import checkpoint as ckpt
 from diffstride.examples import optim
 from diffstride.examples.distributed import DistributedContext
 from diffstride.examples.logs import RunLog, pooling_report, progress_bar, track_output_sizes
+from diffstride.examples.sources import DataError
 from diffstride.examples.run_state import (  # noqa: F401  (the run's state and errors, reachable from here)
     UNCHECKED_PARAMETERS, CheckpointSchedule, ConfigChanged, NoUsableCheckpoint, RunState, TrainingError,
     config_differences, final_records, fire, resolved_config, resume, rng_state, save, set_rng_state,
@@ -152,6 +153,8 @@ def train_one_epoch(run: Run, state: RunState, num_epochs: int, save_mid_epoch: 
         set_rng_state(state.epoch_rng, ctx.device)
         order = train.order(state.epoch)
         set_rng_state(now, ctx.device)
+        if len(state.partial_shares) == ctx.world_size:  # this process's own sums of the epoch so far
+            state.partial = dict(state.partial_shares[ctx.rank])
     run.net.train()
     loss_sum = torch.tensor(state.partial["loss"], device=ctx.device, dtype=torch.float64)
     correct = torch.tensor(state.partial["correct"], device=ctx.device, dtype=torch.float64)
@@ -192,7 +195,8 @@ def train_one_epoch(run: Run, state: RunState, num_epochs: int, save_mid_epoch: 
                 break
             if save_mid_epoch is not None and state.batch < len(train) and checkpointing.due(state.step):
                 state.partial = sums()
-                if not math.isfinite(state.partial["loss"]):
+                state.partial_shares = ctx.gather(state.partial)  # every process's sums (all take part)
+                if not all(math.isfinite(share["loss"]) for share in state.partial_shares):
                     break  # never checkpoint a diverged run
                 save_mid_epoch()
                 checkpointing.done()
@@ -305,6 +309,7 @@ def _end_of_epoch(run: Run, state: RunState, sums: Dict[str, float], workdir: Op
     """Closes the epoch just trained: its metrics (evaluated), the run's time, and the checks
     that stop a run (a non-finite loss; strides that differ between processes)."""
     state.epoch, state.batch, state.partial, state.epoch_rng = state.epoch + 1, 0, {}, None
+    state.partial_shares = []
     evaluated = time.time()
     metrics = epoch_metrics(run, state, sums)
     state.seconds += sums["seconds"] + time.time() - evaluated
@@ -326,12 +331,18 @@ class _Saver:
     """Writes this run's checkpoints (end of epoch, and mid-epoch when the schedule says so)."""
 
     def __init__(self, workdir: Optional[str], run: Run, state: RunState, keep: int, every_steps, every_minutes,
-                 hooks):
+                 hooks, checkpointing: bool):
+        """``workdir``: where this process writes (rank 0's), None elsewhere; ``checkpointing``:
+        whether the run checkpoints at all (every process takes part in a mid-epoch checkpoint:
+        their sums are gathered into it)."""
         self.workdir, self.run, self.state, self.keep, self.hooks = workdir, run, state, keep, hooks
-        self.schedule = CheckpointSchedule(every_steps, every_minutes)
-        self.mid_epoch = self._mid_epoch if workdir is not None and (every_steps or every_minutes) else None
+        agree = run.ctx.broadcast if run.ctx.distributed else None
+        self.schedule = CheckpointSchedule(every_steps, every_minutes, agree)
+        self.mid_epoch = self._mid_epoch if checkpointing and (every_steps or every_minutes) else None
 
     def _save(self, mid_epoch: bool) -> None:
+        if self.workdir is None:
+            return  # another process writes
         try:
             save(self.workdir, self.run, self.state, self.keep, mid_epoch, self.hooks)
         except ckpt.CheckpointError as err:
@@ -469,10 +480,15 @@ def train(
         start = {"run_id": state.run_id, "resumed_from": resumed_from, "epoch": state.epoch, "step": state.step,
                  "num_epochs": num_epochs, "config_changes": {k: list(v) for k, v in changes.items()}}
         records = stack.enter_context(RunLog(writes, say, start, state.step))
-        saver = _Saver(writes, run, state, keep_checkpoints, checkpoint_every_steps, checkpoint_every_minutes, hooks)
+        saver = _Saver(writes, run, state, keep_checkpoints, checkpoint_every_steps, checkpoint_every_minutes, hooks,
+                       checkpointing=workdir is not None)
         show_progress = (sys.stderr.isatty() if progress is None else progress) and ctx.is_main
         while state.epoch < num_epochs:
-            sums = train_one_epoch(run, state, num_epochs, saver.mid_epoch, saver.schedule, hooks, show_progress)
+            try:
+                sums = train_one_epoch(run, state, num_epochs, saver.mid_epoch, saver.schedule, hooks, show_progress)
+            except DataError as err:  # a bad file of this process's share: it alone reports it
+                err.met_by_this_process = True
+                raise
             metrics = _end_of_epoch(run, state, sums, workdir)
             records.epoch(metrics, num_epochs, state.step)
             state.history.append(metrics)

@@ -151,3 +151,23 @@ def _shards(tmp_path, rows, split, per_shard):
                     tar.addfile(info, io.BytesIO(payload))
         paths.append(path)
     return paths
+
+
+def _two_processes(args, kill_at=None, timeout=300):
+    """The command as the two processes of a torchrun run (gloo, on this machine), each forked
+    from the test server; ``kill_at=(event, step)`` SIGKILLs rank 0 at that hook, then rank 1 (as
+    torchrun's agent ends the others). Returns both ranks' ``CompletedProcess``."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    started = []
+    for rank in (0, 1):
+        env = {"WORLD_SIZE": "2", "RANK": str(rank), "LOCAL_RANK": str(rank), "LOCAL_WORLD_SIZE": "2",
+               "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+        started.append(launch.Started(args, env=env, kill_at=kill_at if rank == 0 else None))
+    if kill_at is not None:
+        started[0].wait(timeout)
+        started[1].kill()
+    return [run.result(timeout) for run in started]

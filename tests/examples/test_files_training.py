@@ -19,7 +19,7 @@ from diffstride.examples import checkpoint as ckpt
 from diffstride.examples import data, main as main_lib, models
 from diffstride.examples import train as train_lib
 
-from .conftest import _metrics, _run, _run_killed_at, _shards, _until
+from .conftest import _metrics, _run, _run_killed_at, _shards, _two_processes, _until
 
 SMALL = [
     "data.load_datasets.image_size = 24",
@@ -269,6 +269,58 @@ def test_torchrun_two_processes_read_their_shards_and_resume(files, tmp_path):
     assert len(replicas) == 2 and replicas[0] == replicas[1]
     assert replicas[0]["stem_pooling"] != [1.0, 1.0]  # the strides did train
     assert result.stdout.count("final test accuracy") == 1  # only rank 0 reports
+
+
+@pytest.mark.slow
+def test_two_processes_killed_mid_epoch_resume_with_the_history_of_an_uninterrupted_run(files, tmp_path):
+    """Two processes (torchrun's environment, gloo), Mixup and augmentation on: rank 0 SIGKILLed
+    after the mid-epoch checkpoint of step 4 (in epoch 2), then both started again: every epoch of history.json
+    equals the uninterrupted run's. (The unfinished epoch's running sums were rank 0's alone in the
+    checkpoint and every process resumed from them: its train loss was wrong.)"""
+    root = files["root"] / "images"
+    extra = ["train.train.checkpoint_every_steps = 2"] + RANDOM_BATCHES
+
+    def history(workdir):
+        with open(workdir / "history.json") as f:
+            return json.load(f)
+
+    whole = _two_processes(_file_args(tmp_path / "whole", "imagefolder", root, epochs=2, extra=extra))
+    assert [r.returncode for r in whole] == [0, 0], whole[0].stderr[-2000:] + whole[1].stderr[-2000:]
+    args = _file_args(tmp_path / "killed", "imagefolder", root, epochs=2, extra=extra)
+    killed = _two_processes(args, kill_at=("checkpoint_written", 4))
+    assert killed[0].returncode == -9 and len(history(tmp_path / "killed")) == 1  # in epoch 2 (3 steps an epoch)
+    again = _two_processes(args)
+    assert [r.returncode for r in again] == [0, 0], again[0].stderr[-2000:] + again[1].stderr[-2000:]
+    assert "resumed from" in again[0].stdout and "step 4" in again[0].stdout
+    a, b = history(tmp_path / "whole"), history(tmp_path / "killed")
+    assert len(a) == len(b) == 2
+    for epoch_a, epoch_b in zip(a, b):
+        for key in ("train_loss", "train_accuracy", "test_loss", "test_accuracy", "step", "pooling"):
+            assert epoch_a[key] == epoch_b[key], (epoch_a["epoch"], key)
+
+
+@pytest.mark.slow
+def test_under_torchrun_a_bad_file_is_one_message_and_exit_2(files, tmp_path):
+    """torchrun, 2 processes, a corrupt file in rank 1's share: rank 1 names the file once and
+    exits 2; rank 0 ends quietly (no traceback: it used to print gloo's "Connection closed by
+    peer", then a KeyboardInterrupt in an exit callback); torchrun adds its own summary."""
+    import shutil
+
+    root = tmp_path / "images"
+    shutil.copytree(files["root"] / "images", root)
+    (bad,) = _break_share(root, batch=1, rank=1, world_size=2)[:1]
+    args = _file_args(tmp_path / "run", "imagefolder", root, epochs=1)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           "-m", "diffstride.examples.main", *args]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    err = proc.stderr
+    assert proc.returncode != 0
+    assert err.count("error: ") == 1 and os.path.basename(bad) in err, err[-3000:]
+    # no process of ours printed a traceback (torchrun prefixes their lines with [rankN]); the one
+    # traceback left is torchrun's own ChildFailedError summary
+    assert "[rank" not in err and err.count("Traceback") <= 1, err
+    assert "KeyboardInterrupt" not in err and "Connection closed" not in err, err
+    assert "exitcode  : 2" in err  # torchrun's summary: the process that met the file
 
 
 def test_a_bad_file_stops_the_run_by_name_and_keeps_the_checkpoint(files, tmp_path, capsys):
