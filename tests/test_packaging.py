@@ -33,11 +33,18 @@ def test_the_wheel_carries_the_configs_and_scripts_and_runs_in_a_fresh_virtualen
     metadata = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("METADATA"))).decode()
     assert "Requires-Dist: torch>=2.4\n" in metadata and "License-Expression: Apache-2.0" in metadata
 
-    # a fresh environment (torch and the train extra from this interpreter's site-packages): the
-    # wheel's own copy is imported, and the console script finds its packaged configs
+    # a fresh environment that sees torch and the train extra where the running interpreter sees
+    # them (its site-packages, through a .pth file: `--system-site-packages` would give the base
+    # interpreter's when the tests themselves run in a virtualenv, without torch): the wheel's own
+    # copy is imported, and the console script finds its packaged configs
     venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True)
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     python = venv / "bin" / "python"
+    purelib = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                             check=True, capture_output=True, text=True).stdout.strip()
+    ours = [p for p in sys.path if os.path.basename(p) in ("site-packages", "dist-packages")]
+    with open(os.path.join(purelib, "running-interpreter.pth"), "w") as f:
+        f.write("\n".join(ours) + "\n")
     subprocess.run([str(python), "-m", "pip", "install", "--quiet", "--no-deps", "--no-index", str(wheel)],
                    check=True, capture_output=True)
     where = subprocess.run([str(python), "-c", "import diffstride; print(diffstride.__file__)"], check=True,

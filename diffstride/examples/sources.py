@@ -268,8 +268,13 @@ class HuggingFaceSource:
         candidates = [split] if split is not None else list(self.TRAIN_SPLITS if train else self.EVAL_SPLITS)
         found = next((s for s in candidates if s in splits), None)
         if found is None:
+            have = sorted(splits)
+            train_name = next((s for s in have if s in self.TRAIN_SPLITS), have[0] if have else "train")
+            eval_name = next((s for s in have if s in self.EVAL_SPLITS and s != train_name),
+                             next((s for s in have if s != train_name), "test"))
             raise DataError(f"the Hugging Face dataset {name!r} has no split {' or '.join(map(repr, candidates))}; "
-                            f"it has {sorted(splits)} (set data.load_datasets.splits = ('train', 'test'))")
+                            f"it has {have}: name the two to use, e.g. data.load_datasets.splits = "
+                            f"({train_name!r}, {eval_name!r})")
         ds = splits[found]
         features = ds.features
         self.name = f"hf:{name}[{found}]"
