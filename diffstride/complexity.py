@@ -12,15 +12,18 @@ produce now.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-from typing import Dict, List, Optional, Sequence, Tuple
+import math
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
 
 from diffstride import pooling as pooling_lib
 
-__all__ = ["complexity_loss", "count_flops", "forward_trace", "ForwardTrace"]
+__all__ = ["complexity_loss", "count_flops", "forward_trace", "ForwardTrace", "floor", "macs_estimate",
+           "budget_penalty", "fit_to_budget"]
 
 
 @dataclasses.dataclass
@@ -156,3 +159,124 @@ def complexity_loss(
         total = total + macs * trace.input_pixels * factor / stride_area
         norm += macs * trace.input_pixels / stride_area
     return total / norm if norm else total
+
+
+# --------------------------------------------------------------------------------------------
+# Compute budgets: the fewest multiply-adds a network can reach, and keeping it within a budget.
+
+#: A stride beyond every input size: ``size / S < 2``, so every DiffStride output is at its
+#: smallest (about ``2 + 2R`` samples per axis); clipped to ``upper_limit_stride`` where one is set.
+_UNBOUNDED_STRIDE = 1e6
+
+
+def _trainable_layers(model: nn.Module) -> List[nn.Module]:
+    return [m for _, m in pooling_lib.pooling_layers(model) if m.trainable]
+
+
+@contextlib.contextmanager
+def _strides_set_to(layers: Sequence[nn.Module], values: Sequence[torch.Tensor]) -> Iterator[None]:
+    """The layers' strides temporarily replaced by ``values`` (restored afterwards)."""
+    saved = [layer.strides.detach().clone() for layer in layers]
+    try:
+        with torch.no_grad():
+            for layer, v in zip(layers, values):
+                layer.strides.copy_(v)
+        yield
+    finally:
+        with torch.no_grad():
+            for layer, v in zip(layers, saved):
+                layer.strides.copy_(v)
+        for layer in layers:
+            layer._sync_known_values()
+
+
+def floor(model: nn.Module, input_size: Sequence[int]) -> int:
+    """The fewest multiply-adds per example ``model`` can reach by training its strides: every
+    trainable DiffStride stride at its upper limit (``upper_limit_stride``, or beyond every input
+    size), counted exactly as :func:`count_flops` (the ``size / S + 2R`` samples each DiffStride
+    output keeps per axis included). Fixed poolings and convolutions count as they are.
+
+    A budget below the floor cannot be met: lower it with a smaller ``smoothness_factor`` (the
+    ``2R`` edge), a higher ``upper_limit_stride``, or a smaller network.
+
+    Example:
+        >>> from diffstride import pooling
+        >>> net = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), pooling.DiffStride(strides=2.0),
+        ...                     nn.Conv2d(8, 8, 3, padding=1))
+        >>> floor(net, (1, 32, 32)) < count_flops(net, (1, 32, 32))
+        True
+    """
+    layers = _trainable_layers(model)
+    top = [torch.full_like(layer.strides, layer.upper_limit_stride or _UNBOUNDED_STRIDE) for layer in layers]
+    with _strides_set_to(layers, top):
+        return count_flops(model, input_size)
+
+
+def macs_estimate(model: nn.Module, trace: ForwardTrace) -> torch.Tensor:
+    """The multiply-adds per example as a differentiable function of the strides, without the
+    ``2R`` edge: ``Σ_c macs_c · P · Π_{i<=l(c)} 1/(S_h^i S_w^i)`` (+ the linear layers), i.e.
+    :func:`complexity_loss` with ``weighting='flops'`` before normalisation. Below
+    :func:`count_flops`, whose exact count includes the edge; :func:`budget_penalty` scales it
+    to the exact count."""
+    layers = dict(pooling_lib.pooling_layers(model))
+    param = next(model.parameters(), None)
+    device = param.device if param is not None else "cpu"
+    cumulative, running = [], torch.ones((), device=device)
+    for name in trace.pooling:
+        running = running / layers[name].stride_product().to(device)
+        cumulative.append(running)
+    total = torch.zeros((), device=device)
+    for macs, pixels, index, stride_area in trace.convs:
+        if index == -2:  # linear layers after global pooling: a constant
+            total = total + macs * pixels
+            continue
+        factor = cumulative[index] if index >= 0 else torch.ones((), device=device)
+        total = total + macs * trace.input_pixels * factor / stride_area
+    return total
+
+
+def budget_penalty(model: nn.Module, trace: ForwardTrace, budget: float, exact: float) -> torch.Tensor:
+    """``relu(log(M / budget))``: zero once the network is within ``budget`` multiply-adds, and
+    otherwise a push on the strides whose gradient does not vanish as they grow (unlike the
+    paper's ``Σ Π 1/S``). ``M`` is :func:`macs_estimate` scaled to ``exact``, the exact count at
+    the current strides (:func:`count_flops`, refreshed by the caller every so often)."""
+    estimate = macs_estimate(model, trace)
+    scaled = estimate * (exact / max(float(estimate.detach()), 1e-12))
+    return torch.relu(torch.log(scaled / budget))
+
+
+def fit_to_budget(model: nn.Module, input_size: Sequence[int], budget: float, steps: int = 24) -> Tuple[int, float]:
+    """Brings ``model`` within ``budget`` multiply-adds per example by scaling every trainable
+    DiffStride stride by one common factor ``α >= 1`` (the smallest found by bisection, exact
+    counts); a network already within budget is left as it is. Returns ``(MACs, α)``.
+
+    Raises ``ValueError`` when the budget is below :func:`floor`.
+    """
+    layers = _trainable_layers(model)
+    now = count_flops(model, input_size)
+    if now <= budget or not layers:
+        return now, 1.0
+    base = [layer.strides.detach().clone() for layer in layers]
+
+    def cost(alpha: float) -> int:
+        with _strides_set_to(layers, [b * alpha for b in base]):
+            return count_flops(model, input_size)
+
+    low, high = 1.0, 2.0
+    while cost(high) > budget:
+        low, high = high, high * 2
+        if high > _UNBOUNDED_STRIDE:
+            raise ValueError(f"a budget of {budget:.4g} multiply-adds is below this network's floor of "
+                             f"{floor(model, input_size)} (complexity.floor)")
+    for _ in range(steps):  # in log space: the count falls about as 1/α^k
+        mid = math.sqrt(low * high)
+        if cost(mid) > budget:
+            low = mid
+        else:
+            high = mid
+    with torch.no_grad():
+        for layer, b in zip(layers, base):
+            layer.strides.copy_(b * high)
+    for layer in layers:
+        layer._sync_known_values()
+    return count_flops(model, input_size), high

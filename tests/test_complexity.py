@@ -4,7 +4,9 @@ import torch
 import torchvision
 from torch import nn
 
-from diffstride import pooling, resnet
+import math
+
+from diffstride import complexity, pooling, resnet
 from diffstride.complexity import complexity_loss, count_flops, forward_trace
 
 
@@ -95,3 +97,80 @@ def test_count_flops_at_the_current_strides():
     # stride 4 on 20x20 keeps 7 + 7 rows and 8 rfft bins: 14x14 maps instead of 18x18 for the three
     # 512 -> 512 3x3 convolutions after the pooling (its own layer's first conv and shortcut run before it)
     assert before - after == (18 * 18 - 14 * 14) * 3 * 512 * 512 * 9
+
+
+# --------------------------------------------------------------------------------------------
+# Budgets: the floor, the penalty, the projection.
+
+
+def _budget_net(smoothness=4.0, upper=None):
+    from torch import nn
+
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1),
+                         pooling.DiffStride(strides=2.0, smoothness_factor=smoothness, upper_limit_stride=upper),
+                         nn.Conv2d(4, 8, 3, padding=1),
+                         pooling.DiffStride(strides=(1.5, 2.5), smoothness_factor=smoothness, upper_limit_stride=upper),
+                         nn.Conv2d(8, 8, 3, padding=1))
+
+
+@pytest.mark.parametrize("smoothness, upper", [(4.0, None), (1.0, None), (2.0, 3.0)])
+def test_the_floor_is_the_count_at_the_largest_strides_a_brute_force_search_finds(smoothness, upper):
+    """The floor equals count_flops with every stride at its upper limit, and no stride setting of
+    a brute-force grid (each layer's strides from 1 to far beyond the input) counts fewer."""
+    import itertools
+
+    net = _budget_net(smoothness, upper)
+    shape = (1, 40, 36)
+    layers = [m for _, m in pooling.pooling_layers(net)]
+    before = [m.strides.detach().clone() for m in layers]
+    floor = complexity.floor(net, shape)
+    assert all(torch.equal(m.strides, b) for m, b in zip(layers, before))  # floor() restored the strides
+    counts = []
+    for values in itertools.product([1.0, 1.7, 3.0, 8.0, 40.0, 1e4], repeat=2):
+        with torch.no_grad():
+            for layer, v in zip(layers, values):
+                layer.strides.fill_(v)
+        counts.append(complexity.count_flops(net, shape))
+    assert min(counts) == floor
+    top = upper or 1e4
+    with torch.no_grad():
+        for layer in layers:
+            layer.strides.fill_(top)
+    assert complexity.count_flops(net, shape) == floor
+    # the 2R edge: a smaller smoothness factor lowers the floor
+    if upper is None and smoothness > 1:
+        assert complexity.floor(_budget_net(1.0), shape) < floor
+
+
+def test_the_budget_penalty_pushes_the_strides_up_only_while_over_budget():
+    net = _budget_net()
+    shape = (1, 40, 36)
+    trace = complexity.forward_trace(net, shape)
+    exact = complexity.count_flops(net, shape)
+    over = complexity.budget_penalty(net, trace, exact / 2, exact)
+    assert abs(over.item() - math.log(2)) < 1e-5  # scaled to the exact count: log(M / budget)
+    over.backward()
+    grads = [m.strides.grad for _, m in pooling.pooling_layers(net)]
+    assert all((g < 0).all() for g in grads)  # descending the penalty raises every stride
+    under = complexity.budget_penalty(net, trace, exact * 2, exact)
+    assert under.item() == 0.0
+
+
+def test_fit_to_budget_scales_the_strides_by_the_least_common_factor():
+    net = _budget_net()
+    shape = (1, 40, 36)
+    start = complexity.count_flops(net, shape)
+    budget = start * 0.6
+    before = [m.strides.detach().clone() for _, m in pooling.pooling_layers(net)]
+    macs, alpha = complexity.fit_to_budget(net, shape, budget)
+    assert macs <= budget and macs == complexity.count_flops(net, shape) and alpha > 1
+    after = [m.strides.detach() for _, m in pooling.pooling_layers(net)]
+    assert all(torch.allclose(a, b * alpha) for a, b in zip(after, before))
+    with torch.no_grad():  # a slightly smaller factor would not do
+        for (_, m), b in zip(pooling.pooling_layers(net), before):
+            m.strides.copy_(b * alpha / 1.01)
+    assert complexity.count_flops(net, shape) > budget
+    assert complexity.fit_to_budget(net, shape, start * 10) == (complexity.count_flops(net, shape), 1.0)
+    with pytest.raises(ValueError, match="below this network's floor"):
+        complexity.fit_to_budget(net, shape, complexity.floor(net, shape) - 1)

@@ -52,6 +52,7 @@ def epoch_line(metrics: Dict[str, Any], num_epochs: int) -> str:
             f"acc {metrics['train_accuracy']:.4f}  test_loss {metrics['test_loss']:.4f}  "
             f"test_acc {metrics['test_accuracy']:.4f}  lr {metrics['learning_rate']:.4g}  "
             f"{metrics['images_per_second']:.0f} img/s  MMACs {metrics['flops'] / 1e6:.1f}"
+            + (f"/{metrics['budget_macs'] / 1e6:.1f}" if metrics.get("budget_macs") else "")
             + (f"  shift_cons {metrics['shift_consistency']:.4f}" if "shift_consistency" in metrics else "")
             + (f"  strides {_format_strides(report)}" if report else ""))
 
@@ -68,6 +69,8 @@ def log_tensorboard(writer, metrics: Dict[str, Any], step: int) -> None:
         writer.add_scalar("complexity/J", metrics["complexity"], step)
     if "flops" in metrics:
         writer.add_scalar("complexity/flops", metrics["flops"], step)
+    if metrics.get("budget_macs"):
+        writer.add_scalar("complexity/budget_macs", metrics["budget_macs"], step)
     for name, info in metrics["pooling"].items():
         for axis, value in zip(AXES.get(len(info["strides"]), ()), info["strides"]):
             writer.add_scalar(f"pooling/{name}/stride_{axis}", value, step)

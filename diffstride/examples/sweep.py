@@ -48,24 +48,29 @@ class Cell:
     strides: str  # as given: '1,2,2'
     seed: int
     complexity_weight: float = 0.0
+    budget: Optional[int] = None  # train.train.budget_macs (trainable poolings only)
 
     @property
     def name(self) -> str:
         pooling = "strided" if self.pooling == "None" else self.pooling
         name = f"{pooling}-strides{self.strides.replace(',', '_')}-seed{self.seed}"
-        return name + (f"-cw{self.complexity_weight:g}" if self.complexity_weight else "")
+        name += f"-cw{self.complexity_weight:g}" if self.complexity_weight else ""
+        return name + (f"-budget{self.budget}" if self.budget is not None else "")
 
     def bindings(self, strides_binding: str) -> List[str]:
         pooling = "None" if self.pooling == "None" else f"@pooling.{self.pooling}"
         out = [f"resnet.Resnet.pooling_cls = {pooling}", f"{strides_binding} = [{self.strides}]"]
         if self.complexity_weight:
             out.append(f"train.train.complexity_weight = {self.complexity_weight!r}")
+        if self.budget is not None:
+            out.append(f"train.train.budget_macs = {self.budget}")
         return out
 
 
 def grid(poolings: Sequence[str], strides: Sequence[str], seeds: Sequence[int],
-         complexity_weights: Sequence[float] = (0.0,)) -> List[Cell]:
-    """Every combination, in the order given (pooling outermost, seed innermost)."""
+         complexity_weights: Sequence[float] = (0.0,), budgets: Sequence[Optional[int]] = (None,)) -> List[Cell]:
+    """Every combination, in the order given (pooling outermost, seed innermost). Budgets apply
+    to the poolings with learnable strides (DiffStride*); the others run once per strides."""
     for p in poolings:
         if p not in POOLINGS:
             raise ValueError(f"unknown pooling {p!r}; expected one of {list(POOLINGS)} (None: strided convolutions)")
@@ -76,7 +81,26 @@ def grid(poolings: Sequence[str], strides: Sequence[str], seeds: Sequence[int],
             values = []
         if not values or any(v < 1 for v in values):
             raise ValueError(f"strides must be numbers >= 1 separated by commas, like 1,2,2, but got {s!r}")
-    return [Cell(p, s, seed, cw) for p in poolings for s in strides for cw in complexity_weights for seed in seeds]
+    for b in budgets:
+        if b is not None and (isinstance(b, bool) or not isinstance(b, int) or b < 1):
+            raise ValueError(f"budgets must be whole numbers of multiply-adds >= 1, but got {b!r}")
+    cells = []
+    for p in poolings:
+        for b in (budgets if p.startswith("DiffStride") else (None,)):
+            cells += [Cell(p, s, seed, cw, b) for s in strides for cw in complexity_weights for seed in seeds]
+    return cells
+
+
+def _budget_arg(text: str) -> int:
+    """``22.9M``, ``5.7e6`` or ``1650000`` as a whole number of multiply-adds."""
+    scale = {"k": 1e3, "K": 1e3, "M": 1e6, "G": 1e9}.get(text[-1:], 1.0)
+    try:
+        value = float(text[:-1] if scale != 1.0 else text) * scale
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a budget is a number of multiply-adds like 22.9M or 5.7e6, not {text!r}")
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"a budget must be at least 1 multiply-add, but got {text!r}")
+    return int(round(value))
 
 
 def _is_done(workdir: str) -> bool:
@@ -232,6 +256,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
     parser.add_argument("--complexity_weights", nargs="+", type=float, default=[0.0],
                         help="train.train.complexity_weight values (default 0 only)")
+    parser.add_argument("--budgets", nargs="+", type=_budget_arg, default=[None],
+                        help="train.train.budget_macs values for the DiffStride cells (multiply-adds per example; "
+                             "e.g. 22.9M 5.7e6 1650000): each DiffStride cell once per budget")
     parser.add_argument("--strides_binding", default="resnet.Resnet.strides",
                         help="the Gin parameter the strides go to (resnet.resnet18.strides for cifar10.gin)")
     parser.add_argument("--root", required=True, help="one work directory per cell under it, and the report")
@@ -250,7 +277,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     args = parse_args(argv)
     try:
-        cells = grid(args.poolings, args.strides, args.seeds, args.complexity_weights)
+        cells = grid(args.poolings, args.strides, args.seeds, args.complexity_weights, args.budgets)
         for name in args.gin_config:
             resolve_config(name)
     except (ValueError, UsageError) as err:

@@ -33,6 +33,7 @@ from diffstride.examples.run_state import (  # noqa: F401  (the run's state and 
     config_differences, final_records, fire, resolved_config, resume, rng_state, save, set_rng_state,
 )
 from diffstride.examples.workdir import RunLock, check_int, prepare, remove_orphans
+from diffstride.complexity import budget_penalty, count_flops, fit_to_budget, floor
 from diffstride.resnet import l2_param_groups
 
 __all__ = ["train", "build", "Run", "train_one_epoch", "evaluate", "epoch_metrics", "TrainingError",
@@ -68,11 +69,65 @@ class Run:
     shift_consistency: Optional[Tuple[int, str]] = None  # (max_shift, mode) evaluated with the test split
     accumulate_steps: int = 1  # each step's batch in this many forward/backward parts
     train_net: Optional[nn.Module] = None  # what training calls: net, or torch.compile(net)
+    budget: Optional["Budget"] = None  # train.train.budget_macs: the constraint the run meets
 
     def close(self) -> None:
         for handle in self.hooks:
             handle.remove()
         self.hooks = []
+
+
+@dataclasses.dataclass
+class Budget:
+    """``train.train.budget_macs``: the network must end within ``macs`` multiply-adds per example.
+
+    The complexity term becomes ``weight · relu(log(M / macs))`` (:func:`diffstride.complexity.budget_penalty`,
+    ``M`` the count as a differentiable function of the strides, scaled to the exact count, which is
+    refreshed every ``refresh_steps`` steps): it pushes the strides up only while the network is
+    over budget, with a gradient that does not vanish as they grow. Every ``refresh_steps`` steps
+    and at every epoch's end (before evaluation), a network over budget has its strides scaled by
+    the least common factor that brings the exact count within it
+    (:func:`diffstride.complexity.fit_to_budget`): training moves within the budget (a projected
+    gradient method), and every evaluated and saved network meets it.
+    """
+
+    macs: int
+    floor: int
+    weight: float
+    input_size: Tuple[int, ...]
+    exact: float = 0.0
+    refresh_steps: int = 10
+
+    def penalty(self, run: "Run") -> torch.Tensor:
+        return self.weight * budget_penalty(run.model, run.structure, self.macs, self.exact)
+
+    def refresh(self, run: "Run") -> None:
+        self.exact = float(count_flops(run.model, self.input_size))
+        if self.exact > self.macs:
+            self.fit(run)
+
+    def fit(self, run: "Run") -> None:
+        self.exact = float(fit_to_budget(run.model, self.input_size, self.macs)[0])
+
+
+def _budget(model: nn.Module, input_size, budget_macs: Optional[int], complexity_weight: float) -> Optional[Budget]:
+    """The run's budget, refused before training when below the network's floor."""
+    if budget_macs is None:
+        return None
+    lowest = floor(model, input_size)
+    if budget_macs < lowest:
+        pools = [m for _, m in pooling.pooling_layers(model) if getattr(m, "trainable", False)]
+        smoothness = sorted({m.smoothness_factor for m in pools})
+        raise ValueError(
+            f"train.train.budget_macs = {budget_macs} is below this network's floor of {lowest} multiply-adds per "
+            f"example ({lowest / 1e6:.3g} M: every DiffStride stride at its upper limit, each output still keeping "
+            f"about size/S + 2R samples per axis, R = smoothness_factor = {smoothness}). Lower the floor with a "
+            f"smaller pooling.DiffStride.smoothness_factor, a higher upper_limit_stride (if set), or a smaller "
+            f"network, or raise the budget")
+    if not any(getattr(m, "trainable", False) for _, m in pooling.pooling_layers(model)):
+        raise ValueError(f"train.train.budget_macs = {budget_macs} needs trainable strides (DiffStride layers); "
+                         "this network has none")
+    return Budget(int(budget_macs), lowest, complexity_weight if complexity_weight > 0 else 1.0, tuple(input_size))
 
 
 def _compiled(net: nn.Module, model: nn.Module) -> nn.Module:
@@ -90,7 +145,8 @@ def _compiled(net: nn.Module, model: nn.Module) -> nn.Module:
 
 
 def build(ctx: DistributedContext, load_data_fn, model_cls, optimizer_cls, loss_cls, complexity_fn, complexity_weight,
-          channels_last, mixed_precision, seed, shift_consistency=None, accumulate_steps=1, compile=False) -> Run:
+          channels_last, mixed_precision, seed, shift_consistency=None, accumulate_steps=1, compile=False,
+          budget_macs=None) -> Run:
     """Loads the data and builds the model, the optimizer, the loss and the precision policy."""
     import inspect
 
@@ -102,6 +158,7 @@ def build(ctx: DistributedContext, load_data_fn, model_cls, optimizer_cls, loss_
         data_args["seed"] = seed
     datasets = load_data_fn(**data_args)
     model = model_cls(num_output_classes=datasets.num_classes, in_channels=datasets.image_shape[0]).to(ctx.device)
+    budget = _budget(model, datasets.image_shape, budget_macs, complexity_weight)  # refused here, before training
     use_cuda = ctx.device.type == "cuda"
     # channels_last is a layout of 4-D tensors: images only, never 1-D series
     channels_last = (True if channels_last is None else channels_last) and len(datasets.image_shape) == 3
@@ -132,7 +189,7 @@ def build(ctx: DistributedContext, load_data_fn, model_cls, optimizer_cls, loss_
         complexity_fn=complexity_fn or registered.complexity_loss,  # complexity_loss.weighting binds
         complexity_weight=complexity_weight, structure=forward_trace(model, datasets.image_shape),
         output_sizes=output_sizes, hooks=handles, info=info, shift_consistency=shift_consistency,
-        accumulate_steps=accumulate_steps, train_net=_compiled(net, model) if compile else net)
+        accumulate_steps=accumulate_steps, train_net=_compiled(net, model) if compile else net, budget=budget)
 
 
 
@@ -171,6 +228,8 @@ def train_one_epoch(run: Run, state: RunState, num_epochs: int, save_mid_epoch: 
             if _skipped_everywhere(run, images is None):
                 state.batch += 1  # a batch of bad files only (skip_bad_files): read, not trained on
                 continue
+            if run.budget is not None and (run.budget.exact == 0 or state.step % run.budget.refresh_steps == 0):
+                run.budget.refresh(run)  # the exact count; over budget: projected back within it
             lr = run.optimizer_spec.learning_rate_at(state.step)
             for group in run.optimizer.param_groups:
                 group["lr"] = lr
@@ -238,7 +297,9 @@ def _accumulate(run: Run, images: torch.Tensor, labels: torch.Tensor) -> Tuple[t
                 out = run.train_net(x)
                 loss = run.loss_fn(out, y)
             part = loss * (y.shape[0] / labels.shape[0])
-            if last and run.complexity_weight:
+            if last and run.budget is not None:
+                part = part + run.budget.penalty(run)
+            elif last and run.complexity_weight:
                 part = part + run.complexity_weight * run.complexity_fn(run.model, trace=run.structure)
             run.scaler.scale(part).backward()
         total_loss = total_loss + loss.detach() * (y.shape[0] / labels.shape[0])
@@ -296,6 +357,8 @@ def epoch_metrics(run: Run, state: RunState, sums: Dict[str, float]) -> Dict[str
     with torch.no_grad():
         metrics["complexity"] = float(run.complexity_fn(run.model, trace=run.structure))
     metrics["flops"] = count_flops(run.model, run.datasets.image_shape)
+    if run.budget is not None:
+        metrics["budget_macs"], metrics["floor_macs"] = run.budget.macs, run.budget.floor
     train, test = run.datasets.train, run.datasets.test
     if hasattr(train, "skipped_files"):  # file sources: files left out by data.load_datasets.skip_bad_files
         mine = train.skipped_files() | test.skipped_files()
@@ -311,6 +374,8 @@ def _end_of_epoch(run: Run, state: RunState, sums: Dict[str, float], workdir: Op
     state.epoch, state.batch, state.partial, state.epoch_rng = state.epoch + 1, 0, {}, None
     state.partial_shares = []
     evaluated = time.time()
+    if run.budget is not None and math.isfinite(sums["loss"]):
+        run.budget.fit(run)  # every evaluated and saved network is within the budget
     metrics = epoch_metrics(run, state, sums)
     state.seconds += sums["seconds"] + time.time() - evaluated
     if not math.isfinite(metrics["train_loss"]):
@@ -395,6 +460,7 @@ def train(
     restart: bool = False,
     complexity_weight: float = 0.0,
     complexity_fn: Optional[Callable] = None,
+    budget_macs: Optional[int] = None,
     device: Optional[str] = None,
     channels_last: Optional[bool] = None,
     mixed_precision: Optional[bool] = None,
@@ -429,6 +495,10 @@ def train(
             (without it the run stops and lists them). The command line's ``--restart``.
         complexity_weight: weight of :func:`diffstride.complexity_loss` added to the loss (0: off).
         complexity_fn: the complexity term, ``complexity_fn(model)``; default ``diffstride.complexity_loss``.
+        budget_macs: multiply-adds per example (the count metrics.json reports as ``flops``) the
+            network must end within: the complexity term becomes a constraint (:class:`Budget`;
+            ``complexity_weight`` then weighs it, 1 when 0). Refused before training, naming the
+            floor and what lowers it, when below ``diffstride.complexity.floor``.
         device: 'cuda', 'cpu' or None (CUDA when available).
         channels_last: channels_last memory format (None: on; faster on CPU and GPU for convolutions).
         mixed_precision: autocast to bfloat16 (float16 with loss scaling on GPUs without bf16);
@@ -453,6 +523,7 @@ def train(
     """
     _check_arguments(num_epochs, keep_checkpoints, checkpoint_every_steps, checkpoint_every_minutes,
                      shift_consistency, shift_mode, on_config_change, accumulate_steps, compile)
+    check_int(budget_macs, "train.train.budget_macs (multiply-adds per example)", minimum=1, allow_none=True)
     ctx = DistributedContext(device)
     with contextlib.ExitStack() as stack:
         stack.callback(ctx.close)
@@ -467,7 +538,8 @@ def train(
                 say(f"removed {path}, left by an interrupted run")
         run = build(ctx, load_data_fn, model_cls, optimizer_cls, loss_cls, complexity_fn, complexity_weight,
                     channels_last, mixed_precision, seed,
-                    None if shift_consistency is None else (shift_consistency, shift_mode), accumulate_steps, compile)
+                    None if shift_consistency is None else (shift_consistency, shift_mode), accumulate_steps, compile,
+                    budget_macs)
         stack.callback(run.close)
         config = resolved_config(seed)
         state, resumed_from, changes = (resume(workdir, run, config, num_epochs, on_config_change, restart, say)

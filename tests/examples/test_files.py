@@ -132,7 +132,8 @@ def test_hugging_face_dataset_saved_to_disk_matches_the_folder(files, tmp_path):
     with pytest.raises(sources.DataError, match=r"has no column 'label' \(data.load_datasets.label_column\); "
                                                 r"its columns are \['picture', 'species'\]"):
         data.load_datasets(f"hf:{tmp_path / 'hf'}", label_column="label", num_workers=0)
-    with pytest.raises(sources.DataError, match=r"has no split 'validation'; it has \['test', 'train'\]"):
+    with pytest.raises(sources.DataError, match=r"has no split 'validation'; it has \['test', 'train'\]: name the "
+                                                r"two to use, e.g. data.load_datasets.splits = \('train', 'test'\)"):
         data.load_datasets(f"hf:{tmp_path / 'hf'}", splits=("train", "validation"), num_workers=0)
 
 

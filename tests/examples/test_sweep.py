@@ -239,3 +239,18 @@ def test_killing_only_the_sweep_kills_its_cell_which_logs_its_end_and_a_rerun_fi
     result = _sweep(args)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     assert "FAILED" not in result.stdout and json.loads((cell / "metrics.json").read_text())["epoch"] == 8
+
+
+def test_a_sweep_takes_budgets_for_its_diffstride_cells():
+    from diffstride.examples import sweep
+
+    cells = sweep.grid(["DiffStride", "None"], ["1,2,2"], [1], budgets=[sweep._budget_arg("22.9M"), 5_700_000])
+    names = [c.name for c in cells]
+    assert names == ["DiffStride-strides1_2_2-seed1-budget22900000", "DiffStride-strides1_2_2-seed1-budget5700000",
+                     "strided-strides1_2_2-seed1"]
+    assert "train.train.budget_macs = 5700000" in cells[1].bindings("resnet.Resnet.strides")
+    assert sweep._budget_arg("5.7e6") == 5_700_000 and sweep._budget_arg("1650000") == 1_650_000
+    import argparse
+
+    with pytest.raises(argparse.ArgumentTypeError, match="like 22.9M"):
+        sweep._budget_arg("lots")

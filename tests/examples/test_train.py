@@ -265,3 +265,31 @@ def test_more_processes_than_gpus_is_one_clear_error_before_any_work(tmp_path, c
     assert main_lib.main(_args(workdir, epochs=1)) == 2
     assert "2 processes per node but this node has 1 GPU(s)" in capsys.readouterr().err
     assert not os.path.exists(os.path.join(workdir, "ckpt-0001.pt"))
+
+
+def test_a_run_with_a_budget_ends_within_it_and_reports_it(tmp_path, capsys):
+    """train.train.budget_macs: the tiny job (DiffStride, 1.4 M multiply-adds at its initial
+    strides) asked for 0.5 M ends at or below it, and says so in the epoch line, metrics.json and
+    history; the floor is reported beside it."""
+    workdir = str(tmp_path / "run")
+    assert main_lib.main(_args(workdir, epochs=2, extra=["train.train.budget_macs = 500000"])) == 0
+    out = capsys.readouterr().out
+    metrics = _metrics(workdir)
+    assert metrics["flops"] <= 500000 and metrics["budget_macs"] == 500000
+    assert metrics["floor_macs"] < metrics["flops"]
+    assert "MMACs 0.5/0.5" in out or "MMACs 0.4/0.5" in out
+    with open(os.path.join(workdir, "history.json")) as f:
+        assert all(epoch["flops"] <= 500000 for epoch in json.load(f))
+
+
+def test_a_budget_below_the_floor_is_refused_before_training(tmp_path, capsys):
+    workdir = str(tmp_path / "run")
+    assert main_lib.main(_args(workdir, epochs=1, extra=["train.train.budget_macs = 1000"])) == 2
+    err = capsys.readouterr().err
+    assert "train.train.budget_macs = 1000 is below this network's floor of" in err
+    assert "smoothness_factor" in err and "upper_limit_stride" in err and "Traceback" not in err
+    assert not os.path.exists(os.path.join(workdir, "metrics.json"))
+    assert not [n for n in os.listdir(workdir) if n.startswith("ckpt-")] if os.path.isdir(workdir) else True
+    strided = ["resnet.Resnet.pooling_cls = None", "train.train.budget_macs = 100000000"]
+    assert main_lib.main(_args(str(tmp_path / "strided"), epochs=1, extra=strided)) == 2
+    assert "needs trainable strides" in capsys.readouterr().err
