@@ -33,4 +33,5 @@ if part grid; then
     $SWEEP "${MNIST[@]}" --root "$ROOT/fixed" --poolings FixedSpectralPooling None \
         --strides 1,2,2 2,2,1 2,2,2 4,2,2 --seeds 3
 fi
-part report && python3 -m diffstride.examples.report_budget "$ROOT" experiments/translated_mnist_front --out "$ROOT/report"
+part report && python3 -m diffstride.examples.report "$ROOT"/R4/*-seed* "$ROOT"/R1/*-seed* "$ROOT"/fixed/*-seed* \
+    experiments/translated_mnist_front/{strided,FixedSpectralPooling}-* --out "$ROOT/report" --reference_strides "1, 2, 2"

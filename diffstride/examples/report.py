@@ -22,7 +22,9 @@ over seeds) and final feature sizes of every pooling layer. With configurations 
 compute levels (fixed strides, complexity weights), each method's Pareto front (accuracy against
 mean multiply-adds) and, for each point of another method's front, DiffStride's best configuration
 at no more compute with the difference and its 95% Welch interval. Runs that measured shift
-consistency (``train.train.shift_consistency``) get a table of it with 95% t-intervals.
+consistency (``train.train.shift_consistency``) get a table of it with 95% t-intervals. Runs
+trained to a budget (``train.train.budget_macs``) get a table by budget: each budgeted method
+against the fixed-stride networks of the same multiply-adds, with 95% Welch intervals.
 """
 from __future__ import annotations
 
@@ -37,7 +39,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 from diffstride.examples.logs import AXES
 
 __all__ = ["load_run", "results_table", "robustness_analysis", "strides_table", "contrast", "t975", "write_report",
-           "pareto_front", "front_analysis", "shift_consistency_table", "main"]
+           "pareto_front", "front_analysis", "shift_consistency_table", "budget_table", "main"]
 
 
 def load_run(workdir: str) -> Dict:
@@ -63,11 +65,28 @@ def load_run(workdir: str) -> Dict:
     if pooling[-2:] in ("1d", "2d", "3d"):  # one row per method, whatever the dimensionality
         pooling = pooling[:-2]
     weight = run.get("complexity_weight") or 0.0
-    return {"workdir": workdir, "metrics": metrics, "history": history,
+    budget = metrics.get("budget_macs")
+    if budget:
+        pooling += f" R={_smoothness(workdir):g}"
+    return {"workdir": workdir, "metrics": metrics, "history": history, "budget": budget,
             "dataset": run.get("dataset", "?"), "base_pooling": pooling, "complexity_weight": weight,
             "pooling": pooling + (f" (complexity weight {weight:g})" if weight else ""),
             "strides": ", ".join(_fmt_stride(s) for s in run.get("initial_strides", [])),
             "seed": run.get("seed")}
+
+
+def _smoothness(workdir: str) -> float:
+    """DiffStride's smoothness factor R in a run's operative configuration (4, the default, if unsaid)."""
+    for name in ("operative_config.gin", "config.gin"):
+        try:
+            with open(os.path.join(workdir, name)) as f:
+                for line in f:
+                    key, _, value = line.partition("=")
+                    if key.strip().endswith("DiffStride.smoothness_factor"):
+                        return float(value.strip())
+        except (OSError, ValueError):
+            continue
+    return 4.0
 
 
 def _fmt_stride(s) -> str:
@@ -445,6 +464,53 @@ def _nth(values: Optional[List], index: int):
     return values[index] if values and len(values) > index else None
 
 
+def budget_table(runs: Sequence[Dict], tolerance: float = 0.02) -> str:
+    """Markdown, for runs trained to a budget (``train.train.budget_macs``): per budget, each
+    budgeted method's accuracy and shift consistency (mean ± std over seeds) and the multiply-adds
+    it ended at, against every fixed-stride configuration whose mean multiply-adds equal the budget
+    (within ``tolerance``): the differences with 95% Welch intervals. Empty without budget runs."""
+    budgeted = [r for r in runs if r.get("budget")]
+    if not budgeted:
+        return ""
+    fixed = {}
+    for r in runs:
+        if not r.get("budget") and not r["complexity_weight"]:
+            fixed.setdefault((r["base_pooling"], r["strides"]), []).append(r)
+
+    def stats(group, key):
+        values = [100 * r["metrics"][key] for r in group if key in r["metrics"]]
+        if not values:
+            return values, "-"
+        spread = f" ± {statistics.stdev(values):.2f}" if len(values) > 1 else ""
+        return values, f"{statistics.mean(values):.2f}{spread}"
+
+    lines = ["| budget (M MACs) | method | runs | ended at (M MACs) | accuracy % | shift consistency % "
+             "| against (same MACs) | accuracy difference | shift consistency difference |",
+             "|---:|---|---:|---:|---|---|---|---|---|"]
+    methods = sorted({r["pooling"] for r in budgeted})
+    for budget in sorted({r["budget"] for r in budgeted}, reverse=True):
+        peers = [(name, group) for name, group in sorted(fixed.items())
+                 if abs(statistics.mean(r["metrics"]["flops"] for r in group) / budget - 1) <= tolerance]
+        for method in methods:
+            group = [r for r in budgeted if r["budget"] == budget and r["pooling"] == method]
+            if not group:
+                continue
+            acc, acc_text = stats(group, "test_accuracy")
+            shift, shift_text = stats(group, "shift_consistency")
+            ended = statistics.mean(r["metrics"]["flops"] for r in group) / 1e6
+            head = f"| {budget / 1e6:.2f} | {method} | {len(group)} | {ended:.2f} | {acc_text} | {shift_text} "
+            if not peers:
+                lines.append(head + "| none | | |")
+            for (pooling, strides), other in peers:
+                other_acc, _ = stats(other, "test_accuracy")
+                other_shift, _ = stats(other, "shift_consistency")
+                against = f"{'strided' if pooling == 'None' else pooling} ({strides}), {len(other)} runs"
+                d_acc = _interval(*contrast([acc, other_acc], [1, -1]))
+                d_shift = _interval(*contrast([shift, other_shift], [1, -1])) if shift and other_shift else "-"
+                lines.append(head + f"| {against} | {d_acc} | {d_shift} |")
+    return "\n".join(lines) + "\n"
+
+
 def write_report(workdirs: Sequence[str], out: str, reference_strides: Optional[str] = None,
                  log: Callable[[str], None] = print) -> List[str]:
     """Writes results.md and the PNG plots for ``workdirs`` into ``out``; returns the paths written.
@@ -473,6 +539,11 @@ def write_report(workdirs: Sequence[str], out: str, reference_strides: Optional[
         fronts = front_analysis(runs)
         if fronts:
             f.write("\n" + fronts)
+        budgets = budget_table(runs)
+        if budgets:
+            f.write("\nBy compute budget (train.train.budget_macs): each budgeted method against the fixed-stride "
+                    "networks of the same multiply-adds (within 2%); differences budgeted − fixed with 95% Welch "
+                    "intervals.\n\n" + budgets)
         shifts = shift_consistency_table(runs)
         if shifts:
             f.write("\nShift consistency: how often the top-1 prediction is the same on two random shifts of a test "

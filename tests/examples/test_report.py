@@ -116,3 +116,43 @@ def test_shift_consistency_table_gives_t_intervals_and_is_empty_without_measurem
     half = 4.303 * 2.0 / math.sqrt(3)  # t(2) * sd / sqrt(n), in percent
     assert f"| toy | DiffStride | 1, 2 | 3 | 92.00 [{92 - half:.2f}, {92 + half:.2f}] | 90.00 |" in table
     assert report.shift_consistency_table([_record("DiffStride", "1, 2", 1, 0.9, 10)]) == ""
+
+
+def _fake_run(root, name, pooling, accuracy, flops, shift, budget=None, smoothness=None, seed=1, strides=(1, 2, 2)):
+    workdir = root / name
+    workdir.mkdir()
+    metrics = {"test_accuracy": accuracy, "test_loss": 0.1, "train_accuracy": accuracy, "train_loss": 0.1,
+               "flops": flops, "shift_consistency": shift,
+               "pooling": {}, "run": {"dataset": "translated_mnist", "pooling": pooling, "seed": seed,
+                                      "initial_strides": list(strides), "complexity_weight": 0.0}}
+    if budget is not None:
+        metrics["budget_macs"] = budget
+    (workdir / "metrics.json").write_text(json.dumps(metrics))
+    (workdir / "history.json").write_text(json.dumps([dict(metrics, epoch=1, step=10)]))
+    if smoothness is not None:
+        (workdir / "operative_config.gin").write_text(f"DiffStride.cropping = True\nDiffStride.smoothness_factor = {smoothness}\n")
+    return str(workdir)
+
+
+def test_the_budget_table_compares_each_budget_with_the_fixed_networks_of_the_same_macs(tmp_path):
+    """Budgeted DiffStride runs (two R) against strided runs whose multiply-adds equal the budget
+    (within 2%), with the differences and their Welch intervals computed from the values written."""
+    runs = [_fake_run(tmp_path, f"d4-{i}", "DiffStride", acc, 5.70e6, sh, budget=5_730_000, smoothness=4.0, seed=i)
+            for i, (acc, sh) in enumerate([(0.95, 0.96), (0.97, 0.98)], 1)]
+    runs += [_fake_run(tmp_path, f"d1-{i}", "DiffStride", acc, 5.72e6, 0.97, budget=5_730_000, smoothness=1.0, seed=i)
+             for i, acc in enumerate([0.93, 0.94], 1)]
+    runs += [_fake_run(tmp_path, f"s-{i}", "None", acc, 5.73e6, sh, seed=i, strides=(2, 2, 2))
+             for i, (acc, sh) in enumerate([(0.90, 0.95), (0.94, 0.97)], 1)]
+    runs.append(_fake_run(tmp_path, "far", "None", 0.99, 22.9e6, 0.99, strides=(1, 2, 2)))  # another level
+    loaded = [report.load_run(r) for r in runs]
+    table = report.budget_table(loaded)
+    rows = [line for line in table.splitlines() if line.startswith("| 5.73 |")]
+    assert len(rows) == 2  # DiffStride R=1 and R=4, each against the one strided configuration of 5.73 M
+    r4 = next(row for row in rows if "DiffStride R=4" in row)
+    assert "| 2 | 5.70 | 96.00 ± 1.41 | 97.00 ± 1.41 | strided (2, 2, 2), 2 runs |" in r4
+    estimate, half = report.contrast([[95.0, 97.0], [90.0, 94.0]], [1, -1])
+    assert f"{estimate:+.2f} pp [{estimate - half:+.2f}, {estimate + half:+.2f}]" in r4 and estimate == 4.0
+    assert "22.9" not in table  # the strided (1, 2, 2) runs have no budget run of their MACs
+    out = tmp_path / "report"
+    assert report.main(runs + ["--out", str(out)]) == 0
+    assert "By compute budget" in (out / "results.md").read_text()
