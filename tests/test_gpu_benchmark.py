@@ -7,7 +7,11 @@ from benchmarks import gpu
 
 @pytest.mark.slow
 def test_the_gpu_benchmark_runs_dry_on_the_cpu(capsys):
+    from diffstride import settings
+
+    before = settings.current()
     gpu.main(["--dry-run"])
+    assert settings.current() == before  # its settings do not outlive it
     out = capsys.readouterr().out
     assert "## Layers" in out and out.count("## Training step") == 3  # CIFAR and 224-style eager, CIFAR compiled
     for name in ("DiffStride oracle", "FixedSpectralPooling oracle", "| strided |"):
