@@ -29,7 +29,9 @@ from typing import Optional, Sequence, Tuple
 import torch
 
 from diffstride import settings
-from diffstride._plans import SpectralPlan, cached_when_eager, height_positions, is_exporting
+from diffstride._plans import (
+    SpectralPlan, cached_when_eager, height_positions, is_exporting, kept_runs, memory_format_of,
+)
 
 
 # --------------------------------------------------------------------------------------------
@@ -264,7 +266,7 @@ def apply_fft(x: torch.Tensor, plan: SpectralPlan, weights: Optional[Sequence[to
         if rows == tuple(range(spectrum.shape[2 + axis])):
             continue
         if exporting:  # ONNX has no complex gather: the runs of kept bins by slices, concatenated
-            parts = [spectrum.narrow(2 + axis, start, stop - start) for start, stop in _runs(rows)]
+            parts = [spectrum.narrow(2 + axis, start, stop - start) for start, stop in kept_runs(rows)]
             spectrum = parts[0] if len(parts) == 1 else torch.cat(parts, 2 + axis)
         else:
             spectrum = spectrum.index_select(2 + axis, _index(rows, x.device))
@@ -277,22 +279,10 @@ def apply_fft(x: torch.Tensor, plan: SpectralPlan, weights: Optional[Sequence[to
             mask = (w[:, None] @ mask.reshape(1, -1)).view(len(w), *mask.shape)
         spectrum = spectrum * mask.reshape(spectrum.shape[2:])
     y = torch.fft.irfftn(spectrum, s=tuple(plan.out_size), dim=dims)
-    fmt = _memory_format(x)
+    fmt = memory_format_of(x)
     if y.dtype != out_dtype or fmt is not torch.contiguous_format:
         y = y.to(dtype=out_dtype, memory_format=fmt)
     return y
-
-
-@cached_when_eager
-def _runs(rows: Tuple[int, ...]) -> Tuple[Tuple[int, int], ...]:
-    """``rows`` as ``(start, stop)`` runs of consecutive bins (a centred axis keeps two)."""
-    runs = []
-    for r in rows:
-        if runs and runs[-1][1] == r:
-            runs[-1][1] = r + 1
-        else:
-            runs.append([r, r + 1])
-    return tuple((start, stop) for start, stop in runs)
 
 
 @cached_when_eager
@@ -300,11 +290,3 @@ def _index(rows: Tuple[int, ...], device) -> torch.Tensor:
     """The kept bins of a centred axis as an index tensor (a constant)."""
     with torch.inference_mode(False):
         return torch.tensor(rows, dtype=torch.long, device=device)
-
-
-def _memory_format(x: torch.Tensor) -> torch.memory_format:
-    if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
-        return torch.channels_last
-    if x.dim() == 5 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last_3d):
-        return torch.channels_last_3d
-    return torch.contiguous_format

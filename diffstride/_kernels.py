@@ -12,7 +12,9 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from diffstride import settings
-from diffstride._plans import SpectralPlan, cached_when_eager, clamp_floors, height_positions, stride_limits
+from diffstride._plans import (
+    SpectralPlan, cached_when_eager, clamp_floors, height_positions, kept_runs, memory_format_of, stride_limits,
+)
 from diffstride._validation import ALGORITHMS, algorithm as _check_algorithm  # noqa: F401  (ALGORITHMS: public via functional)
 
 
@@ -175,14 +177,6 @@ def _autocast_dtype(x: torch.Tensor) -> torch.dtype:
     return x.dtype
 
 
-def _memory_format(x: torch.Tensor) -> torch.memory_format:
-    if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
-        return torch.channels_last
-    if x.dim() == 5 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last_3d):
-        return torch.channels_last_3d
-    return torch.contiguous_format
-
-
 def _apply_2d(
     x: torch.Tensor,
     a_real: torch.Tensor,
@@ -198,7 +192,7 @@ def _apply_2d(
     n, c, height, width = x.shape
     h, w = a_real.shape[0], b_real.shape[0]
     dtype = _autocast_dtype(x)
-    fmt = _memory_format(x)
+    fmt = memory_format_of(x)
     with torch.autocast(x.device.type, enabled=False):
         x = x.to(dtype)
         if height * width <= settings.current().kronecker_max_pixels:
@@ -242,7 +236,7 @@ class _SeparableProduct(torch.autograd.Function):
     def forward(ctx, x, a_stack, b_real, b_imag):
         n, c, height, width = x.shape
         h, w = a_stack.shape[0] // 2, b_real.shape[0]
-        fmt = _memory_format(x)
+        fmt = memory_format_of(x)
         last = fmt == torch.channels_last
         block = _batch_block(x, height * width + 2 * h * width + h * w)
         out = torch.empty((n, c, h, w), dtype=x.dtype, device=x.device, memory_format=fmt)
@@ -468,26 +462,13 @@ def _rfft_bin_factor(n: int, cols: int, interior: float, dtype, device) -> torch
                            torch.full((), interior, dtype=dtype, device=device))
 
 
-@cached_when_eager
-def _runs(rows: Tuple[int, ...]) -> Tuple[Tuple[int, int], ...]:
-    """``rows`` as ``(start, stop)`` runs of consecutive bins (a centred axis keeps two: the low
-    positive and the low negative frequencies)."""
-    runs = []
-    for r in rows:
-        if runs and runs[-1][1] == r:
-            runs[-1][1] = r + 1
-        else:
-            runs.append([r, r + 1])
-    return tuple((start, stop) for start, stop in runs)
-
-
 def _kept_pieces(plan: SpectralPlan, lead: int) -> list:
     """``(in_spectrum, in_kept)`` index pairs of slices, one per product of the centred axes'
     runs: the kept block is those pieces of the half spectrum, laid side by side."""
     per_axis = []
     for rows in plan.centred_rows():
         pairs, offset = [], 0
-        for start, stop in _runs(rows):
+        for start, stop in kept_runs(rows):
             pairs.append((slice(start, stop), slice(offset, offset + stop - start)))
             offset += stop - start
         per_axis.append(pairs)
@@ -503,7 +484,7 @@ def _take_kept(spectrum: torch.Tensor, plan: SpectralPlan, lead: int) -> torch.T
         spectrum = spectrum[..., :plan.cols]
     for axis, rows in enumerate(plan.centred_rows()):
         dim = lead + axis
-        runs = _runs(rows)
+        runs = kept_runs(rows)
         if len(runs) == 1 and runs[0] == (0, spectrum.shape[dim]):
             continue
         parts = [spectrum.narrow(dim, start, stop - start) for start, stop in runs]
@@ -538,7 +519,7 @@ class _FFTResample(torch.autograd.Function):
     def forward(ctx, x, mask, plan, nd, dtype, out_dtype):
         out_size = tuple(plan.out_size)
         dims = tuple(range(-nd, 0))
-        fmt, flat = _memory_format(x), x.is_contiguous()
+        fmt, flat = memory_format_of(x), x.is_contiguous()
         planes = _planes(x, nd, flat)
         lead = planes.dim() - nd
         # the mask's gradient needs the kept spectrum: saved when small beside the input (a

@@ -47,6 +47,29 @@ def spatial_size(x: "torch.Tensor") -> Tuple[int, ...]:
     return tuple(operator.index(n) for n in x.shape[2:])
 
 
+def memory_format_of(x: "torch.Tensor") -> "torch.memory_format":
+    """The memory format of a (N, C, *spatial) tensor: ``channels_last`` (4-D) and
+    ``channels_last_3d`` (5-D) when the tensor is laid out so and not also contiguous."""
+    if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    if x.dim() == 5 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last_3d):
+        return torch.channels_last_3d
+    return torch.contiguous_format
+
+
+@cached_when_eager
+def kept_runs(rows: Tuple[int, ...]) -> Tuple[Tuple[int, int], ...]:
+    """The kept bins of a centred axis as ``(start, stop)`` runs of consecutive bins (a centred
+    axis keeps two: the low positive and the low negative frequencies)."""
+    runs = []
+    for r in rows:
+        if runs and runs[-1][1] == r:
+            runs[-1][1] = r + 1
+        else:
+            runs.append([r, r + 1])
+    return tuple((start, stop) for start, stop in runs)
+
+
 def _f32(value: float) -> float:
     """Rounds a Python float to the nearest float32 (round half to even).
 

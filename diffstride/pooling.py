@@ -13,7 +13,7 @@ from torch import nn
 
 from diffstride import functional as F
 from diffstride import _validation as check
-from diffstride._plans import clamp_floors, is_exporting, spatial_size
+from diffstride._plans import clamp_floors, is_exporting, memory_format_of, spatial_size
 from torch._subclasses.fake_tensor import FakeTensor
 
 __all__ = [
@@ -47,15 +47,6 @@ def _to_channels_first(x: torch.Tensor, ndim: int, data_format: str, layer: str)
     """Checks the input (rank in the layer's layout, dtype) and returns a channels-first *view*."""
     check.spatial_input(x, ndim, layer, data_format)
     return x.movedim(-1, 1) if data_format == "channels_last" else x
-
-
-def _format_of(x: torch.Tensor) -> torch.memory_format:
-    """The memory format of a (N, C, *spatial) tensor (channels_last kept by copies)."""
-    if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
-        return torch.channels_last
-    if x.dim() == 5 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last_3d):
-        return torch.channels_last_3d
-    return torch.contiguous_format
 
 
 def _from_channels_first(y: torch.Tensor, data_format: str) -> torch.Tensor:
@@ -494,7 +485,7 @@ class _SpatialPoolingNd(PoolingLayer):
         index = (slice(None), slice(None)) + tuple(slice(None, None, s) for s in self.strides)
         # a tensor of its own, as nn.AvgPool2d returns: a view would let an in-place op after the
         # layer (nn.ReLU(inplace=True), y += z) write into the input, which a residual branch reads
-        return _from_channels_first(x[index].clone(memory_format=_format_of(x)), self.data_format)
+        return _from_channels_first(x[index].clone(memory_format=memory_format_of(x)), self.data_format)
 
     def extra_repr(self) -> str:
         text = f"strides={self.strides}"
