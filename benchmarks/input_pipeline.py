@@ -98,7 +98,7 @@ def in_memory_vs_files(root: str, images: int, batch: int, rounds: int):
             os.makedirs(folder, exist_ok=True)
             Image.fromarray(pixels[i]).save(os.path.join(folder, f"{i:05d}.png"))
     split = data.Split(torch.from_numpy(pixels).permute(0, 3, 1, 2).contiguous(), torch.from_numpy(labels))
-    normalize = data._Normalize(data.CIFAR_MEAN, data.CIFAR_STD, torch.device("cpu"))
+    normalize = data.Normalize(data.CIFAR_MEAN, data.CIFAR_STD, torch.device("cpu"))
     memory = data.TrainBatches(split, 10, batch, normalize, data.augment, 0.0)
     files = data.load_datasets("imagefolder", data_dir=root, batch_size=batch, image_size=32, augment="none",
                                crop_ratio=1.0, num_workers=0, augment_fn=data.augment)

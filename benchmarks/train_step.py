@@ -101,7 +101,7 @@ def pooling_ms(model, x, repeats):
 def pipeline_images_per_second(batch, repeats):
     torch.manual_seed(0)
     split = data.Split(torch.randint(0, 256, (50000, 3, 32, 32), dtype=torch.uint8), torch.randint(0, 10, (50000,)))
-    normalize = data._Normalize(data.CIFAR_MEAN, data.CIFAR_STD, "cpu")
+    normalize = data.Normalize(data.CIFAR_MEAN, data.CIFAR_STD, "cpu")
     batches = data.TrainBatches(split, 10, batch, normalize, data.augment, mixup_alpha=0.2)
     it = iter(batches)
     next(it)

@@ -11,7 +11,8 @@ import dataclasses
 import os
 from typing import Any, Callable, Dict, Iterator, NamedTuple, Optional, Sequence, Tuple
 
-from diffstride.examples.randomness import BATCH_STREAM, example_seed, seeded_on
+from diffstride.examples.batch_ops import Normalize, augment_and_mix, mixup_pairs  # noqa: F401 (mixup_pairs: public here too)
+from diffstride.examples.randomness import BATCH_STREAM, example_seed
 from diffstride.examples.workdir import check_int
 
 import gin
@@ -248,47 +249,6 @@ def augment(images: torch.Tensor, pad_size: int = 2, flip: bool = True) -> torch
     return images
 
 
-def augment_and_mix(images: torch.Tensor, labels: torch.Tensor, augment_fn: Optional[Callable], mixup_alpha: float,
-                    key: int) -> Tuple[torch.Tensor, torch.Tensor]:
-    """A batch's device-side randomness, drawn from a stream keyed by ``key`` (the batch's
-    (seed, epoch, batch, rank): :mod:`~diffstride.examples.randomness`): ``augment_fn``, then the
-    reference's pairwise Mixup when ``mixup_alpha > 0``. The run's global generators are untouched."""
-    if augment_fn is None and mixup_alpha <= 0:
-        return images, labels
-    with seeded_on(images.device, key):
-        if augment_fn is not None:
-            images = augment_fn(images)
-        if mixup_alpha > 0:
-            images, labels = mixup_pairs(images, labels, mixup_alpha)
-    return images, labels
-
-
-def mixup_pairs(images: torch.Tensor, labels: torch.Tensor, alpha: float) -> Tuple[torch.Tensor, torch.Tensor]:
-    """The reference's Mixup: consecutive pairs (0, 1), (2, 3), ... each give one example.
-
-    ``λ ~ Beta(α, α)`` per pair; image ``λ·x0 + (1-λ)·x1``, label ``λ·y0 + (1-λ)·y1``.
-    """
-    weight = torch.distributions.Beta(
-        torch.tensor(alpha, device=images.device), torch.tensor(alpha, device=images.device)
-    ).sample((images.shape[0] // 2,))
-    wi = weight.view(-1, *([1] * (images.dim() - 1)))
-    wl = weight[:, None]
-    return images[0::2] * wi + images[1::2] * (1 - wi), labels[0::2] * wl + labels[1::2] * (1 - wl)
-
-
-class _Normalize:
-    """``(x - mean) / std`` per channel; ``mean`` and ``std`` in [0, 1] units for uint8 images."""
-
-    def __init__(self, mean, std, device, dtype: torch.dtype = torch.uint8, spatial_dims: int = 2):
-        scale = 255.0 if dtype == torch.uint8 else 1.0
-        shape = (1, -1) + (1,) * spatial_dims
-        self.mean = torch.tensor(mean, device=device).view(shape) * scale
-        self.std = torch.tensor(std, device=device).view(shape) * scale
-
-    def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        return (images.float() - self.mean) / self.std
-
-
 class EpochOrder(NamedTuple):
     """An epoch of the in-memory sets: its number (which keys its batches' randomness) and order."""
 
@@ -305,7 +265,7 @@ class TrainBatches:
     each batch. The last incomplete batch is dropped (as the reference).
     """
 
-    def __init__(self, split: Split, num_classes: int, batch_size: int, normalize: _Normalize,
+    def __init__(self, split: Split, num_classes: int, batch_size: int, normalize: Normalize,
                  augment_fn: Optional[Callable], mixup_alpha: float, rank: int = 0, world_size: int = 1,
                  seed: int = 0):
         if batch_size % world_size:
@@ -346,7 +306,7 @@ class TrainBatches:
 class TestBatches:
     """Evaluation batches in order, normalised, integer labels; with ``world_size > 1`` each rank gets every ``world_size``-th image."""
 
-    def __init__(self, split: Split, batch_size: int, normalize: _Normalize, rank: int = 0, world_size: int = 1):
+    def __init__(self, split: Split, batch_size: int, normalize: Normalize, rank: int = 0, world_size: int = 1):
         self.split = Split(split.images[rank::world_size], split.labels[rank::world_size])
         self.batch_size, self.normalize = batch_size, normalize
 
@@ -505,7 +465,7 @@ def load_datasets(
         if len(split) == 0:
             raise ValueError(f"the {label} split of {name!r} is empty; check data.load_datasets.*_examples")
     train, test = train.to(device), test.to(device)
-    normalize = _Normalize(mean, std, device, train.images.dtype, train.images.dim() - 2)
+    normalize = Normalize(mean, std, device, train.images.dtype, train.images.dim() - 2)
     return Datasets(
         train=TrainBatches(train, num_classes, batch_size, normalize, augment_fn, mixup_alpha, rank, world_size,
                            0 if seed is None else seed),

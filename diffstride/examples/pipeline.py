@@ -32,6 +32,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from diffstride.examples.batch_ops import Normalize, augment_and_mix
 from diffstride.examples.randomness import BATCH_STREAM, example_seed
 from diffstride.examples.sources import BadExample, DataError, TarShards, decode_audio, decode_image
 
@@ -387,8 +388,6 @@ class LoaderTrainBatches:
         return epoch
 
     def batches(self, order: int, start: int = 0) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
-        from diffstride.examples.data import augment_and_mix
-
         sampler = self.loader.sampler
         sampler.epoch, sampler.start = order, start
         done = start
@@ -546,8 +545,6 @@ def file_datasets(name: str, *, data_dir: str, download: bool, batch_size: int, 
                   skip_bad_files: bool, splits, shuffle_buffer: int, options: dict, image_column, audio_column,
                   label_column):
     """(train batches, test batches, number of classes, example shape) of a file source."""
-    from diffstride.examples.data import _Normalize
-
     train_src, test_src = sources_for(name, data_dir, download, splits, skip_bad_files, options,
                                       image_column, audio_column, label_column)
     streaming = isinstance(train_src, TarShards)
@@ -569,7 +566,7 @@ def file_datasets(name: str, *, data_dir: str, download: bool, batch_size: int, 
         transforms = [AudioTransform(sample_rate, length, train, audio_features, n_mels) for train in (True, False)]
         shape = transforms[0].shape()
         default_mean, default_std = (0.0,), (1.0,)
-    normalize = _Normalize(mean or default_mean, std or default_std, device,
+    normalize = Normalize(mean or default_mean, std or default_std, device,
                            torch.uint8 if train_src.kind == "image" else torch.float32, len(shape) - 1)
     workers = default_num_workers() if num_workers is None else num_workers
     per_example = 2 if mixup_alpha > 0 else 1

@@ -13,16 +13,16 @@ import ast
 import dataclasses
 import os
 import time
-from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
+from torch import nn
 
 from diffstride.examples import checkpoint as ckpt
+from diffstride.examples import optim
+from diffstride.examples.distributed import DistributedContext
 
-if TYPE_CHECKING:  # pragma: no cover
-    from diffstride.examples.train import Run
-
-__all__ = ["TrainingError", "ConfigChanged", "NoUsableCheckpoint", "RunState", "UNCHECKED_PARAMETERS",
+__all__ = ["TrainingError", "ConfigChanged", "NoUsableCheckpoint", "Run", "RunState", "UNCHECKED_PARAMETERS",
            "resolved_config", "config_differences", "rng_state", "set_rng_state", "resume", "save", "fire",
            "CheckpointSchedule", "final_records"]
 
@@ -41,6 +41,38 @@ UNCHECKED_PARAMETERS = frozenset({
     "on_config_change", "restart", "progress", "log", "hooks", "device", "data_dir", "download",
     "shift_consistency", "shift_mode", "num_workers", "prefetch_factor", "compile",
 })
+
+
+@dataclasses.dataclass
+class Run:
+    """The built parts of a run (everything but its state)."""
+
+    ctx: DistributedContext
+    datasets: Any
+    model: nn.Module
+    net: nn.Module  # the model, or its DistributedDataParallel wrapper
+    optimizer_spec: optim.SGD
+    optimizer: torch.optim.Optimizer
+    loss_fn: Callable
+    scaler: torch.amp.GradScaler
+    amp_dtype: torch.dtype
+    mixed_precision: bool
+    memory_format: torch.memory_format
+    complexity_fn: Callable
+    complexity_weight: float
+    structure: Any  # the forward trace: pooling order and conv costs, for the complexity terms
+    output_sizes: Dict[str, tuple]  # filled by forward hooks (removed by close())
+    hooks: List[Any]
+    info: Dict[str, Any]
+    shift_consistency: Optional[Tuple[int, str]] = None  # (max_shift, mode) evaluated with the test split
+    accumulate_steps: int = 1  # each step's batch in this many forward/backward parts
+    train_net: Optional[nn.Module] = None  # what training calls: net, or torch.compile(net)
+    budget: Optional[Any] = None  # train.Budget (train.train.budget_macs): the constraint the run meets
+
+    def close(self) -> None:
+        for handle in self.hooks:
+            handle.remove()
+        self.hooks = []
 
 
 @dataclasses.dataclass
@@ -128,7 +160,7 @@ def set_rng_state(state: Dict[str, Any], device: torch.device) -> None:
 # Resume and save
 
 
-def resume(workdir: str, run: "Run", config: Dict[str, str], num_epochs: int, on_config_change: str,
+def resume(workdir: str, run: Run, config: Dict[str, str], num_epochs: int, on_config_change: str,
            restart: bool, say: Callable[[str], None]) -> Tuple[Optional[RunState], Optional[str], Dict[str, Any]]:
     """Loads the newest verified checkpoint of ``workdir`` into ``run``.
 
@@ -198,7 +230,7 @@ def resume(workdir: str, run: "Run", config: Dict[str, str], num_epochs: int, on
     return state, path, changes
 
 
-def save(workdir: str, run: "Run", state: RunState, keep: int, mid_epoch: bool, hooks: Sequence[Callable]) -> str:
+def save(workdir: str, run: Run, state: RunState, keep: int, mid_epoch: bool, hooks: Sequence[Callable]) -> str:
     """Writes a checkpoint, verifies it, then applies retention to this run's older ones.
 
     Retention: the ``keep`` newest end-of-epoch checkpoints of this run stay; its mid-epoch
@@ -249,7 +281,7 @@ class CheckpointSchedule:
         self.last = time.monotonic()
 
 
-def _final(workdir: Optional[str], run: "Run", state: RunState, num_epochs: int) -> Dict[str, Any]:
+def _final(workdir: Optional[str], run: Run, state: RunState, num_epochs: int) -> Dict[str, Any]:
     """What ``metrics.json`` holds: the last epoch's metrics, the run's description, its time."""
     info = dict(run.info, seed=ast.literal_eval(state.config.get("--seed", "None")),  # as trained: the first start's
                 config_changes=state.config_changes)
@@ -257,7 +289,7 @@ def _final(workdir: Optional[str], run: "Run", state: RunState, num_epochs: int)
             **(state.history[-1] if state.history else {})}
 
 
-def final_records(workdir: Optional[str], run: "Run", state: RunState, num_epochs: int, writes: bool,
+def final_records(workdir: Optional[str], run: Run, state: RunState, num_epochs: int, writes: bool,
                    checkpoint: Optional[str] = None, say: Callable[[str], None] = print) -> Dict[str, Any]:
     """Writes ``metrics.json`` at the end of training and returns it. For a finished run started
     again (``checkpoint`` given) the records are kept as they are, except those that are missing

@@ -29,7 +29,7 @@ from diffstride.examples.distributed import DistributedContext
 from diffstride.examples.logs import RunLog, pooling_report, progress_bar, track_output_sizes
 from diffstride.examples.sources import DataError
 from diffstride.examples.run_state import (  # noqa: F401  (the run's state and errors, reachable from here)
-    UNCHECKED_PARAMETERS, CheckpointSchedule, ConfigChanged, NoUsableCheckpoint, RunState, TrainingError,
+    UNCHECKED_PARAMETERS, CheckpointSchedule, ConfigChanged, NoUsableCheckpoint, Run, RunState, TrainingError,
     config_differences, final_records, fire, resolved_config, resume, rng_state, save, set_rng_state,
 )
 from diffstride.examples.workdir import RunLock, check_int, prepare, remove_orphans
@@ -43,38 +43,6 @@ __all__ = ["train", "build", "Run", "train_one_epoch", "evaluate", "epoch_metric
 
 # ----------------------------------------------------------------------------------------------
 # What the loop works with
-
-
-@dataclasses.dataclass
-class Run:
-    """The built parts of a run (everything but its state)."""
-
-    ctx: DistributedContext
-    datasets: Any
-    model: nn.Module
-    net: nn.Module  # the model, or its DistributedDataParallel wrapper
-    optimizer_spec: optim.SGD
-    optimizer: torch.optim.Optimizer
-    loss_fn: Callable
-    scaler: torch.amp.GradScaler
-    amp_dtype: torch.dtype
-    mixed_precision: bool
-    memory_format: torch.memory_format
-    complexity_fn: Callable
-    complexity_weight: float
-    structure: Any  # the forward trace: pooling order and conv costs, for the complexity terms
-    output_sizes: Dict[str, tuple]  # filled by forward hooks (removed by close())
-    hooks: List[Any]
-    info: Dict[str, Any]
-    shift_consistency: Optional[Tuple[int, str]] = None  # (max_shift, mode) evaluated with the test split
-    accumulate_steps: int = 1  # each step's batch in this many forward/backward parts
-    train_net: Optional[nn.Module] = None  # what training calls: net, or torch.compile(net)
-    budget: Optional["Budget"] = None  # train.train.budget_macs: the constraint the run meets
-
-    def close(self) -> None:
-        for handle in self.hooks:
-            handle.remove()
-        self.hooks = []
 
 
 @dataclasses.dataclass

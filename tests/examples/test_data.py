@@ -81,7 +81,7 @@ def test_normalisation_uses_the_reference_statistics(mnist):
     images, labels = next(iter(mnist.test))
     raw = mnist.test.split.images[:50].float() / 255
     assert torch.allclose(images, (raw - 0.1307) / 0.3081, atol=1e-5)
-    cifar = data._Normalize(data.CIFAR_MEAN, data.CIFAR_STD, "cpu")
+    cifar = data.Normalize(data.CIFAR_MEAN, data.CIFAR_STD, "cpu")
     x = torch.full((1, 3, 2, 2), 255, dtype=torch.uint8)
     expected = (1 - torch.tensor(data.CIFAR_MEAN)) / torch.tensor(data.CIFAR_STD)
     assert torch.allclose(cifar(x)[0, :, 0, 0], expected)

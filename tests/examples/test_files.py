@@ -271,7 +271,7 @@ def test_the_in_memory_sets_key_mixup_and_augmentation_per_batch():
     """The built-in sets (on the device): the same keyed draws, whatever draws from the global
     generator between batches."""
     split = data.Split(torch.randint(0, 255, (64, 1, 12, 12), dtype=torch.uint8), torch.arange(64) % 4)
-    normalize = data._Normalize((0.5,), (0.25,), torch.device("cpu"))
+    normalize = data.Normalize((0.5,), (0.25,), torch.device("cpu"))
     train = data.TrainBatches(split, 4, 8, normalize, data.augment, 0.2, seed=5)
     order = train.order(1)
     plain = list(train.batches(order))
