@@ -96,7 +96,8 @@ def _rank() -> int:
 
 # what the collectives raise when another process of the run has gone (gloo, NCCL, the store)
 _PEER_LOST = ("Connection closed by peer", "Connection reset by peer", "Broken pipe", "/gloo/transport/",
-              "NCCL communicator", "ProcessGroupNCCL", "Socket Timeout", "failed to recv")
+              "NCCL communicator", "ProcessGroupNCCL", "Socket Timeout", "failed to recv", "ProcessGroupGloo",
+              "c10d")
 
 
 def _lost_a_peer(err: RuntimeError) -> bool:

@@ -141,6 +141,8 @@ def test_a_worker_that_starts_after_its_run_was_killed_ends_at_once():
 
 
 RANDOM_BATCHES = ["data.load_datasets.mixup_alpha = 0.2", "data.load_datasets.augment_fn = @data.augment"]
+# two processes on this machine: gloo on the CPU, also where a GPU is (one GPU cannot take two ranks)
+ON_CPU = "train.train.device = 'cpu'"
 
 
 @pytest.mark.slow
@@ -243,7 +245,7 @@ def test_torchrun_two_processes_read_their_shards_and_resume(files, tmp_path):
     def torchrun(epochs):
         args = _file_args(workdir, "imagefolder", root, epochs=epochs,
                           extra=["train.train.accumulate_steps = 2", "train.train.checkpoint_every_steps = 4",
-                                 "data.load_datasets.skip_bad_files = True"])
+                                 "data.load_datasets.skip_bad_files = True", ON_CPU])
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                "-m", "diffstride.examples.main", *args]
         # its own process group: a hang (the failure this test looks for) is killed whole
@@ -278,7 +280,7 @@ def test_two_processes_killed_mid_epoch_resume_with_the_history_of_an_uninterrup
     equals the uninterrupted run's. (The unfinished epoch's running sums were rank 0's alone in the
     checkpoint and every process resumed from them: its train loss was wrong.)"""
     root = files["root"] / "images"
-    extra = ["train.train.checkpoint_every_steps = 2"] + RANDOM_BATCHES
+    extra = ["train.train.checkpoint_every_steps = 2", ON_CPU] + RANDOM_BATCHES
 
     def history(workdir):
         with open(workdir / "history.json") as f:
@@ -309,7 +311,7 @@ def test_under_torchrun_a_bad_file_is_one_message_and_exit_2(files, tmp_path):
     root = tmp_path / "images"
     shutil.copytree(files["root"] / "images", root)
     (bad,) = _break_share(root, batch=1, rank=1, world_size=2)[:1]
-    args = _file_args(tmp_path / "run", "imagefolder", root, epochs=1)
+    args = _file_args(tmp_path / "run", "imagefolder", root, epochs=1, extra=[ON_CPU])
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
            "-m", "diffstride.examples.main", *args]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1"))
@@ -317,8 +319,10 @@ def test_under_torchrun_a_bad_file_is_one_message_and_exit_2(files, tmp_path):
     assert proc.returncode != 0
     assert err.count("error: ") == 1 and os.path.basename(bad) in err, err[-3000:]
     # no process of ours printed a traceback (torchrun prefixes their lines with [rankN]); the one
-    # traceback left is torchrun's own ChildFailedError summary
-    assert "[rank" not in err and err.count("Traceback") <= 1, err
+    # traceback left is torchrun's own ChildFailedError summary. (Rank 0 may say it was interrupted:
+    # torchrun's SIGTERM can reach it before the broken collective does; one line, no traceback.)
+    ours = [line for line in err.splitlines() if line.startswith("[rank") and "interrupted; the newest" not in line]
+    assert not ours and err.count("Traceback") <= 1, err
     assert "KeyboardInterrupt" not in err and "Connection closed" not in err, err
     assert "exitcode  : 2" in err  # torchrun's summary: the process that met the file
 
