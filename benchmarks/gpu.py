@@ -11,7 +11,9 @@ Prints the machine, then:
    DiffStride ('auto'), FixedSpectralPooling, the plain torch.fft transcription of the reference
    (``tests/oracle.py``, what other ports compute) and strided slicing; the ratio
    transcription / DiffStride (the issue's target: >= 2x), the operations one call dispatches
-   (``diffstride.profiling``) and, on CUDA, the kernels it launches (``torch.profiler``).
+   (``diffstride.profiling``) and, on CUDA, the kernels it launches (``torch.profiler``). Then the
+   matrix and FFT forms forced, beside the cost model's ratio: where the matrix form stops winning
+   is the value for ``settings.fft_cost_weight_gpu`` (16 until measured).
 2. **Training steps** (bf16 autocast, channels_last, SGD): Pre-Act ResNet-18 on CIFAR (batch 256)
    and torchvision's ResNet-18 converted at 224² (batch 128), for DiffStride, FixedSpectralPooling
    and the strided network; each spectral network also **with its pooling layers replaced by a
@@ -125,6 +127,27 @@ def _fmt(v, spec="{:.2f}"):
 
 # --------------------------------------------------------------------------------------------
 # 1. Layers.
+
+
+def forms_table(device, shapes, repeats):
+    """The two forms forced, against the cost model's ratio: where the matrix form stops winning,
+    ``matmul_cost / fft_cost`` is the value for ``settings.fft_cost_weight_gpu``."""
+    from diffstride import functional as F
+    from diffstride._kernels import fft_cost, matmul_cost
+
+    print("\n## The two forms (DiffStride, float32, forward + backward, ms): calibrates settings.fft_cost_weight_gpu\n")
+    print("| input | matrix form | FFT form | FFT / matrix | cost-model ratio (matmul / fft) | 'auto' takes |")
+    print("|---|---:|---:|---:|---:|---|")
+    for shape in shapes:
+        x = torch.randn(shape, device=device, requires_grad=True)
+        layers = [pooling.DiffStride(strides=2.0, algorithm=a).to(device) for a in ("matmul", "fft")]
+        calls = [lambda layer=layer: torch.autograd.grad(layer(x).sum(), [x, layer.strides]) for layer in layers]
+        ms = time_in_turns(calls, device, repeats)
+        plan = layers[0]._plan(tuple(shape[2:]), (2.0, 2.0))
+        ratio = matmul_cost(shape[2:], plan.out_size) / fft_cost(shape[2:], plan.out_size)
+        print(f"| {'x'.join(map(str, shape))} | {ms[0]:.3f} | {ms[1]:.3f} | {ms[1] / ms[0]:.2f}x | {ratio:.1f} "
+              f"| {F.choose_algorithm(x, plan)} |")
+        sys.stdout.flush()
 
 
 def layer_table(device, shapes, repeats):
@@ -268,6 +291,7 @@ def main(argv=None):
     # the dry run takes the compact kernels, as a GPU does (the CPU's blocked ones are not what runs there)
     with settings.override(cpu_blocked_kernels=not args.dry_run):
         layer_table(device, shapes, repeats)
+        forms_table(device, shapes, repeats)
         for compiled in ([None] if args.no_compile else [None, backend]):
             step_table("cifar", device, cifar[0], cifar[1], 10, repeats, compiled)
             if not (args.dry_run and compiled):  # (the dry run compiles one network kind: seconds, not minutes)
