@@ -46,7 +46,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python3 -m diffstride.examples.main", description="Train a DiffStride model from Gin configs.")
     parser.add_argument("--gin_config", action="append", default=[],
-                        help="config file: a packaged name (cifar10, cifar100, mnist, translated_mnist, osuleaf) or a path; repeatable")
+                        help=f"config file: a packaged name ({', '.join(c[:-4] for c in packaged_configs())}) or a path; repeatable")
     parser.add_argument("--gin_bindings", action="append", default=[],
                         help="Gin binding such as \"train.train.num_epochs = 10\"; repeatable")
     parser.add_argument("--workdir", default=None, help="logs, checkpoints and metrics (overrides train.workdir)")
