@@ -9,7 +9,8 @@ the compiler, ``torch.func``, double backward, meta / fake tensors and ``torch.e
   one chain of vectorised operations (positions, axis of each bin and sizes are cached constants).
 * **Operators**: the matrix form's operators are linear in the mask values, so each is one GEMM
   of the mask values with a cached basis, ``A2 = a @ E_A`` and ``Bs = b @ E_B`` (the bases hold the
-  DFT phases with the ``1/h``, ``1/w`` and rfft-doubling factors folded in). FixedSpectralPooling's
+  DFT phases with the ``1/h``, ``1/w`` and rfft-doubling factors folded in; built from the same
+  phase factors that build large operators as two small products per axis). FixedSpectralPooling's
   operators are constants (cached whole).
 * **Matrix form**: two GEMMs, ``v = x @ [B_r; B_i]ᵀ`` (N, C, H, 2w), read as (N, C, 2H, w), then
   ``y = A2 @ v`` with ``A2[p, 2m + j] = (A_r, −A_i)[j][p, m]``: exactly
@@ -92,71 +93,6 @@ def split_axes(values: torch.Tensor, plan: SpectralPlan) -> list:
 # The matrix form's operators: one GEMM of the mask values with a cached basis per axis.
 
 
-def _phases(n_in: int, n_out: int, freqs: Sequence[int], dtype, device):
-    """``cos`` and ``sin`` of ``2π (k·p/n_out − f_k·m/n_in)`` as (K, n_out, n_in); angles reduced
-    modulo the period in integers first, so that they stay exact before the cosine."""
-    k = torch.arange(len(freqs), device=device)
-    f = torch.tensor(list(freqs), device=device, dtype=torch.long)
-    p = torch.arange(n_out, device=device)
-    m = torch.arange(n_in, device=device)
-    out_angle = (k[:, None] * p[None, :] % n_out).to(dtype) * (2 * math.pi / n_out)  # (K, n_out)
-    in_angle = (f[:, None] * m[None, :] % n_in).to(dtype) * (2 * math.pi / n_in)  # (K, n_in)
-    # cos(a - b), sin(a - b) by the angle-difference formulas (a product per term, no large angles)
-    co, so, ci, si = torch.cos(out_angle), torch.sin(out_angle), torch.cos(in_angle), torch.sin(in_angle)
-    cos = co[:, :, None] * ci[:, None, :] + so[:, :, None] * si[:, None, :]
-    sin = so[:, :, None] * ci[:, None, :] - co[:, :, None] * si[:, None, :]
-    return cos, sin
-
-
-@cached_when_eager
-def height_basis(n_in: int, n_out: int, rows: Tuple[int, ...], dtype, device) -> torch.Tensor:
-    """``E_A`` (K, n_out·2·n_in): ``a @ E_A`` is ``A2`` (n_out, 2·n_in) with
-    ``A2[p, 2m] = A_r[p, m]``, ``A2[p, 2m+1] = −A_i[p, m]`` of
-    ``A[p, m] = Σ_k a_k exp(2πi (k·p/n_out − f_k·m/n_in)) / n_out``."""
-    with torch.inference_mode(False):
-        cos, sin = _phases(n_in, n_out, rows, dtype, device)
-        return (torch.stack([cos, -sin], dim=-1) / n_out).reshape(len(rows), -1)
-
-
-@cached_when_eager
-def width_basis(n_in: int, n_out: int, cols: int, dtype, device, imaginary: bool = True) -> torch.Tensor:
-    """``E_B`` (cols, 2·n_out·n_in): ``b @ E_B`` is ``Bs = [B_r; B_i]`` (2·n_out, n_in) of
-    ``B[q, n] = Σ_l c_l b_l exp(2πi l (q/n_out − n/n_in)) / n_out``, ``c_l`` 1 on DC and on the
-    Nyquist bin of the output, else 2 (the real inverse's doubling). ``imaginary=False``: ``B_r``
-    alone (n_out, n_in), all that 1-D needs."""
-    with torch.inference_mode(False):
-        cos, sin = _phases(n_in, n_out, range(cols), dtype, device)
-        c = torch.full((cols, 1, 1), 2.0, dtype=dtype, device=device)
-        c[0] = 1.0
-        if n_out % 2 == 0 and cols - 1 == n_out // 2:
-            c[cols - 1] = 1.0
-        if not imaginary:
-            return (cos * (c / n_out)).reshape(cols, -1)
-        return (torch.stack([cos, sin], dim=1) * (c[:, :, None] / n_out)).reshape(cols, -1)
-
-
-@cached_when_eager
-def operator_basis(size: Tuple[int, ...], plan: SpectralPlan, dtype, device) -> torch.Tensor:
-    """All the operators' bases of a plan in one block-diagonal matrix (kept bins × operator
-    elements): the mask values of every axis (:func:`mask_values`) times it is every operator,
-    flattened and side by side (``A2`` then ``Bs`` in 2-D, ``B_r`` in 1-D): one GEMM per call."""
-    with torch.inference_mode(False):
-        if len(size) == 1:
-            return width_basis(size[0], plan.out_size[0], plan.cols, dtype, device, False)
-        (height, width), (h, w) = size, plan.out_size
-        ea = height_basis(height, h, plan.rows, dtype, device)
-        eb = width_basis(width, w, plan.cols, dtype, device)
-        return torch.block_diag(ea, eb)
-
-
-@cached_when_eager
-def fixed_operators(size: Tuple[int, ...], plan: SpectralPlan, dtype, device) -> torch.Tensor:
-    """FixedSpectralPooling's operators, flattened side by side (mask values all one): a constant."""
-    with torch.inference_mode(False):
-        ones = torch.ones(sum(len(r) for r in plan.centred_rows()) + plan.cols, dtype=dtype, device=device)
-        return torch.cat([op.reshape(-1) for op in _factored_operators(size, plan, ones, dtype, device)])
-
-
 @cached_when_eager
 def height_factors(n_in: int, n_out: int, rows: Tuple[int, ...], dtype, device) -> Tuple[torch.Tensor, torch.Tensor]:
     """``A2`` (:func:`height_basis`) as ``(P * a).view(n_out, 2K) @ R``: ``P`` (n_out, 2, K) holds
@@ -187,6 +123,53 @@ def width_factors(n_in: int, n_out: int, cols: int, dtype, device) -> Tuple[torc
         ca, sa = torch.cos(alpha) * c / n_out, torch.sin(alpha) * c / n_out
         left = torch.cat([torch.stack([ca, sa], dim=1), torch.stack([sa, -ca], dim=1)])  # (2·n_out, 2, cols)
         return left, torch.cat([torch.cos(beta), torch.sin(beta)])
+
+
+@cached_when_eager
+def height_basis(n_in: int, n_out: int, rows: Tuple[int, ...], dtype, device) -> torch.Tensor:
+    """``E_A`` (K, n_out·2·n_in): ``a @ E_A`` is ``A2`` (n_out, 2·n_in) with
+    ``A2[p, 2m] = A_r[p, m]``, ``A2[p, 2m+1] = −A_i[p, m]`` of
+    ``A[p, m] = Σ_k a_k exp(2πi (k·p/n_out − f_k·m/n_in)) / n_out``: the terms of
+    :func:`height_factors`' product, one row per kept bin."""
+    with torch.inference_mode(False):
+        left, right = height_factors(n_in, n_out, rows, dtype, device)  # (n_out, 2, K), (2K, 2·n_in)
+        return torch.einsum("pjk,jkc->kpc", left, right.view(2, len(rows), -1)).reshape(len(rows), -1)
+
+
+@cached_when_eager
+def width_basis(n_in: int, n_out: int, cols: int, dtype, device, imaginary: bool = True) -> torch.Tensor:
+    """``E_B`` (cols, 2·n_out·n_in): ``b @ E_B`` is ``Bs = [B_r; B_i]`` (2·n_out, n_in) of
+    ``B[q, n] = Σ_l c_l b_l exp(2πi l (q/n_out − n/n_in)) / n_out``, ``c_l`` 1 on DC and on the
+    Nyquist bin of the output, else 2 (the real inverse's doubling): the terms of
+    :func:`width_factors`' product. ``imaginary=False``: ``B_r`` alone (n_out, n_in), all that
+    1-D needs."""
+    with torch.inference_mode(False):
+        left, right = width_factors(n_in, n_out, cols, dtype, device)  # (2·n_out, 2, cols), (2·cols, n_in)
+        if not imaginary:
+            left = left[:n_out]
+        return torch.einsum("rjl,jln->lrn", left, right.view(2, cols, -1)).reshape(cols, -1)
+
+
+@cached_when_eager
+def operator_basis(size: Tuple[int, ...], plan: SpectralPlan, dtype, device) -> torch.Tensor:
+    """All the operators' bases of a plan in one block-diagonal matrix (kept bins × operator
+    elements): the mask values of every axis (:func:`mask_values`) times it is every operator,
+    flattened and side by side (``A2`` then ``Bs`` in 2-D, ``B_r`` in 1-D): one GEMM per call."""
+    with torch.inference_mode(False):
+        if len(size) == 1:
+            return width_basis(size[0], plan.out_size[0], plan.cols, dtype, device, False)
+        (height, width), (h, w) = size, plan.out_size
+        ea = height_basis(height, h, plan.rows, dtype, device)
+        eb = width_basis(width, w, plan.cols, dtype, device)
+        return torch.block_diag(ea, eb)
+
+
+@cached_when_eager
+def fixed_operators(size: Tuple[int, ...], plan: SpectralPlan, dtype, device) -> torch.Tensor:
+    """FixedSpectralPooling's operators, flattened side by side (mask values all one): a constant."""
+    with torch.inference_mode(False):
+        ones = torch.ones(sum(len(r) for r in plan.centred_rows()) + plan.cols, dtype=dtype, device=device)
+        return torch.cat([op.reshape(-1) for op in _factored_operators(size, plan, ones, dtype, device)])
 
 
 def operators(size: Sequence[int], plan: SpectralPlan, weights: Optional[torch.Tensor], dtype,
@@ -238,7 +221,7 @@ def apply_matmul(x: torch.Tensor, ops: Tuple[torch.Tensor, ...], dtype: torch.dt
     """The matrix form on (N, C, L) or (N, C, H, W) in ``dtype`` (the autocast dtype under
     autocast): one GEMM in 1-D, two in 2-D. A channels_last input is read contiguous and the
     output returned channels_last."""
-    channels_last = x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+    channels_last = memory_format_of(x) == torch.channels_last
     x = x.to(dtype).contiguous()
     if x.dim() == 3:
         return torch.matmul(x, ops[0].to(dtype).t())
