@@ -88,7 +88,11 @@ def _check_fixed_call(x, strides, ndim: int, algorithm: str, name: str) -> Tuple
 
 def _planned_values(strides: torch.Tensor, name: str) -> Tuple[float, ...]:
     """The stride values for planning (a device read), refused when not finite."""
-    values = stride_values(strides)
+    return refuse_non_finite(stride_values(strides), name)
+
+
+def refuse_non_finite(values: Tuple[float, ...], name: str) -> Tuple[float, ...]:
+    """``values`` (stride values about to be planned from), or ``FloatingPointError`` naming them."""
     if not all(math.isfinite(v) for v in values):
         raise FloatingPointError(
             f"{name} strides are not finite: {values}. Training has diverged (lower the learning rate), "

@@ -191,7 +191,8 @@ class _DiffStrideNd(PoolingLayer):
         residual block's branches, which compiled backward graphs refuse.)"""
         floors = clamp_floors(size, self.smoothness_factor, shared=self.strides.numel() == 1)
         clamped = tuple(max(v, m) for v, m in zip(values, floors))
-        if clamped != values:
+        # (no tensor to write into on meta / fake tensors, nor inside a traced graph)
+        if clamped != values and _has_data(self.strides) and not torch.compiler.is_compiling():
             with torch.no_grad():
                 self.strides.copy_(torch.tensor(clamped, dtype=self.strides.dtype))
             self._known_values = clamped
@@ -210,15 +211,7 @@ class _DiffStrideNd(PoolingLayer):
             return _plan_outside_graphs(self, size)
         # frozen strides, torch.export at the current strides, meta / fake tensors: the Python
         # values, folded into the graph
-        return self._plan(size, self._clamp_values(size, self._known_values))
-
-    def _clamp_values(self, size: Tuple[int, ...], values: Tuple[float, ...]) -> Tuple[float, ...]:
-        """The in-place clamp on Python values; the tensor written only when it holds data and
-        no graph is being traced."""
-        if _has_data(self.strides) and not torch.compiler.is_compiling():
-            return self._clamp_(size, values)
-        floors = clamp_floors(size, self.smoothness_factor, shared=self.strides.numel() == 1)
-        return tuple(max(v, m) for v, m in zip(values, floors))
+        return self._plan(size, self._clamp_(size, self._known_values))
 
     def _plan(self, size: Tuple[int, ...], values: Sequence[float]) -> F.SpectralPlan:
         return F.diffstride_plan(size, values, self.smoothness_factor, self.cropping, self.lower_limit_stride,
@@ -603,9 +596,7 @@ def sync_plans(model: nn.Module, enabled: bool = True) -> None:
         values = tuple(float(v) for v in flat[start:start + n])
         start += n
         # (float32 strides read through float64: the same values, exactly)
-        if not all(math.isfinite(v) for v in values):
-            raise FloatingPointError(f"{type(layer).__name__} strides are not finite: {values}. Training has "
-                                     "diverged (lower the learning rate), or non-finite values were loaded.")
+        F.refuse_non_finite(values, type(layer).__name__)
         old = layer._synced_plans or {}
         plans = {}
         for size in layer._sizes_seen:
