@@ -140,25 +140,42 @@ def complexity_loss(
         order = forward_trace(model, input_size).pooling
     else:
         order = list(layers)
-    param = next(model.parameters(), None)
-    like = param if param is not None else torch.zeros(())
-    cumulative, running = [], torch.ones((), device=like.device)
-    for name in order:
-        running = running / layers[name].stride_product().to(like.device)
-        cumulative.append(running)
+    device = _device_of(model)
     if weighting == "paper":
+        cumulative = _downsampling_factors(layers, order, device)
         if not cumulative:
-            return torch.zeros((), device=like.device)
+            return torch.zeros((), device=device)
         return torch.stack(cumulative).sum()
-    total = torch.zeros((), device=like.device)
-    norm = 0.0
+    total = _strided_macs(layers, trace, device)
+    norm = sum(macs * trace.input_pixels / stride_area for macs, _, index, stride_area in trace.convs if index != -2)
+    return total / norm if norm else total
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    param = next(model.parameters(), None)
+    return param.device if param is not None else torch.device("cpu")
+
+
+def _downsampling_factors(layers: Dict[str, nn.Module], order: Sequence[str], device) -> List[torch.Tensor]:
+    """``Π_{i<=l} 1/(S_h^i S_w^i)`` for each pooling layer ``l`` in ``order``, differentiable."""
+    cumulative, running = [], torch.ones((), device=device)
+    for name in order:
+        running = running / layers[name].stride_product().to(device)
+        cumulative.append(running)
+    return cumulative
+
+
+def _strided_macs(layers: Dict[str, nn.Module], trace: ForwardTrace, device) -> torch.Tensor:
+    """``Σ_c macs_c · P · Π_{i<=l(c)} 1/(S_h^i S_w^i) / stride_area_c`` over the convolutions of
+    ``trace`` (linear layers after global pooling left out): the multiply-adds the strides drive."""
+    cumulative = _downsampling_factors(layers, trace.pooling, device)
+    total = torch.zeros((), device=device)
     for macs, _, index, stride_area in trace.convs:
         if index == -2:
             continue
-        factor = cumulative[index] if index >= 0 else torch.ones((), device=like.device)
+        factor = cumulative[index] if index >= 0 else torch.ones((), device=device)
         total = total + macs * trace.input_pixels * factor / stride_area
-        norm += macs * trace.input_pixels / stride_area
-    return total / norm if norm else total
+    return total
 
 
 # --------------------------------------------------------------------------------------------
@@ -218,21 +235,8 @@ def macs_estimate(model: nn.Module, trace: ForwardTrace) -> torch.Tensor:
     :func:`complexity_loss` with ``weighting='flops'`` before normalisation. Below
     :func:`count_flops`, whose exact count includes the edge; :func:`budget_penalty` scales it
     to the exact count."""
-    layers = dict(pooling_lib.pooling_layers(model))
-    param = next(model.parameters(), None)
-    device = param.device if param is not None else "cpu"
-    cumulative, running = [], torch.ones((), device=device)
-    for name in trace.pooling:
-        running = running / layers[name].stride_product().to(device)
-        cumulative.append(running)
-    total = torch.zeros((), device=device)
-    for macs, pixels, index, stride_area in trace.convs:
-        if index == -2:  # linear layers after global pooling: a constant
-            total = total + macs * pixels
-            continue
-        factor = cumulative[index] if index >= 0 else torch.ones((), device=device)
-        total = total + macs * trace.input_pixels * factor / stride_area
-    return total
+    linear = sum(macs * pixels for macs, pixels, index, _ in trace.convs if index == -2)  # a constant
+    return _strided_macs(dict(pooling_lib.pooling_layers(model)), trace, _device_of(model)) + linear
 
 
 def budget_penalty(model: nn.Module, trace: ForwardTrace, budget: float, exact: float) -> torch.Tensor:
