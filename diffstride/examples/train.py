@@ -33,7 +33,7 @@ from diffstride.examples.run_state import (  # noqa: F401  (the run's state and 
     config_differences, final_records, fire, resolved_config, resume, rng_state, save, set_rng_state,
 )
 from diffstride.examples.workdir import RunLock, check_int, prepare, remove_orphans
-from diffstride.complexity import budget_penalty, count_flops, fit_to_budget, floor
+from diffstride.complexity import budget_penalty, fit_to_budget, floor
 from diffstride.resnet import l2_param_groups
 
 __all__ = ["train", "build", "Run", "train_one_epoch", "evaluate", "epoch_metrics", "TrainingError",
@@ -69,12 +69,8 @@ class Budget:
     def penalty(self, run: "Run") -> torch.Tensor:
         return self.weight * budget_penalty(run.model, run.structure, self.macs, self.exact)
 
-    def refresh(self, run: "Run") -> None:
-        self.exact = float(count_flops(run.model, self.input_size))
-        if self.exact > self.macs:
-            self.fit(run)
-
     def fit(self, run: "Run") -> None:
+        """The exact count, the network projected back within the budget first if it is over."""
         self.exact = float(fit_to_budget(run.model, self.input_size, self.macs)[0])
 
 
@@ -82,9 +78,12 @@ def _budget(model: nn.Module, input_size, budget_macs: Optional[int], complexity
     """The run's budget, refused before training when below the network's floor."""
     if budget_macs is None:
         return None
+    pools = [m for _, m in pooling.pooling_layers(model) if getattr(m, "trainable", False)]
+    if not pools:
+        raise ValueError(f"train.train.budget_macs = {budget_macs} needs trainable strides (DiffStride layers); "
+                         "this network has none")
     lowest = floor(model, input_size)
     if budget_macs < lowest:
-        pools = [m for _, m in pooling.pooling_layers(model) if getattr(m, "trainable", False)]
         smoothness = sorted({m.smoothness_factor for m in pools})
         raise ValueError(
             f"train.train.budget_macs = {budget_macs} is below this network's floor of {lowest} multiply-adds per "
@@ -92,9 +91,6 @@ def _budget(model: nn.Module, input_size, budget_macs: Optional[int], complexity
             f"about size/S + 2R samples per axis, R = smoothness_factor = {smoothness}). Lower the floor with a "
             f"smaller pooling.DiffStride.smoothness_factor, a higher upper_limit_stride (if set), or a smaller "
             f"network, or raise the budget")
-    if not any(getattr(m, "trainable", False) for _, m in pooling.pooling_layers(model)):
-        raise ValueError(f"train.train.budget_macs = {budget_macs} needs trainable strides (DiffStride layers); "
-                         "this network has none")
     return Budget(int(budget_macs), lowest, complexity_weight if complexity_weight > 0 else 1.0, tuple(input_size))
 
 
@@ -197,7 +193,7 @@ def train_one_epoch(run: Run, state: RunState, num_epochs: int, save_mid_epoch: 
                 state.batch += 1  # a batch of bad files only (skip_bad_files): read, not trained on
                 continue
             if run.budget is not None and (run.budget.exact == 0 or state.step % run.budget.refresh_steps == 0):
-                run.budget.refresh(run)  # the exact count; over budget: projected back within it
+                run.budget.fit(run)  # the exact count; over budget: projected back within it
             lr = run.optimizer_spec.learning_rate_at(state.step)
             for group in run.optimizer.param_groups:
                 group["lr"] = lr
@@ -324,9 +320,11 @@ def epoch_metrics(run: Run, state: RunState, sums: Dict[str, float]) -> Dict[str
     }
     with torch.no_grad():
         metrics["complexity"] = float(run.complexity_fn(run.model, trace=run.structure))
-    metrics["flops"] = count_flops(run.model, run.datasets.image_shape)
-    if run.budget is not None:
+    if run.budget is not None:  # counted at the epoch's end by the budget's fit, at these strides
+        metrics["flops"] = int(run.budget.exact)
         metrics["budget_macs"], metrics["floor_macs"] = run.budget.macs, run.budget.floor
+    else:
+        metrics["flops"] = count_flops(run.model, run.datasets.image_shape)
     train, test = run.datasets.train, run.datasets.test
     if hasattr(train, "skipped_files"):  # file sources: files left out by data.load_datasets.skip_bad_files
         mine = train.skipped_files() | test.skipped_files()
