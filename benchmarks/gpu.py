@@ -213,7 +213,7 @@ def _networks(kind, device, image_size, classes):
         torch.manual_seed(0)
         if kind == "cifar":
             return resnet.resnet18(num_output_classes=classes, pooling_cls=cls).to(device)
-        from diffstride.examples import models
+        from diffstride.train import models
 
         return models.torchvision_model("resnet18", num_output_classes=classes, pooling_cls=cls,
                                         image_size=image_size).to(device)

@@ -29,7 +29,7 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from benchmarks.common import machine_header  # noqa: E402
-from diffstride.examples import data  # noqa: E402
+from diffstride import data  # noqa: E402
 
 
 def make_folder(root: str, images: int, size=(500, 375), classes: int = 4, seed: int = 0) -> None:

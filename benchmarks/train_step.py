@@ -15,7 +15,7 @@ on the inputs it sees in the step) and the images/s of the data pipeline alone. 
 (float32 channels_last only, 3 repeats) finishes in well under 3 minutes on 2 cores.
 
 ``--imagenet`` prints instead the 224x224 rows: torchvision's ResNet-18 converted to DiffStride
-(``diffstride.examples.models``, the model of ``imagenet.gin``) against the strided original,
+(``diffstride.train.models``, the model of ``imagenet.gin``) against the strided original,
 milliseconds per step (eager and through ``torch.compile``) and peak memory (eager).
 
 The TensorFlow reference, timed in the same run, is benchmarks/reference_tf.py.
@@ -33,7 +33,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from benchmarks.common import interleaved_medians, machine_header, native_low_precision  # noqa: E402
 from benchmarks.memory import peak_mib  # noqa: E402
 from diffstride import pooling, resnet  # noqa: E402
-from diffstride.examples import data  # noqa: E402
+from diffstride import data  # noqa: E402
 
 POOLINGS = ("DiffStride", "FixedSpectralPooling", "strided conv")
 
@@ -116,7 +116,7 @@ def pipeline_images_per_second(batch, repeats):
 def imagenet_step(name, batch, compiled):
     """A training step of torchvision's ResNet-18 at 224x224: converted to DiffStride, or the
     strided original; through torch.compile or eager (also built in a fresh process by benchmarks.memory)."""
-    from diffstride.examples import models
+    from diffstride.train import models
 
     torch.manual_seed(0)
     model = models.torchvision_model("resnet18", num_output_classes=1000,
@@ -126,7 +126,7 @@ def imagenet_step(name, batch, compiled):
     x = torch.randn(batch, 3, 224, 224).contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 1000, (batch,))
     if compiled:  # as the training loop compiles (train._compiled): dynamic sizes, recompile limit
-        from diffstride.examples.train import _compiled
+        from diffstride.train import _compiled
 
         net = _compiled(model, model)
     else:
@@ -143,7 +143,7 @@ def imagenet_step(name, batch, compiled):
 
 def imagenet_rows(batch, repeats, memory, log):
     log(f"torchvision ResNet-18, ImageNet 224x224, batch {batch}, float32 channels_last, CPU; "
-        f"DiffStride (diffstride.examples.models, via convert) and the strided original timed in turns")
+        f"DiffStride (diffstride.train.models, via convert) and the strided original timed in turns")
     log("| model | mode | ms / step | peak MiB | DiffStride / strided (same mode) |")
     log("|---|---|---:|---:|---:|")
     for compiled in (False, True):

@@ -18,7 +18,7 @@ pooling layers), for time series and audio.
 
 This module imports only torch and numpy; the training example registers the reference's Gin
 names for it (``resnet.Resnet.pooling_cls``, ``resnet.resnet18.strides``, ``batch_norm.momentum``,
-...) in :mod:`diffstride.examples.external_configurables`.
+...) in :mod:`diffstride.train.configurables`.
 """
 from __future__ import annotations
 

@@ -16,7 +16,7 @@
 set -euo pipefail
 ROOT=${ROOT:-/tmp/diffstride-runs/budget}
 JOBS=${JOBS:-2}
-SWEEP="python3 -m diffstride.examples.sweep --jobs $JOBS --threads 1"
+SWEEP="python3 -m diffstride.experiments.sweep --jobs $JOBS --threads 1"
 MNIST=(--gin_config=translated_mnist.gin
        "--gin_bindings=train.train.num_epochs = 10"
        "--gin_bindings=tf.keras.optimizers.schedules.PiecewiseConstantDecay.boundaries = [20, 496]"
@@ -33,5 +33,5 @@ if part grid; then
     $SWEEP "${MNIST[@]}" --root "$ROOT/fixed" --poolings FixedSpectralPooling None \
         --strides 1,2,2 2,2,1 2,2,2 4,2,2 --seeds 3
 fi
-part report && python3 -m diffstride.examples.report "$ROOT"/R4/*-seed* "$ROOT"/R1/*-seed* "$ROOT"/fixed/*-seed* \
+part report && python3 -m diffstride.experiments.report "$ROOT"/R4/*-seed* "$ROOT"/R1/*-seed* "$ROOT"/fixed/*-seed* \
     experiments/translated_mnist_front/{strided,FixedSpectralPooling}-* --out "$ROOT/report" --reference_strides "1, 2, 2"

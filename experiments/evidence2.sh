@@ -16,7 +16,7 @@
 #   strided / spectral networks at several fixed strides.
 set -euo pipefail
 ROOT=${ROOT:-/tmp/diffstride-runs/evidence2}
-SWEEP="python3 -m diffstride.examples.sweep --jobs 1 --threads 1"
+SWEEP="python3 -m diffstride.experiments.sweep --jobs 1 --threads 1"
 
 CBF=(--gin_config=osuleaf.gin
      "--gin_bindings=data.load_datasets.name = 'cbf'" "--gin_bindings=data.load_datasets.batch_size = 32"
@@ -44,5 +44,5 @@ fi
 # the strided networks' extra points, in a third root (so that PART=more2 can run beside PART=more)
 part more2 && $SWEEP "${MNIST[@]}" --root "$ROOT/front-more2" --poolings None --strides 2,2,2 2,2,1 --seeds 1 2
 # one report of every finished translated-MNIST run of both roots
-part report && python3 -m diffstride.examples.report "$ROOT"/front/*-seed* "$ROOT"/front-more/*-seed* "$ROOT"/front-more2/*-seed* \
+part report && python3 -m diffstride.experiments.report "$ROOT"/front/*-seed* "$ROOT"/front-more/*-seed* "$ROOT"/front-more2/*-seed* \
     --out "$ROOT/front-report" --reference_strides "1, 2, 2"

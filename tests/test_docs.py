@@ -7,7 +7,7 @@ import torch
 
 MODULES = ["diffstride.pooling", "diffstride.functional", "diffstride._plans", "diffstride._kernels", "diffstride.resnet", "diffstride.keras_weights",
            "diffstride.complexity", "diffstride.metrics", "diffstride.settings", "diffstride.convert"]
-EXAMPLES = ["diffstride.examples.data", "diffstride.examples.report"]  # the training system: needs the train extra
+EXAMPLES = ["diffstride.data", "diffstride.experiments.report"]  # the training system: needs the train extra
 
 
 @pytest.mark.parametrize("name", MODULES + EXAMPLES)

@@ -28,7 +28,7 @@ def test_the_wheel_carries_the_configs_and_scripts_and_runs_in_a_fresh_virtualen
     assert {"cifar10.gin", "cifar100.gin", "mnist.gin", "translated_mnist.gin", "osuleaf.gin", "imagenet.gin"} <= configs
     assert any(n.endswith("licenses/LICENSE") or n.endswith("/LICENSE") for n in names)
     entry_points = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
-    for script in ("diffstride-train = diffstride.examples.main:cli", "diffstride-sweep = diffstride.examples.sweep:cli"):
+    for script in ("diffstride-train = diffstride.train.main:cli", "diffstride-sweep = diffstride.experiments.sweep:cli"):
         assert script in entry_points
     metadata = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("METADATA"))).decode()
     assert "Requires-Dist: torch>=2.4\n" in metadata and "License-Expression: Apache-2.0" in metadata

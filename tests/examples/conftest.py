@@ -51,7 +51,7 @@ def _metrics(workdir):
 def _trained_then_newest_truncated(tmp_path) -> str:
     """A finished 2-epoch tiny run whose newest checkpoint (ckpt-0002.pt) was cut to 1,000 bytes,
     as a crash in the middle of writing it would leave it; returns its work directory."""
-    from diffstride.examples import main as main_lib
+    from diffstride.train import main as main_lib
 
     workdir = str(tmp_path / "run")
     assert main_lib.main(_args(workdir, epochs=2)) == 0

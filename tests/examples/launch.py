@@ -20,8 +20,8 @@ import tempfile
 from typing import Optional, Sequence, Tuple
 
 # what the server imports once (what a training run imports besides the optional extras)
-_PRELOAD = ["torch", "gin", "numpy", "diffstride.examples.main", "diffstride.examples.external_configurables",
-            "diffstride.examples.train", "diffstride.examples.data", "diffstride.examples.logs",
+_PRELOAD = ["torch", "gin", "numpy", "diffstride.train.main", "diffstride.train.configurables",
+            "diffstride.train", "diffstride.data", "diffstride.train.logs",
             "torch.utils.tensorboard", "tests.examples.launch"]
 _context = None
 
@@ -61,7 +61,7 @@ def _child(args: Sequence[str], env: dict, cwd: Optional[str], out: str, err: st
     torch.set_num_threads(int(env.get("OMP_NUM_THREADS", "1")))
     if file_size_limit is not None:
         _limit_file_size(file_size_limit)
-    from diffstride.examples import main
+    from diffstride.train import main
 
     hooks = []
     if kill_at is not None:
@@ -73,7 +73,7 @@ def _child(args: Sequence[str], env: dict, cwd: Optional[str], out: str, err: st
 
         hooks.append(hook)
     signal.signal(signal.SIGTERM, main._interrupt)  # as cli() does
-    sys.argv = ["diffstride.examples.main", *args]
+    sys.argv = ["diffstride.train.main", *args]
     code = main.main(list(args), hooks=hooks)
     sys.stdout.flush()
     sys.stderr.flush()

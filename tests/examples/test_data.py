@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from diffstride.examples import data
+from diffstride import data
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from diffstride.examples import data, pipeline, sources
+from diffstride import data
+from diffstride.data import pipeline
+from diffstride.data import sources
 
 from .conftest import CLASSES, _shards, _tone
 
@@ -62,7 +64,7 @@ def test_images_of_every_mode_become_what_the_model_takes(tmp_path):
 
 def test_mel_filters_and_log_mel_match_librosa():
     librosa = pytest.importorskip("librosa")
-    from diffstride.examples import audio
+    from diffstride.data import audio
 
     for rate, n_fft, n_mels in ((16000, 512, 64), (22050, 1024, 40), (8000, 256, 20)):
         ours = audio.mel_filters(rate, n_fft, n_mels)
@@ -77,7 +79,7 @@ def test_mel_filters_and_log_mel_match_librosa():
 
 
 def test_resampling_keeps_the_pitch():
-    from diffstride.examples import audio
+    from diffstride.data import audio
 
     tone = _tone(22050, 1.0, 440.0)
     out = audio.resample(tone, 22050, 16000)
@@ -212,7 +214,7 @@ def test_audiofolder_clips_as_log_mel_or_waveform(files):
     torch.testing.assert_close(clips[0, 0, :2400], expected, rtol=0, atol=1e-4)
     assert clips[0, 0, 2400:].abs().max() == 0
     # log-mel of the clip: the front-end on the waveform
-    from diffstride.examples import audio
+    from diffstride.data import audio
     torch.testing.assert_close(images[0], audio.LogMel(8000, 512, None, 32)(clips[0]), rtol=0, atol=1e-5)
 
 

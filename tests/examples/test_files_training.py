@@ -15,9 +15,11 @@ import torch
 from torch import nn
 
 from diffstride import pooling
-from diffstride.examples import checkpoint as ckpt
-from diffstride.examples import data, main as main_lib, models
-from diffstride.examples import train as train_lib
+from diffstride.train import checkpoint as ckpt
+from diffstride import data
+from diffstride.train import main as main_lib
+from diffstride.train import models
+from diffstride import train as train_lib
 
 from .conftest import _metrics, _run, _run_killed_at, _shards, _two_processes, _until
 
@@ -102,7 +104,7 @@ def test_a_killed_runs_workers_end_with_it_under_the_forkserver_start_method(fil
     code = textwrap.dedent(f"""
         import multiprocessing, os, signal
         multiprocessing.set_start_method("forkserver")
-        from diffstride.examples import data
+        from diffstride import data
         ds = data.load_datasets("imagefolder", data_dir={str(files["root"] / "images")!r}, batch_size=6,
                                 image_size=24, num_workers=2)
         next(ds.train.batches(ds.train.order(0)))
@@ -126,7 +128,7 @@ def test_a_killed_runs_workers_end_with_it_under_the_forkserver_start_method(fil
 def test_a_worker_that_starts_after_its_run_was_killed_ends_at_once():
     """The other order of the same race (seen under load): the run is gone before a worker reaches
     its set-up, which then ends it instead of watching nothing."""
-    from diffstride.examples.pipeline import _exit_with
+    from diffstride.data.pipeline import _exit_with
 
     gone = subprocess.Popen(["true"])
     gone.wait()  # an ended (and reaped) process
@@ -188,8 +190,8 @@ def test_killed_mid_epoch_with_workers_then_rerun_gives_the_same_metrics(files, 
 def _break_share(root, batch, rank=0, world_size=1, global_batch=6, seed=1):
     """Overwrites with garbage every training file of ``rank``'s share of ``batch`` in epoch 0 (the
     order the pipeline draws from the seed); returns their paths."""
-    from diffstride.examples.pipeline import EpochBatchSampler
-    from diffstride.examples.sources import FolderSource
+    from diffstride.data.pipeline import EpochBatchSampler
+    from diffstride.data.sources import FolderSource
 
     source = FolderSource(str(root / "train"), "image")
     sampler = EpochBatchSampler(len(source), global_batch, rank, world_size, seed, shuffle=True)
@@ -247,7 +249,7 @@ def test_torchrun_two_processes_read_their_shards_and_resume(files, tmp_path):
                           extra=["train.train.accumulate_steps = 2", "train.train.checkpoint_every_steps = 4",
                                  "data.load_datasets.skip_bad_files = True", ON_CPU])
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-               "-m", "diffstride.examples.main", *args]
+               "-m", "diffstride.train.main", *args]
         # its own process group: a hang (the failure this test looks for) is killed whole
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                 env=dict(os.environ, OMP_NUM_THREADS="1"), start_new_session=True)
@@ -313,7 +315,7 @@ def test_under_torchrun_a_bad_file_is_one_message_and_exit_2(files, tmp_path):
     (bad,) = _break_share(root, batch=1, rank=1, world_size=2)[:1]
     args = _file_args(tmp_path / "run", "imagefolder", root, epochs=1, extra=[ON_CPU])
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           "-m", "diffstride.examples.main", *args]
+           "-m", "diffstride.train.main", *args]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1"))
     err = proc.stderr
     assert proc.returncode != 0
@@ -423,7 +425,7 @@ def test_imagenet_config_carries_torchvisions_recipe_and_runs_on_an_image_folder
     image-folder layout (shrunk here: 32x32 images, a few examples, one epoch)."""
     import gin
 
-    from diffstride.examples import external_configurables  # noqa: F401
+    from diffstride.train import configurables as external_configurables  # noqa: F401
 
     gin.parse_config_file(main_lib.resolve_config("imagenet.gin"), skip_unknown=False)
     q = gin.query_parameter

@@ -6,8 +6,8 @@ import os
 import numpy as np
 import pytest
 
-from diffstride.examples import main as main_lib
-from diffstride.examples import report
+from diffstride.train import main as main_lib
+from diffstride.experiments import report
 
 from .conftest import TINY
 

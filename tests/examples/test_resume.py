@@ -11,8 +11,8 @@ import random
 import pytest
 import torch
 
-from diffstride.examples import checkpoint as ckpt
-from diffstride.examples import main as main_lib
+from diffstride.train import checkpoint as ckpt
+from diffstride.train import main as main_lib
 
 from . import launch
 from .conftest import _args, _metrics, _run, _run_killed_at, _trained_then_newest_truncated
@@ -81,7 +81,7 @@ def test_a_resume_with_changed_bindings_stops_listing_them_and_changes_nothing(t
 
 
 def test_differences_ignore_what_does_not_change_the_result():
-    from diffstride.examples.train import config_differences
+    from diffstride.train import config_differences
 
     old = {"--seed": "1", "train.num_epochs": "3", "train.workdir": "'/a'", "load_datasets.data_dir": "'/x'",
            "train.checkpoint_every_steps": "None", "Resnet.filters": "[4, 8]"}

@@ -11,8 +11,10 @@ import numpy as np
 import pytest
 import torch
 
-from diffstride.examples import data, report, sweep
-from diffstride.examples import main as main_lib
+from diffstride import data
+from diffstride.experiments import report
+from diffstride.experiments import sweep
+from diffstride.train import main as main_lib
 
 from .conftest import TINY, _until
 
@@ -73,7 +75,7 @@ def test_shift_consistency_is_measured_with_each_evaluation_and_does_not_change_
     for key in ("train_loss", "test_loss", "test_accuracy", "pooling"):
         assert runs["plain"][key] == runs["measured"][key]
     with pytest.raises(ValueError, match=r"shift_mode must be 'circular' or 'zeros', but got 'wrap'"):
-        from diffstride.examples import train as train_lib
+        from diffstride import train as train_lib
 
         train_lib.train(load_data_fn=lambda **_: None, model_cls=None, shift_mode="wrap")
 
@@ -94,7 +96,7 @@ def _sweep_args(root, jobs=2, seeds=("1", "2"), poolings=("DiffStride", "None"))
 
 
 def _sweep(args, **kwargs):
-    return subprocess.run([sys.executable, "-m", "diffstride.examples.sweep", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "diffstride.experiments.sweep", *args], capture_output=True, text=True,
                           timeout=600, **kwargs)
 
 
@@ -130,9 +132,9 @@ def test_sweep_runs_the_grid_and_writes_the_report(tmp_path, capsys):
 @pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_an_interrupted_sweep_resumes_where_it_stopped(tmp_path, sig):
-    proc = subprocess.Popen([sys.executable, "-m", "diffstride.examples.sweep", *_sweep_args(tmp_path, jobs=1, seeds=("1",), poolings=("None",))],
+    proc = subprocess.Popen([sys.executable, "-m", "diffstride.experiments.sweep", *_sweep_args(tmp_path, jobs=1, seeds=("1",), poolings=("None",))],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    from diffstride.examples.workdir import held_by
+    from diffstride.train.workdir import held_by
 
     for line in proc.stdout:
         if "start strided-strides2_2-seed1" in line:  # the first cell finished, the second started
@@ -180,9 +182,9 @@ def _one_cell_args(root, epochs=1, extra=()):
 
 @pytest.mark.slow
 def test_a_second_sweep_on_the_same_root_stops_at_once_and_damaged_records_are_rebuilt(tmp_path, capsys):
-    from diffstride.examples.workdir import held_by
+    from diffstride.train.workdir import held_by
 
-    first = subprocess.Popen([sys.executable, "-m", "diffstride.examples.sweep", *_one_cell_args(tmp_path)],
+    first = subprocess.Popen([sys.executable, "-m", "diffstride.experiments.sweep", *_one_cell_args(tmp_path)],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     holder = _until(lambda: os.path.exists(tmp_path) and held_by(str(tmp_path), ".sweep.lock"))
     assert sweep.main(_one_cell_args(tmp_path)) == 2
@@ -225,10 +227,10 @@ def test_a_misspelt_binding_stops_the_sweep_before_any_cell_naming_it_once(tmp_p
 
 @pytest.mark.slow
 def test_killing_only_the_sweep_kills_its_cell_which_logs_its_end_and_a_rerun_finishes(tmp_path):
-    from diffstride.examples.workdir import held_by
+    from diffstride.train.workdir import held_by
 
     args = _one_cell_args(tmp_path, epochs=8)
-    parent = subprocess.Popen([sys.executable, "-m", "diffstride.examples.sweep", *args],
+    parent = subprocess.Popen([sys.executable, "-m", "diffstride.experiments.sweep", *args],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     cell = tmp_path / "DiffStride-strides1_2-seed1"
     _until(lambda: cell.exists() and held_by(str(cell)))  # the cell's run holds its lock
@@ -242,7 +244,7 @@ def test_killing_only_the_sweep_kills_its_cell_which_logs_its_end_and_a_rerun_fi
 
 
 def test_a_sweep_takes_budgets_for_its_diffstride_cells():
-    from diffstride.examples import sweep
+    from diffstride.experiments import sweep
 
     cells = sweep.grid(["DiffStride", "None"], ["1,2,2"], [1], budgets=[sweep._budget_arg("22.9M"), 5_700_000])
     names = [c.name for c in cells]

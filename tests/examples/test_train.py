@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from diffstride import pooling
-from diffstride.examples import checkpoint as ckpt
-from diffstride.examples import main as main_lib
+from diffstride.train import checkpoint as ckpt
+from diffstride.train import main as main_lib
 
 from .conftest import _args, _metrics, _run, _run_killed_at, _trained_then_newest_truncated
 
@@ -187,7 +187,7 @@ def test_cifar10_command_resolves_its_config_from_any_directory_and_explains_mis
 
 
 def _reference_surface_model(bindings):
-    from diffstride.examples import external_configurables  # noqa: F401
+    from diffstride.train import configurables as external_configurables  # noqa: F401
 
     gin.clear_config()
     files = [main_lib.resolve_config("cifar10.gin")]
@@ -217,7 +217,7 @@ def test_the_reference_gin_names_bind():
 
 
 def test_packaged_cifar_configs_carry_the_reference_recipe():
-    from diffstride.examples import external_configurables  # noqa: F401
+    from diffstride.train import configurables as external_configurables  # noqa: F401
 
     for name, dataset in (("cifar10.gin", "cifar10"), ("cifar100.gin", "cifar100")):
         gin.clear_config()
@@ -250,7 +250,7 @@ def test_bf16_mixed_precision_training_on_cpu(tmp_path, capsys):
 def test_more_processes_than_gpus_is_one_clear_error_before_any_work(tmp_path, capsys, monkeypatch):
     """torchrun --nproc_per_node=2 on a one-GPU node: rank 1 names the counts and exits 2 (it used
     to die in CUDA with "invalid device ordinal"). CUDA's presence is simulated: this runs on CPUs."""
-    from diffstride.examples.distributed import DistributedContext
+    from diffstride.train.distributed import DistributedContext
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)

@@ -6,8 +6,8 @@ import time
 
 import pytest
 
-from diffstride.examples import main as main_lib
-from diffstride.examples import workdir as wd
+from diffstride.train import main as main_lib
+from diffstride.train import workdir as wd
 
 from . import launch
 from .conftest import _args, _metrics, _run
