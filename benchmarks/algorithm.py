@@ -32,7 +32,7 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from benchmarks.common import interleaved_medians, machine_header  # noqa: E402
 from diffstride import functional as F  # noqa: E402
-from diffstride import _kernels  # noqa: E402
+from diffstride import _costs  # noqa: E402
 from diffstride import pooling, settings  # noqa: E402
 
 # (batch, channels, spatial size): inputs of 2-16 MB, channel counts as in real networks
@@ -75,7 +75,7 @@ def main():
             _, fft = _step(size, batch, channels, "fft", layout)
             t_matmul, t_fft = interleaved_medians([matmul, fft], repeats, warmup=1)
             out = layer.output_size(size)
-            ratio = _kernels.matmul_cost(size, out) / _kernels.fft_cost(size, out)
+            ratio = _costs.matmul_cost(size, out) / _costs.fft_cost(size, out)
             fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
             x = torch.empty((batch, channels) + size).contiguous(memory_format=fmt)
             auto = F.choose_algorithm(x, layer._plan(size, F.stride_values(layer.strides)))

@@ -133,7 +133,7 @@ def forms_table(device, shapes, repeats):
     """The two forms forced, against the cost model's ratio: where the matrix form stops winning,
     ``matmul_cost / fft_cost`` is the value for ``settings.fft_cost_weight_gpu``."""
     from diffstride import functional as F
-    from diffstride._kernels import fft_cost, matmul_cost
+    from diffstride._costs import fft_cost, matmul_cost
 
     print("\n## The two forms (DiffStride, float32, forward + backward, ms): calibrates settings.fft_cost_weight_gpu\n")
     print("| input | matrix form | FFT form | FFT / matrix | cost-model ratio (matmul / fft) | 'auto' takes |")

@@ -125,10 +125,10 @@ def imagenet_step(name, batch, compiled):
     opt = torch.optim.SGD(resnet.l2_param_groups(model, 5e-5), lr=0.1, momentum=0.9)
     x = torch.randn(batch, 3, 224, 224).contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 1000, (batch,))
-    if compiled:  # as the training loop compiles (train._compiled): dynamic sizes, recompile limit
-        from diffstride.train import _compiled
+    if compiled:  # as the training loop compiles (loop.compiled): dynamic sizes, recompile limit
+        from diffstride.train.loop import compiled
 
-        net = _compiled(model, model)
+        net = compiled(model, model)
     else:
         net = model
 

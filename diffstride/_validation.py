@@ -128,3 +128,14 @@ def spatial_size(input_size, ndim: int) -> Tuple[int, ...]:
     if len(size) != ndim:
         raise ValueError(f"input_size must have {ndim} value(s), but got {input_size!r}")
     return size
+
+
+def check_int(value, name: str, minimum: Optional[int] = None, allow_none: bool = False):
+    """``value`` as an int, or a ``TypeError``/``ValueError`` naming the parameter (a Gin name in the training system)."""
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an integer, but got {value!r} ({type(value).__name__})")
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, but got {value}")
+    return value

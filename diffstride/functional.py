@@ -31,12 +31,12 @@ from typing import Optional, Sequence, Tuple
 import torch
 
 from diffstride import _compact
-from diffstride._kernels import (
-    ALGORITHMS, _autocast_dtype, autocast_off, _axis_stride, _axis_weights, _clamped, _working_dtype, choose_algorithm,
-    spectral_resample1d, spectral_resample2d, spectral_resample3d, use_compact,
-)
+from diffstride._costs import autocast_off, choose_algorithm, use_compact
+from diffstride._kernels import spectral_resample1d, spectral_resample2d, spectral_resample3d
+from diffstride._masks import autocast_dtype, axis_stride, axis_weights, clamped_strides, working_dtype
 from diffstride._plans import SpectralPlan, spatial_size, clamp_floors, diffstride_plan, effective_strides, fixed_spectral_plan
 from diffstride import _validation as check
+from diffstride._validation import ALGORITHMS
 
 __all__ = [
     "diff_stride1d", "diff_stride2d", "diff_stride3d",
@@ -58,12 +58,12 @@ def _mask_strides(strides: torch.Tensor, size: Sequence[int], smoothness_factor:
     :func:`diffstride._plans.effective_strides` (the reference's in-place clamp, value only, then
     the limits' clip). ``clamped``: the caller knows the values are at or above the clamp's floors
     (a layer clamps its parameter in place before planning): the clamp is the identity then."""
-    s = strides.to(_working_dtype(strides))
+    s = strides.to(working_dtype(strides))
     if not clamped:
-        s = _clamped(s, size, smoothness_factor)
+        s = clamped_strides(s, size, smoothness_factor)
     if upper is None and (lower is None or lower <= min(clamp_floors(size, smoothness_factor, s.numel() == 1))):
         return s  # the clip cannot act on clamped strides (value and gradient): skipped
-    return _axis_stride(s, lower, upper)
+    return axis_stride(s, lower, upper)
 
 
 def _check_diffstride_call(x, strides, ndim: int, smoothness_factor, lower, upper, algorithm: str, name: str):
@@ -86,7 +86,7 @@ def _check_fixed_call(x, strides, ndim: int, algorithm: str, name: str) -> Tuple
     return strides
 
 
-def _planned_values(strides: torch.Tensor, name: str) -> Tuple[float, ...]:
+def planned_values(strides: torch.Tensor, name: str) -> Tuple[float, ...]:
     """The stride values for planning (a device read), refused when not finite."""
     return refuse_non_finite(stride_values(strides), name)
 
@@ -104,7 +104,7 @@ def stride_values(strides: torch.Tensor) -> Tuple[float, ...]:
     """The stride values as Python floats, exactly as the mask sees them (float32, or float64).
 
     Reads the tensor (a device sync)."""
-    return tuple(float(v) for v in strides.detach().to(_working_dtype(strides)).cpu().tolist())
+    return tuple(float(v) for v in strides.detach().to(working_dtype(strides)).cpu().tolist())
 
 
 def _centred_kept(plan: SpectralPlan, ndim: int) -> Tuple[Sequence[int], ...]:
@@ -135,14 +135,14 @@ def diff_stride_unchecked(
     if use_compact(x):
         # the stride rule is skipped where the values planned from show that it is the identity
         s = (_mask_strides(strides, size, smoothness_factor, lower_limit_stride, upper_limit_stride, clamped)
-             if plan.stride_rule_acts else strides.to(_working_dtype(strides)))
+             if plan.stride_rule_acts else strides.to(working_dtype(strides)))
         weights = _compact.mask_values(s, size, plan, smoothness_factor, not plan.crop_floor_acts)
         return _compact_resample(x, plan, weights, algorithm)
     s = _mask_strides(strides, size, smoothness_factor, lower_limit_stride, upper_limit_stride, clamped)
     stride = (lambda axis: s[0]) if s.numel() == 1 else (lambda axis: s[axis])  # noqa: E731
-    weights = [_axis_weights(n, stride(axis), tuple(kept), 0, smoothness_factor)
+    weights = [axis_weights(n, stride(axis), tuple(kept), 0, smoothness_factor)
                for axis, (n, kept) in enumerate(zip(size[:-1], _centred_kept(plan, len(size))))]
-    weights.append(_axis_weights(size[-1], stride(len(size) - 1), None, plan.cols, smoothness_factor))
+    weights.append(axis_weights(size[-1], stride(len(size) - 1), None, plan.cols, smoothness_factor))
     return _RESAMPLE[len(size)](x, plan, *weights, algorithm)
 
 
@@ -150,7 +150,7 @@ def _compact_resample(x: torch.Tensor, plan: SpectralPlan, weights, algorithm: s
     """The compact form (:mod:`diffstride._compact`): the matrix form's two GEMMs or the FFT form,
     by :func:`choose_algorithm`; operators and FFTs in float32 (float64 for float64 inputs), the
     matrix products in the autocast dtype under autocast, the output in it."""
-    dtype, out_dtype = _working_dtype(x), _autocast_dtype(x)
+    dtype, out_dtype = working_dtype(x), autocast_dtype(x)
     with autocast_off(x.device.type):
         if choose_algorithm(x, plan, algorithm) == "fft":
             return _compact.apply_fft(x, plan, weights, dtype, out_dtype)
@@ -164,7 +164,7 @@ def _diff_stride(x, strides, ndim, name, smoothness_factor, cropping, lower, upp
     smoothness_factor, lower, upper = _check_diffstride_call(x, strides, ndim, smoothness_factor, lower, upper,
                                                              algorithm, name)
     if plan is None:
-        plan = diffstride_plan(spatial_size(x), _planned_values(strides, name), smoothness_factor, cropping,
+        plan = diffstride_plan(spatial_size(x), planned_values(strides, name), smoothness_factor, cropping,
                                lower, upper, float64=strides.dtype == torch.float64)
     return diff_stride_unchecked(x, strides, smoothness_factor, lower, upper, plan, algorithm)
 
@@ -242,7 +242,7 @@ def fixed_spectral_pool_unchecked(x: torch.Tensor, plan: SpectralPlan, algorithm
     if use_compact(x):
         return _compact_resample(x, plan, None, algorithm)
     ndim = x.dim() - 2
-    ones = lambda n: torch.ones(n, dtype=_working_dtype(x), device=x.device)  # noqa: E731 - no mask: a hard crop
+    ones = lambda n: torch.ones(n, dtype=working_dtype(x), device=x.device)  # noqa: E731 - no mask: a hard crop
     weights = [ones(len(kept)) for kept in _centred_kept(plan, ndim)] + [ones(plan.cols)]
     return _RESAMPLE[ndim](x, plan, *weights, algorithm)
 

@@ -2,7 +2,7 @@
 
 Weights trained with google-research/diffstride (TensorFlow) load into a
 :class:`diffstride.resnet.Resnet` built with the Keras model's arguments
-(``resnet.load_reference_weights`` is the same function).
+(``resnet.load_reference_weights``, its name before, still works, with a DeprecationWarning).
 """
 from __future__ import annotations
 

@@ -1,20 +1,25 @@
-"""Downsampling layers: DiffStride (learnable strides) and the reference's two baselines.
+"""Downsampling layers: DiffStride (learnable strides) and the reference's two baselines
+(defined in :mod:`diffstride._fixed_pooling`, public here), and helpers for models that hold them.
 
 Names, arguments and defaults follow google-research/diffstride's ``pooling.py`` so that its Gin
 configs work unchanged; the maths lives in :mod:`diffstride.functional`.
 """
 from __future__ import annotations
 
-import math
-from typing import Callable, List, Optional, Sequence, Tuple, Union
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
 
 from diffstride import functional as F
 from diffstride import _validation as check
-from diffstride._plans import clamp_floors, is_exporting, memory_format_of, spatial_size
 from torch._subclasses.fake_tensor import FakeTensor
+
+from diffstride._fixed_pooling import (FixedSpectralPooling, FixedSpectralPooling1d, FixedSpectralPooling2d,
+                                       FixedSpectralPooling3d, SpatialPooling, SpatialPooling1d, SpatialPooling2d,
+                                       SpatialPooling3d)
+from diffstride._plans import clamp_floors, is_exporting, spatial_size
+from diffstride._pooling_base import PoolingLayer, Strides, check_strides, from_channels_first, to_channels_first
 
 __all__ = [
     "DiffStride",
@@ -35,62 +40,9 @@ __all__ = [
     "sync_plans",
 ]
 
-Strides = Union[float, Sequence[float]]
-
-
-def _check_strides(strides: Strides, ndim: int) -> Tuple[float, ...]:
-    """``ndim`` finite strides >= 1 as floats; a single number is used for every axis."""
-    return tuple(float(v) for v in check.per_axis(strides, ndim))
-
-
-def _to_channels_first(x: torch.Tensor, ndim: int, data_format: str, layer: str) -> torch.Tensor:
-    """Checks the input (rank in the layer's layout, dtype) and returns a channels-first *view*."""
-    check.spatial_input(x, ndim, layer, data_format)
-    return x.movedim(-1, 1) if data_format == "channels_last" else x
-
-
-def _from_channels_first(y: torch.Tensor, data_format: str) -> torch.Tensor:
-    return y.movedim(1, -1) if data_format == "channels_last" else y
-
 
 # --------------------------------------------------------------------------------------------
 # The surface every pooling layer shares.
-
-
-class PoolingLayer(nn.Module):
-    """What every pooling layer of this package offers, whatever its dimensionality or kind.
-
-    Callers (``complexity``, ``convert``, the training reports) use these instead of branching on
-    the type of ``.strides`` (a Parameter, a buffer after freezing, or a tuple).
-    """
-
-    _ndim: int
-
-    @property
-    def ndim(self) -> int:
-        """Number of spatial axes: 1, 2 or 3."""
-        return self._ndim
-
-    @property
-    def trainable(self) -> bool:
-        """Whether the strides are learned (only DiffStride's, until frozen)."""
-        return False
-
-    def stride_values(self) -> Tuple[float, ...]:
-        """The strides as Python floats, one per spatial axis."""
-        return tuple(float(v) for v in self.strides)
-
-    def stride_product(self) -> torch.Tensor:
-        """The product of the strides over the spatial axes (the factor by which the layer divides
-        the number of positions); differentiable for DiffStride."""
-        return torch.tensor(math.prod(self.stride_values()))
-
-    def freeze_(self) -> "PoolingLayer":
-        """Fixes the strides in place (DiffStride: the parameter becomes a buffer); returns self."""
-        return self
-
-    def output_size(self, input_size: Sequence[int]) -> Tuple[int, ...]:
-        raise NotImplementedError
 
 
 # --------------------------------------------------------------------------------------------
@@ -118,7 +70,7 @@ class _DiffStrideNd(PoolingLayer):
     ) -> None:
         super().__init__()
         # the functional op's checks, run early on the arguments
-        self._init_strides = _check_strides(strides, self._ndim)
+        self._init_strides = check_strides(strides, self._ndim)
         self.algorithm = check.algorithm(algorithm, self._ndim)
         self.smoothness_factor = check.smoothness_factor(smoothness_factor)
         if shared_stride and len(set(self._init_strides)) > 1:
@@ -227,12 +179,12 @@ class _DiffStrideNd(PoolingLayer):
         return self._plan(size, F.stride_values(self.strides)).out_size
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = _to_channels_first(x, self._ndim, self.data_format, type(self).__name__)
+        x = to_channels_first(x, self._ndim, self.data_format, type(self).__name__)
         size = spatial_size(x)
         self._check_size(size)
         plan = self._current_plan(size)
         y = self._downsample(x, plan)
-        return _from_channels_first(y, self.data_format)
+        return from_channels_first(y, self.data_format)
 
     def _downsample(self, x: torch.Tensor, plan: F.SpectralPlan) -> torch.Tensor:
         # the layer checked its input and arguments: the op's core, without its checks
@@ -272,7 +224,7 @@ def _has_data(t: torch.Tensor) -> bool:
 
 def _plan_from_tensor(layer: "_DiffStrideNd", size: Tuple[int, ...]) -> F.SpectralPlan:
     """Reads the strides (a device sync), applies the in-place clamp and plans the output."""
-    values = layer._clamp_(size, F._planned_values(layer.strides, type(layer).__name__))
+    values = layer._clamp_(size, F.planned_values(layer.strides, type(layer).__name__))
     layer._known_values = values
     layer._sizes_seen.add(size)
     return layer._plan(size, values)
@@ -328,7 +280,6 @@ class DiffStride(_DiffStrideNd):
     _ndim = 2
 
 
-
 class DiffStride1d(_DiffStrideNd):
     """DiffStride for 1-D inputs (N, C, L): time series, audio frames.
 
@@ -350,7 +301,6 @@ class DiffStride1d(_DiffStrideNd):
     def __init__(self, strides: Strides = 2.0, *args, **kwargs) -> None:
         kwargs.pop("shared_stride", None)
         super().__init__(strides, *args, **kwargs)
-
 
 
 class DiffStride3d(_DiffStrideNd):
@@ -375,144 +325,11 @@ class DiffStride3d(_DiffStrideNd):
     _ndim = 3
 
 
-
 # --------------------------------------------------------------------------------------------
 # Baselines.
 
 
-class _FixedSpectralPoolingNd(PoolingLayer):
-    """Spectral pooling with fixed strides in any dimensionality; a subclass only sets ``_ndim``."""
-
-    def __init__(self, strides: Strides = 2.0, data_format: str = "channels_first", algorithm: str = "auto") -> None:
-        super().__init__()
-        self.strides = _check_strides(strides, self._ndim)
-        self.data_format = check.data_format(data_format)
-        self.algorithm = check.algorithm(algorithm, self._ndim)
-
-    def output_size(self, input_size: Sequence[int]) -> Tuple[int, ...]:
-        """Spatial output size for a spatial ``input_size`` (the layer is not run)."""
-        size = check.spatial_size(input_size, self._ndim)
-        check.fixed_size(size, type(self).__name__)
-        return self._plan(size).out_size
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = _to_channels_first(x, self._ndim, self.data_format, type(self).__name__)
-        check.fixed_size(spatial_size(x), type(self).__name__)
-        return _from_channels_first(self._pool(x), self.data_format)
-
-    def _plan(self, size: Tuple[int, ...]) -> F.SpectralPlan:
-        return F.fixed_spectral_plan(size, self.strides)
-
-    def _pool(self, x: torch.Tensor) -> torch.Tensor:
-        return F.fixed_spectral_pool_unchecked(x, self._plan(spatial_size(x)), self.algorithm)
-
-    def extra_repr(self) -> str:
-        text = f"strides={tuple(float(s) for s in self.strides)}"
-        text += f", data_format={self.data_format!r}" if self.data_format != "channels_first" else ""
-        return text + (f", algorithm={self.algorithm!r}" if self.algorithm != "auto" else "")
-
-
-class FixedSpectralPooling(_FixedSpectralPoolingNd):
-    """Spectral pooling with fixed strides (Rippel et al., 2015), as the reference's baseline.
-
-    Keeps the ``h = floor(H/S_h)`` (rounded down to even) lowest frequency rows and the
-    ``floor(W/S_w) // 2 + 1`` lowest rfft columns and inverts to ``(h, floor(W/S_w))``.
-
-    Shape:
-        - Input: (N, C, H, W) (or (N, H, W, C)), H, W >= 2.
-        - Output: (N, C, h, w).
-
-    Examples:
-        >>> FixedSpectralPooling(strides=(1.5, 3.3))(torch.rand(2, 3, 32, 32)).shape
-        torch.Size([2, 3, 20, 9])
-    """
-
-    _ndim = 2
-
-
-
-class FixedSpectralPooling1d(_FixedSpectralPoolingNd):
-    """1-D spectral pooling with a fixed stride: keeps rfft bins ``[0, l//2 + 1)``, ``l = floor(L/S)``.
-
-    Examples:
-        >>> FixedSpectralPooling1d(strides=4)(torch.rand(2, 8, 1000)).shape
-        torch.Size([2, 8, 250])
-    """
-
-    _ndim = 1
-
-
-
-class FixedSpectralPooling3d(_FixedSpectralPoolingNd):
-    """3-D spectral pooling with fixed strides (S_d, S_h, S_w) on (N, C, D, H, W): depth and
-    height as the 2-D height (rounded down to even), width as the 2-D width.
-
-    Examples:
-        >>> FixedSpectralPooling3d(strides=2)(torch.rand(1, 2, 8, 16, 16)).shape
-        torch.Size([1, 2, 4, 8, 8])
-    """
-
-    _ndim = 3
-
-
-
-class _SpatialPoolingNd(PoolingLayer):
-    """Plain subsampling (pool size 1, 'same' padding) in any dimensionality: output
-    ``ceil(size / stride)`` per axis; strides must be whole numbers."""
-
-    def __init__(self, strides: Strides = 2, data_format: str = "channels_first") -> None:
-        super().__init__()
-        values = _check_strides(strides, self._ndim)
-        if any(v != int(v) for v in values):
-            raise ValueError(f"{type(self).__name__} needs whole-number strides, but got {strides!r}")
-        self.strides = tuple(int(v) for v in values)
-        self.data_format = check.data_format(data_format)
-
-    def output_size(self, input_size: Sequence[int]) -> Tuple[int, ...]:
-        """Spatial output size ``ceil(size / stride)`` for a spatial ``input_size``."""
-        size = check.spatial_size(input_size, self._ndim)
-        return tuple(-(-n // s) for n, s in zip(size, self.strides))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = _to_channels_first(x, self._ndim, self.data_format, type(self).__name__)
-        index = (slice(None), slice(None)) + tuple(slice(None, None, s) for s in self.strides)
-        # a tensor of its own, as nn.AvgPool2d returns: a view would let an in-place op after the
-        # layer (nn.ReLU(inplace=True), y += z) write into the input, which a residual branch reads
-        return _from_channels_first(x[index].clone(memory_format=memory_format_of(x)), self.data_format)
-
-    def extra_repr(self) -> str:
-        text = f"strides={self.strides}"
-        return text + (f", data_format={self.data_format!r}" if self.data_format != "channels_first" else "")
-
-
-class SpatialPooling(_SpatialPoolingNd):
-    """Plain subsampling: average pooling with pool size 1 and 'same' padding, as the reference's baseline.
-
-    Output size ``ceil(size / stride)``; strides must be whole numbers.
-
-    Examples:
-        >>> SpatialPooling(strides=(3, 2))(torch.rand(2, 3, 32, 32)).shape
-        torch.Size([2, 3, 11, 16])
-    """
-
-    _ndim = 2
-
-
-class SpatialPooling1d(_SpatialPoolingNd):
-    """1-D plain subsampling (pool size 1, 'same' padding): output length ``ceil(L / stride)``."""
-
-    _ndim = 1
-
-
-class SpatialPooling3d(_SpatialPoolingNd):
-    """3-D plain subsampling (pool size 1, 'same' padding): output ``ceil(size / stride)`` per axis."""
-
-    _ndim = 3
-
-
 DiffStride2d = DiffStride
-FixedSpectralPooling2d = FixedSpectralPooling
-SpatialPooling2d = SpatialPooling
 
 _POOLING_TYPES = (PoolingLayer,)
 

@@ -4,8 +4,9 @@ kernels a GPU launches for them (at CNN sizes a launch costs more than its arith
     >>> import torch, diffstride
     >>> layer = diffstride.DiffStride(strides=2.0)
     >>> x = torch.rand(2, 3, 32, 32, requires_grad=True)
+    >>> layer(x).sum().backward()  # the first call also fills the caches of constants
     >>> counts = count_operations(lambda: layer(x).sum().backward())
-    >>> sum(counts.values()) <= 40
+    >>> sum(counts.values()) <= 45  # the layer forward and backward (<= 40, tests/test_operations.py), the sum
     True
 
 Counted on any device (the CPU included) with a ``TorchDispatchMode``: every ``aten`` call that

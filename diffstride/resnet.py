@@ -23,18 +23,19 @@ names for it (``resnet.Resnet.pooling_cls``, ``resnet.resnet18.strides``, ``batc
 from __future__ import annotations
 
 import math
-from typing import Callable, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Callable, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from diffstride._validation import per_axis
+from diffstride.pooling import param_groups
 
 __all__ = [
     "ResidualLayer", "ResnetBlock", "Resnet", "resnet18", "resnet56", "RESNET18", "RESNET18_STRIDES", "RESNET56",
     "RESNET56_STRIDES", "batch_norm",
-    "parse_strides", "l2_param_groups", "load_reference_weights",
+    "parse_strides", "l2_param_groups",
 ]
 
 Number = Union[int, float]
@@ -326,16 +327,20 @@ def l2_param_groups(model: nn.Module, weight_decay: Optional[float] = None) -> L
     i.e. a gradient ``2·wd·w``: the same as SGD's ``weight_decay = 2·wd`` on exactly those
     parameters. BatchNorm parameters and DiffStride strides are not decayed.
     """
-    from diffstride.pooling import param_groups
-
     wd = getattr(model, "weight_decay", 0.0) if weight_decay is None else weight_decay
     decayed = lambda module, name, p: isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear))  # noqa: E731
     return param_groups(model, 2.0 * wd, decay=decayed)
 
 
-def load_reference_weights(model: "Resnet", weights: Iterable) -> None:
-    """Loads the weights of the reference's Keras ResNet into ``model``: see
-    :func:`diffstride.keras_weights.load_reference_weights` (the port lives there)."""
-    from diffstride.keras_weights import load_reference_weights as load
+def __getattr__(name: str):
+    """``resnet.load_reference_weights``, the name before the port had a module of its own:
+    :func:`diffstride.keras_weights.load_reference_weights` (which imports this module; this
+    one does not import it, so that the model does not depend on its Keras port)."""
+    if name == "load_reference_weights":
+        import importlib
+        import warnings
 
-    load(model, weights)
+        warnings.warn("diffstride.resnet.load_reference_weights moved to diffstride.keras_weights.load_reference_weights",
+                      DeprecationWarning, stacklevel=2)
+        return importlib.import_module("diffstride.keras_weights").load_reference_weights
+    raise AttributeError(f"module 'diffstride.resnet' has no attribute {name!r}")

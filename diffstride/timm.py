@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from diffstride import pooling
+from diffstride.convert import convert
 
 __all__ = ["aa_layer", "create_model"]
 
@@ -50,9 +51,7 @@ def create_model(name: str, pooling_cls: Callable[..., nn.Module] = pooling.Diff
     strided layers (the stem, the shortcuts) converted, each shortcut sharing its block's pooling
     layer; proved against moving strides as :func:`diffstride.convert` proves. Pooling options
     go in ``pooling_kwargs={...}``."""
-    import timm
-
-    from diffstride.convert import convert
+    import timm  # the optional timm: imported by the function that needs it
 
     pooling_kwargs = kwargs.pop("pooling_kwargs", {})
     model = timm.create_model(name, aa_layer=aa_layer(pooling_cls, **pooling_kwargs), **kwargs)

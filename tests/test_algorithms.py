@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import diffstride
-from diffstride import _kernels, settings
+from diffstride import _fft_form, _masks, settings
 from diffstride import functional as F
 from diffstride import pooling
 
@@ -130,8 +130,8 @@ def test_large_operators_are_built_by_fft_and_match_the_direct_build():
     weights = torch.rand(130, dtype=torch.float64)
     n_in, n_out = 700, 258
     assert 130 * n_out * n_in > settings.current().direct_operator_max
-    fast = _kernels.spectral_operator(n_in, n_out, range(130), weights, torch.float64)
-    small = _kernels.spectral_operator(n_in // 7, n_out // 2, range(60), weights[:60], torch.float64)  # direct
+    fast = _masks.spectral_operator(n_in, n_out, range(130), weights, torch.float64)
+    small = _masks.spectral_operator(n_in // 7, n_out // 2, range(60), weights[:60], torch.float64)  # direct
     # direct formula, written out, for both
     for (real, imag), (nin, nout, k) in ((fast, (n_in, n_out, 130)), (small, (n_in // 7, n_out // 2, 60))):
         p = torch.arange(nout, dtype=torch.float64)[:, None, None]
@@ -257,9 +257,9 @@ def test_settings_steer_the_choice_and_blocks_and_refuse_bad_values():
         assert settings.current().fft_cost_weight_2d == 1e6
     assert settings.current() == settings.Settings()
     planes = torch.empty(64, 4, 48, 48)
-    assert _kernels._fft_block(planes, 2) < 64
+    assert _fft_form.fft_block(planes, 2) < 64
     with settings.override(fft_block_min_bytes=1 << 40):
-        assert _kernels._fft_block(planes, 2) == 64
+        assert _fft_form.fft_block(planes, 2) == 64
     with pytest.raises(TypeError, match=r"unknown setting\(s\) \['fft_weight'\]"):
         with settings.override(fft_weight=2.0):
             pass

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from diffstride import functional as F
-from diffstride import _kernels
+from diffstride import _matrix_form
 from diffstride import pooling
 
 from .conftest import onnxruntime_outputs
@@ -256,7 +256,7 @@ def test_data_format_channels_last_1d():
 def test_large_batch_crosses_cpu_blocks():
     """Several blocks of samples (CPU cache blocking) give the same values and gradients as one."""
     x = torch.randn(40, 64, 32, 32)
-    assert _kernels._batch_block(x, 32 * 32) < 40 and _kernels._batch_block(x[:8], 32 * 32) == 8
+    assert _matrix_form.batch_block(x, 32 * 32) < 40 and _matrix_form.batch_block(x[:8], 32 * 32) == 8
 
     def grads(part, weight):
         part = part.detach().requires_grad_(True)
@@ -292,11 +292,26 @@ def test_autocast_low_precision(dtype, tol, size):
     assert err < tol
 
 
-def test_gradient_flows_to_strides_in_a_network():
-    net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), pooling.DiffStride(strides=2.0), nn.Flatten(), nn.LazyLinear(2))
-    loss = net(torch.randn(2, 3, 16, 16)).square().mean()
-    loss.backward()
-    assert net[1].strides.grad is not None and net[1].strides.grad.abs().sum() > 0
+def test_the_gradient_reaching_strides_through_a_network_is_the_central_difference():
+    """Through a convolution before and a linear layer after: the strides' gradient is the
+    central difference of the loss (float64; steps that keep the output size)."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), pooling.DiffStride(strides=(2.3, 1.7)), nn.Flatten(),
+                        nn.LazyLinear(2)).double()
+    x = torch.randn(2, 3, 16, 16, dtype=torch.float64)
+    loss = lambda: net(x).square().mean()  # noqa: E731
+    loss().backward()
+    grad, strides = net[1].strides.grad.clone(), net[1].strides
+    assert grad.abs().min() > 0
+    h = 1e-6
+    for i in range(2):
+        with torch.no_grad():
+            strides[i] += h
+            up = loss().item()
+            strides[i] -= 2 * h
+            down = loss().item()
+            strides[i] += h
+        assert grad[i].item() == pytest.approx((up - down) / (2 * h), rel=1e-5, abs=1e-9)
 
 
 def test_frozen_strides_get_no_gradient_and_stay():
@@ -395,8 +410,8 @@ def test_blocks_only_on_cpu():
     """Cache blocking is a CPU matter: other devices (CUDA) take the whole batch in one block."""
     cpu = torch.empty(40, 64, 32, 32)
     meta = torch.empty(40, 64, 32, 32, device="meta")
-    assert _kernels._batch_block(cpu, 32 * 32) < 40
-    assert _kernels._batch_block(meta, 32 * 32) == 40
+    assert _matrix_form.batch_block(cpu, 32 * 32) < 40
+    assert _matrix_form.batch_block(meta, 32 * 32) == 40
 
 
 def test_1d_layer_compiles_and_autocasts():

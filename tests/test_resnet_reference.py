@@ -3,7 +3,7 @@
 The reference (google-research/diffstride ``resnet.py``, TensorFlow 2.21 + tf_keras, float32)
 built five models, set every weight and BatchNorm statistic to non-trivial values and ran one
 input in inference and in training mode. Loaded with those weights through
-``resnet.load_reference_weights``, ours must give the same outputs: max |ours - ref| / max |ref|
+``keras_weights.load_reference_weights``, ours must give the same outputs: max |ours - ref| / max |ref|
 <= 1e-4 (measured worst: 1.1e-6). BatchNorm epsilon is the recipe's 1e-5 (with Keras' default
 1e-3 the inference outputs differ by 3e-3 to 2e-2, so the test would fail).
 """
@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from diffstride import pooling, resnet
+from diffstride import keras_weights, pooling, resnet
 
 from .conftest import DATA, rel_err
 
@@ -67,7 +67,7 @@ def test_resnet18_parameter_count_matches_the_reference(key, kwargs):
 @pytest.mark.parametrize("key", MODELS)
 def test_outputs_match_the_reference_with_its_weights(key, mode):
     model = _build(key)
-    resnet.load_reference_weights(model, _reference_weights(key))
+    keras_weights.load_reference_weights(model, _reference_weights(key))
     model.train(mode == "training")
     with torch.no_grad():
         y = model(_input(key))
@@ -77,7 +77,7 @@ def test_outputs_match_the_reference_with_its_weights(key, mode):
 @pytest.mark.parametrize("key", MODELS)
 def test_channels_last_model_matches_the_reference_too(key):
     model = _build(key).to(memory_format=torch.channels_last)
-    resnet.load_reference_weights(model, _reference_weights(key))
+    keras_weights.load_reference_weights(model, _reference_weights(key))
     with torch.no_grad():
         y = model.eval()(_input(key).contiguous(memory_format=torch.channels_last))
     assert rel_err(y, ARRAYS[f"{key}/y_inference"]) <= 1e-4
@@ -87,7 +87,7 @@ def test_loading_copies_strides_statistics_and_transposed_kernels():
     key = "small_diffstride"
     model = _build(key)
     weights = _reference_weights(key)
-    resnet.load_reference_weights(model, weights)
+    keras_weights.load_reference_weights(model, weights)
     named = dict(weights)
     assert model.stem_pooling.strides.tolist() == pytest.approx(named["diff_stride/strides:0"].tolist())
     kernel = named["residual_layer/conv2d_1/kernel:0"]  # (kh, kw, in, out)
@@ -101,7 +101,7 @@ def test_fixed_spectral_pooling_strides_are_loaded():
     key = "small_spectral"
     model = _build(key)
     weights = [(n, np.full_like(a, 3.0) if n.endswith("strides:0") else a) for n, a in _reference_weights(key)]
-    resnet.load_reference_weights(model, weights)
+    keras_weights.load_reference_weights(model, weights)
     assert [layer.strides for _, layer in pooling.pooling_layers(model)] == [(3.0, 3.0)] * 3
 
 
@@ -124,7 +124,7 @@ def test_a_mismatch_is_named_and_nothing_is_loaded(edit, match):
     model = _build(key)
     before = _snapshot(model)
     with pytest.raises(ValueError, match=match):
-        resnet.load_reference_weights(model, edit(_reference_weights(key)))
+        keras_weights.load_reference_weights(model, edit(_reference_weights(key)))
     after = model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
 
@@ -133,7 +133,7 @@ def test_a_model_built_with_other_arguments_is_refused():
     model = resnet.Resnet([16, 32, 64], [1, 2, 2], num_output_classes=10, num_layers=1, in_channels=1)  # strided
     with pytest.raises(ValueError, match=r"reference weight 1 'diff_stride/strides:0' is a 'strides', but this model "
                                          r"expects the 'kernel' of blocks.0.0.strided_conv.weight"):
-        resnet.load_reference_weights(model, _reference_weights("small_diffstride"))
+        keras_weights.load_reference_weights(model, _reference_weights("small_diffstride"))
 
 
 def test_tf_variables_are_accepted_as_they_come_from_keras_model_weights():
@@ -146,6 +146,17 @@ def test_tf_variables_are_accepted_as_they_come_from_keras_model_weights():
 
     key = "small_strided"
     a, b = _build(key), _build(key)
-    resnet.load_reference_weights(a, _reference_weights(key))
-    resnet.load_reference_weights(b, [Variable(n, v) for n, v in _reference_weights(key)])
+    keras_weights.load_reference_weights(a, _reference_weights(key))
+    keras_weights.load_reference_weights(b, [Variable(n, v) for n, v in _reference_weights(key)])
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+
+
+def test_the_old_name_resnet_load_reference_weights_still_loads_with_a_deprecation_warning():
+    key = MODELS[0]
+    with pytest.warns(DeprecationWarning, match="keras_weights.load_reference_weights"):
+        load = resnet.load_reference_weights
+    assert load is keras_weights.load_reference_weights
+    model = _build(key)
+    load(model, _reference_weights(key))
+    with torch.no_grad():
+        assert rel_err(model.eval()(_input(key)), ARRAYS[f"{key}/y_inference"]) <= 1e-4

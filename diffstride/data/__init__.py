@@ -13,24 +13,14 @@
 
 Needs the ``train`` extra (Gin); ``pip install -e ".[data]"`` for Hugging Face and audio files.
 """
-from diffstride.data.batch_ops import Normalize, augment_and_mix, mixup_pairs
-from diffstride.data.loading import (
-    CIFAR_MEAN,
-    CIFAR_STD,
-    DATASETS,
-    MNIST_MEAN,
-    MNIST_STD,
-    Datasets,
-    DatasetUnavailable,
-    Split,
-    TestBatches,
-    TrainBatches,
-    augment,
-    default_data_dir,
-    load_datasets,
-)
+from diffstride.data.batch_ops import Normalize, augment, augment_and_mix, mixup_pairs
+from diffstride.data.builtin import (CIFAR_MEAN, CIFAR_STD, DATASETS, MNIST_MEAN, MNIST_STD, DatasetUnavailable, Split,
+                                     default_data_dir)
+from diffstride.data.loading import Datasets, EvaluationBatches, TrainingBatches, load_datasets
+from diffstride.data.memory import InMemoryTestBatches, InMemoryTrainBatches, TestBatches, TrainBatches
 from diffstride.data.sources import BadExample, DataError
 
-__all__ = ["load_datasets", "Datasets", "DatasetUnavailable", "DATASETS", "Split", "TrainBatches", "TestBatches",
+__all__ = ["load_datasets", "Datasets", "TrainingBatches", "EvaluationBatches", "InMemoryTrainBatches",
+           "InMemoryTestBatches", "TrainBatches", "TestBatches", "DatasetUnavailable", "DATASETS", "Split",
            "augment", "default_data_dir", "Normalize", "augment_and_mix", "mixup_pairs", "DataError", "BadExample",
            "CIFAR_MEAN", "CIFAR_STD", "MNIST_MEAN", "MNIST_STD"]

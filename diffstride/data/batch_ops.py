@@ -5,11 +5,13 @@ from __future__ import annotations
 
 from typing import Callable, Optional, Tuple
 
+import gin
 import torch
+import torch.nn.functional as F
 
 from diffstride.data.randomness import seeded_on
 
-__all__ = ["Normalize", "augment_and_mix", "mixup_pairs"]
+__all__ = ["Normalize", "augment", "augment_and_mix", "mixup_pairs"]
 
 
 class Normalize:
@@ -51,3 +53,26 @@ def mixup_pairs(images: torch.Tensor, labels: torch.Tensor, alpha: float) -> Tup
     wi = weight.view(-1, *([1] * (images.dim() - 1)))
     wl = weight[:, None]
     return images[0::2] * wi + images[1::2] * (1 - wi), labels[0::2] * wl + labels[1::2] * (1 - wl)
+
+
+@gin.configurable(module="diffstride.data")  # the Gin name data.augment
+def augment(images: torch.Tensor, pad_size: int = 2, flip: bool = True) -> torch.Tensor:
+    """The reference's augmentation on a batch (B, C, H, W): zero-pad, random crop back, random horizontal flip.
+
+    Each image gets its own offsets in ``[0, 2·pad_size]`` and its own flip; random numbers
+    come from the default generator of the images' device, which the training loop seeds for
+    each batch (:func:`augment_and_mix`).
+    """
+    b, _, h, w = images.shape
+    if pad_size > 0:
+        padded = F.pad(images, (pad_size, pad_size, pad_size, pad_size))
+        off = torch.randint(0, 2 * pad_size + 1, (2, b), device=images.device)
+        rows = (off[0][:, None] + torch.arange(h, device=images.device))[:, None, :, None]
+        cols = (off[1][:, None] + torch.arange(w, device=images.device))[:, None, None, :]
+        batch = torch.arange(b, device=images.device)[:, None, None, None]
+        channels = torch.arange(images.shape[1], device=images.device)[None, :, None, None]
+        images = padded[batch, channels, rows, cols]
+    if flip:
+        flips = torch.rand(b, device=images.device) < 0.5
+        images = torch.where(flips[:, None, None, None], images.flip(-1), images)
+    return images

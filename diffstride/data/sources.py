@@ -2,7 +2,7 @@
 dataset of ``torchvision.datasets``, Hugging Face datasets, and WebDataset-style tar shards.
 
 A source knows its classes and, for an index, the file (or row) it reads and how to decode it;
-:mod:`~diffstride.data.pipeline` turns sources into deterministic, sharded batches. Decoding
+:mod:`~diffstride.data.files` turns sources into deterministic, sharded batches. Decoding
 happens where it is called (in the DataLoader's workers), never for the whole split at once.
 Everything a source can check without decoding is checked when it is built: a missing folder,
 split or column, an empty class folder, a file that is neither an image nor audio. What only
@@ -21,7 +21,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 __all__ = ["DataError", "BadExample", "IMAGE_EXTENSIONS", "AUDIO_EXTENSIONS", "Example", "FolderSource",
-           "TorchvisionSource", "HuggingFaceSource", "TarShards", "decode_image", "decode_audio", "expand_braces"]
+           "TorchvisionSource", "HuggingFaceSource", "TarShards", "decode_image", "decode_audio", "expand_braces", "hf_splits"]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".ppm", ".pgm", ".pbm", ".tif", ".tiff", ".webp")
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".aif", ".aiff")
@@ -230,7 +230,7 @@ class TorchvisionSource:
 # Hugging Face datasets
 
 
-def _hf_splits(name: str, data_dir: Optional[str]):
+def hf_splits(name: str, data_dir: Optional[str]):
     try:
         import datasets
     except ImportError:

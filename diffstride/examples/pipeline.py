@@ -1,5 +1,5 @@
-"""Moved to :mod:`diffstride.data.pipeline`; this name stays for the configs and code written before."""
-import importlib
-import sys
-
-sys.modules[__name__] = importlib.import_module("diffstride.data.pipeline")
+"""Split into :mod:`diffstride.data.transforms`, :mod:`diffstride.data.loader` and
+:mod:`diffstride.data.files`; this name stays for code written before, with their public names."""
+from diffstride.data.files import *  # noqa: F401,F403
+from diffstride.data.loader import *  # noqa: F401,F403
+from diffstride.data.transforms import *  # noqa: F401,F403

@@ -34,6 +34,14 @@ import sys
 import time
 from typing import Dict, List, Optional, Sequence
 
+import gin
+
+from diffstride.experiments import report
+from diffstride.train.atomic import read_json
+from diffstride.train.main import UsageError, configure, resolve_config
+from diffstride.train.run_state import is_final_metrics
+from diffstride.train.workdir import RunLock, WorkdirError, held_by
+
 __all__ = ["Cell", "grid", "main"]
 
 POOLINGS = ("DiffStride", "FixedSpectralPooling", "SpatialPooling", "DiffStride1d", "FixedSpectralPooling1d",
@@ -106,8 +114,6 @@ def _budget_arg(text: str) -> int:
 def _is_done(workdir: str) -> bool:
     """A finished cell: its ``metrics.json`` parses and holds a final test accuracy (a damaged one
     is not finished: the cell runs again, which rebuilds the records from its newest checkpoint)."""
-    from diffstride.train.checkpoint import is_final_metrics, read_json
-
     return is_final_metrics(read_json(os.path.join(workdir, "metrics.json")))
 
 
@@ -144,8 +150,6 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child, between
 def _wait_unlocked(workdir: str, seconds: float, log) -> Optional[str]:
     """Waits up to ``seconds`` for the cell's run lock to be free (a child of a sweep killed a
     moment ago is still writing its last lines); returns the holder if it is still held."""
-    from diffstride.train.workdir import held_by
-
     deadline, said = time.monotonic() + seconds, False
     while True:
         holder = held_by(workdir)
@@ -223,10 +227,6 @@ def run_grid(args: argparse.Namespace, cells: Sequence[Cell], log=print) -> List
 def check_cells(args: argparse.Namespace, cells: Sequence[Cell]) -> List[str]:
     """Parses every cell's configuration as its run will; returns the distinct errors (each once,
     with how many cells it concerns), empty when every cell parses."""
-    import gin
-
-    from diffstride.train.main import UsageError, configure
-
     errors: Dict[str, List[str]] = {}
     for cell in cells:
         ns = argparse.Namespace(gin_config=args.gin_config,
@@ -273,8 +273,6 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    from diffstride.train.main import UsageError, resolve_config
-
     args = parse_args(argv)
     try:
         cells = grid(args.poolings, args.strides, args.seeds, args.complexity_weights, args.budgets)
@@ -302,8 +300,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 def _run_and_report(args: argparse.Namespace, cells, started: float) -> int:
-    from diffstride.train.workdir import RunLock, WorkdirError
-
     try:
         os.makedirs(args.root, exist_ok=True)
         # one sweep per root: a second one stops at once, naming the first (the lock dies with its holder)
@@ -319,8 +315,6 @@ def _run_and_report(args: argparse.Namespace, cells, started: float) -> int:
     except KeyboardInterrupt:
         print("interrupted; run the same command again to resume the unfinished cells", file=sys.stderr)
         return 130
-    from diffstride.experiments import report
-
     # every finished run under the root: a grid extended by later invocations is reported whole
     finished = sorted(os.path.join(args.root, d) for d in os.listdir(args.root) if _is_done(os.path.join(args.root, d)))
     if finished:

@@ -11,22 +11,11 @@
 
 Needs the ``train`` extra (``pip install -e ".[train]"``).
 """
-from diffstride.train.loop import (
-    UNCHECKED_PARAMETERS,
-    ConfigChanged,
-    NoUsableCheckpoint,
-    Run,
-    RunState,
-    TrainingError,
-    build,
-    config_differences,
-    epoch_metrics,
-    evaluate,
-    resolved_config,
-    train,
-    train_one_epoch,
-)
+from diffstride.train.budget import Budget
+from diffstride.train.loop import build, epoch_metrics, evaluate, train, train_one_epoch
+from diffstride.train.run_state import (UNCHECKED_PARAMETERS, ConfigChanged, NoUsableCheckpoint, RunState, TrainingError,
+                                        TrainingSetup, config_differences, resolved_config)
 
-__all__ = ["train", "build", "Run", "train_one_epoch", "evaluate", "epoch_metrics", "TrainingError",
+__all__ = ["train", "build", "TrainingSetup", "train_one_epoch", "evaluate", "epoch_metrics", "TrainingError",
            "ConfigChanged", "NoUsableCheckpoint", "RunState", "resolved_config", "config_differences",
-           "UNCHECKED_PARAMETERS"]
+           "UNCHECKED_PARAMETERS", "Budget"]

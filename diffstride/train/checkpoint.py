@@ -12,19 +12,19 @@ epoch 4, at global step 123. Newest first means larger ``(epoch, step)`` first.
 from __future__ import annotations
 
 import dataclasses
-import errno
 import glob
 import hashlib
 import io
-import json
 import os
 import re
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 
-__all__ = ["CheckpointError", "Unusable", "save_checkpoint", "load_checkpoint", "find_usable", "list_checkpoints",
-           "set_aside", "atomic_write_text", "write_json", "read_json", "is_final_metrics", "checkpoint_name", "FORMAT"]
+from diffstride.train.atomic import atomic_replace, describe_write_error
+
+__all__ = ["CheckpointError", "RefusedCheckpoint", "save_checkpoint", "load_checkpoint", "find_usable", "list_checkpoints",
+           "set_aside", "checkpoint_name", "FORMAT"]
 
 FORMAT = 2
 _NAME = re.compile(r"ckpt-(\d+)(?:-step(\d+))?\.pt$")
@@ -36,7 +36,7 @@ class CheckpointError(RuntimeError):
 
 
 @dataclasses.dataclass
-class Unusable:
+class RefusedCheckpoint:
     """A checkpoint file that was refused, and why."""
 
     path: str
@@ -45,75 +45,6 @@ class Unusable:
 
 # ----------------------------------------------------------------------------------------------
 # Writing
-
-
-def _fsync_dir(path: str) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _atomic_replace(write: Callable, path: str) -> None:
-    """Writes through ``write(file)`` to a temporary file beside ``path``, fsyncs, then renames over it.
-
-    A crash at any moment leaves either the old file or the new one, never a mix; the temporary
-    (``PATH.tmp-PID``) is removed on errors, and by the next run's start after a kill.
-    """
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    _fsync_dir(directory)
-
-
-def atomic_write_text(path: str, text: str) -> None:
-    _atomic_replace(lambda f: f.write(text.encode()), path)
-
-
-def write_json(path: str, data: Any) -> None:
-    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
-
-
-def read_json(path: str) -> Any:
-    """The parsed file, or None when it is missing or does not parse."""
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return None
-
-
-def is_final_metrics(metrics: Any) -> bool:
-    """Whether ``metrics`` (a parsed ``metrics.json``) is a finished run's record."""
-    return isinstance(metrics, dict) and "test_accuracy" in metrics
-
-
-_WRITE_ERRORS = {
-    errno.ENOSPC: "the filesystem is full",
-    errno.EDQUOT: "the disk quota is exceeded",
-    errno.EFBIG: "the file is larger than the filesystem or the process limit (ulimit -f) allows",
-    errno.EROFS: "the filesystem became read-only",
-    errno.EIO: "an I/O error occurred",
-}
-
-
-def describe_write_error(err: OSError) -> str:
-    return _WRITE_ERRORS.get(err.errno, err.strerror or str(err))
 
 
 def checkpoint_name(epoch: int, step: int, mid_epoch: bool) -> str:
@@ -137,7 +68,7 @@ def save_checkpoint(workdir: str, state: Dict[str, Any], mid_epoch: bool = False
     path = os.path.join(workdir, checkpoint_name(int(state["epoch"]), int(state["step"]), mid_epoch))
     data = _encode(state)
     try:
-        _atomic_replace(lambda f: f.write(data), path)
+        atomic_replace(lambda f: f.write(data), path)
     except OSError as err:
         raise CheckpointError(f"could not write the checkpoint {path}: {describe_write_error(err)}. "
                               "The previous checkpoints are intact; make room and run the same command to resume "
@@ -185,18 +116,18 @@ def load_checkpoint(path: str, map_location=None) -> Dict[str, Any]:
     return state
 
 
-def find_usable(workdir: str, map_location=None) -> Tuple[Optional[Tuple[Dict[str, Any], str]], List[Unusable]]:
+def find_usable(workdir: str, map_location=None) -> Tuple[Optional[Tuple[Dict[str, Any], str]], List[RefusedCheckpoint]]:
     """The newest checkpoint that verifies (``(state, path)`` or None), and the newer ones refused."""
     refused = []
     for _, path in list_checkpoints(workdir):
         try:
             return (load_checkpoint(path, map_location), path), refused
         except Exception as err:  # any failure to read or verify means: not usable
-            refused.append(Unusable(path, f"{type(err).__name__}: {str(err)[:200]}"))
+            refused.append(RefusedCheckpoint(path, f"{type(err).__name__}: {str(err)[:200]}"))
     return None, refused
 
 
-def set_aside(refused: List[Unusable]) -> List[str]:
+def set_aside(refused: List[RefusedCheckpoint]) -> List[str]:
     """Renames refused checkpoints to ``NAME.unusable`` (kept for inspection, never loaded nor
     deleted, and out of the way of the names new checkpoints take). Returns the new paths."""
     moved = []

@@ -1,6 +1,6 @@
 """What a run tells: the epoch line, TensorBoard, ``starts.jsonl``, the configs and ``history.json``.
 
-:class:`RunLog` holds the writers of one start of a run (rank 0 with a work directory; a silent
+:class:`RunRecorder` holds the writers of one start of a run (rank 0 with a work directory; a silent
 one otherwise). Pooling layers are described by :func:`pooling_report`, with their axes named by
 their dimensionality (``l``; ``h, w``; ``d, h, w``).
 """
@@ -17,9 +17,9 @@ import torch
 from torch import nn
 
 from diffstride import pooling
-from diffstride.train import checkpoint as ckpt
+from diffstride.train.atomic import atomic_write_text, write_json
 
-__all__ = ["AXES", "pooling_report", "track_output_sizes", "epoch_line", "append_start", "progress_bar", "RunLog"]
+__all__ = ["AXES", "pooling_report", "track_output_sizes", "epoch_line", "append_start", "progress_bar", "RunRecorder"]
 
 #: Names of the axes of a pooling layer's strides and output size, by their number.
 AXES = {1: ("l",), 2: ("h", "w"), 3: ("d", "h", "w")}
@@ -98,8 +98,8 @@ def progress_bar(total: int, desc: str, enabled: bool, initial: int = 0):
     return tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True, disable=not enabled, initial=initial)
 
 
-class RunLog:
-    """The records of one start: ``with RunLog(...) as log:`` then ``log.epoch(...)`` per epoch.
+class RunRecorder:
+    """The records of one start: ``with RunRecorder(...) as log:`` then ``log.epoch(...)`` per epoch.
 
     On entry (with a work directory): ``config.gin`` (the first start's, never overwritten), a
     line in ``starts.jsonl`` and a TensorBoard writer (purged past the resumed step). Per epoch:
@@ -112,13 +112,13 @@ class RunLog:
         self.workdir, self.say, self.start, self.step = workdir, say, start, step
         self.writer = None
 
-    def __enter__(self) -> "RunLog":
+    def __enter__(self) -> "RunRecorder":
         if self.workdir is not None:
             import gin
             from torch.utils.tensorboard import SummaryWriter
 
             if not os.path.exists(os.path.join(self.workdir, "config.gin")):
-                ckpt.atomic_write_text(os.path.join(self.workdir, "config.gin"), gin.config_str())
+                atomic_write_text(os.path.join(self.workdir, "config.gin"), gin.config_str())
             append_start(self.workdir, {"time": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
                                         "pid": os.getpid(), "host": socket.gethostname(), "argv": sys.argv,
                                         **self.start})
@@ -139,6 +139,6 @@ class RunLog:
             return
         import gin
 
-        ckpt.write_json(os.path.join(self.workdir, "history.json"), history)
+        write_json(os.path.join(self.workdir, "history.json"), history)
         if not os.path.exists(os.path.join(self.workdir, "operative_config.gin")):
-            ckpt.atomic_write_text(os.path.join(self.workdir, "operative_config.gin"), gin.operative_config_str())
+            atomic_write_text(os.path.join(self.workdir, "operative_config.gin"), gin.operative_config_str())

@@ -10,98 +10,46 @@ checkpoint. The process group and device are a
 from __future__ import annotations
 
 import contextlib
-import dataclasses
+import inspect
 import math
 import os
 import sys
 import time
 import uuid
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
 import gin
 import torch
-from torch import nn
+from torch import _dynamo, nn
 
+from diffstride import metrics as shift_metrics
 from diffstride import pooling
-from diffstride.train import checkpoint as ckpt
-from diffstride.train import optim
-from diffstride.train.distributed import DistributedContext
-from diffstride.train.logs import RunLog, pooling_report, progress_bar, track_output_sizes
+from diffstride._validation import check_int
+from diffstride.complexity import count_flops, forward_trace
 from diffstride.data.sources import DataError
-from diffstride.train.run_state import (  # noqa: F401  (the run's state and errors, reachable from here)
-    UNCHECKED_PARAMETERS, CheckpointSchedule, ConfigChanged, NoUsableCheckpoint, Run, RunState, TrainingError,
-    config_differences, final_records, fire, resolved_config, resume, rng_state, save, set_rng_state,
-)
-from diffstride.train.workdir import RunLock, check_int, prepare, remove_orphans
-from diffstride.complexity import budget_penalty, fit_to_budget, floor
 from diffstride.resnet import l2_param_groups
+from diffstride.train import configurables, optim
+from diffstride.train.budget import budget_for
+from diffstride.train.distributed import DistributedContext
+from diffstride.train.logs import RunRecorder, pooling_report, progress_bar, track_output_sizes
+from diffstride.train.run_state import (RunState, TrainingError, TrainingSetup, call_hooks, final_records,
+                                        resolved_config, resume, rng_state, set_rng_state)
+from diffstride.train.saving import CheckpointSchedule, CheckpointWriter
+from diffstride.train.workdir import RunLock, prepare_workdir, remove_orphans
 
-__all__ = ["train", "build", "Run", "train_one_epoch", "evaluate", "epoch_metrics", "TrainingError",
-           "ConfigChanged", "NoUsableCheckpoint", "RunState", "resolved_config", "config_differences",
-           "UNCHECKED_PARAMETERS"]
+__all__ = ["train", "build", "train_one_epoch", "evaluate", "epoch_metrics"]
 
 
 # ----------------------------------------------------------------------------------------------
 # What the loop works with
 
 
-@dataclasses.dataclass
-class Budget:
-    """``train.train.budget_macs``: the network must end within ``macs`` multiply-adds per example.
-
-    The complexity term becomes ``weight · relu(log(M / macs))`` (:func:`diffstride.complexity.budget_penalty`,
-    ``M`` the count as a differentiable function of the strides, scaled to the exact count, which is
-    refreshed every ``refresh_steps`` steps): it pushes the strides up only while the network is
-    over budget, with a gradient that does not vanish as they grow. Every ``refresh_steps`` steps
-    and at every epoch's end (before evaluation), a network over budget has its strides scaled by
-    the least common factor that brings the exact count within it
-    (:func:`diffstride.complexity.fit_to_budget`): training moves within the budget (a projected
-    gradient method), and every evaluated and saved network meets it.
-    """
-
-    macs: int
-    floor: int
-    weight: float
-    input_size: Tuple[int, ...]
-    exact: float = 0.0
-    refresh_steps: int = 10
-
-    def penalty(self, run: "Run") -> torch.Tensor:
-        return self.weight * budget_penalty(run.model, run.structure, self.macs, self.exact)
-
-    def fit(self, run: "Run") -> None:
-        """The exact count, the network projected back within the budget first if it is over."""
-        self.exact = float(fit_to_budget(run.model, self.input_size, self.macs)[0])
-
-
-def _budget(model: nn.Module, input_size, budget_macs: Optional[int], complexity_weight: float) -> Optional[Budget]:
-    """The run's budget, refused before training when below the network's floor."""
-    if budget_macs is None:
-        return None
-    pools = [m for _, m in pooling.pooling_layers(model) if getattr(m, "trainable", False)]
-    if not pools:
-        raise ValueError(f"train.train.budget_macs = {budget_macs} needs trainable strides (DiffStride layers); "
-                         "this network has none")
-    lowest = floor(model, input_size)
-    if budget_macs < lowest:
-        smoothness = sorted({m.smoothness_factor for m in pools})
-        raise ValueError(
-            f"train.train.budget_macs = {budget_macs} is below this network's floor of {lowest} multiply-adds per "
-            f"example ({lowest / 1e6:.3g} M: every DiffStride stride at its upper limit, each output still keeping "
-            f"about size/S + 2R samples per axis, R = smoothness_factor = {smoothness}). Lower the floor with a "
-            f"smaller pooling.DiffStride.smoothness_factor, a higher upper_limit_stride (if set), or a smaller "
-            f"network, or raise the budget")
-    return Budget(int(budget_macs), lowest, complexity_weight if complexity_weight > 0 else 1.0, tuple(input_size))
-
-
-def _compiled(net: nn.Module, model: nn.Module) -> nn.Module:
+def compiled(net: nn.Module, model: nn.Module) -> nn.Module:
     """``torch.compile(net)``; with sizes marked dynamic when learned strides may move them, and
     dynamo's recompile limit raised to 8 + 4 per pooling layer. The training loop calls
     :func:`diffstride.pooling.sync_plans` after every optimizer step: the step then runs as one
     graph, recompiled when a plan changes (the first compiled step plans outside the graph, which
     records each layer's input size)."""
-    from torch import _dynamo
-
     layers = pooling.pooling_layers(model)
     _dynamo.config.recompile_limit = max(_dynamo.config.recompile_limit, 8 + 4 * len(layers))
     moving = any(getattr(layer, "trainable", False) for _, layer in layers)
@@ -110,19 +58,14 @@ def _compiled(net: nn.Module, model: nn.Module) -> nn.Module:
 
 def build(ctx: DistributedContext, load_data_fn, model_cls, optimizer_cls, loss_cls, complexity_fn, complexity_weight,
           channels_last, mixed_precision, seed, shift_consistency=None, accumulate_steps=1, compile=False,
-          budget_macs=None) -> Run:
+          budget_macs=None) -> TrainingSetup:
     """Loads the data and builds the model, the optimizer, the loss and the precision policy."""
-    import inspect
-
-    from diffstride.complexity import forward_trace
-    from diffstride.train import configurables as registered
-
     data_args = dict(device=ctx.device, rank=ctx.rank, world_size=ctx.world_size)
     if "seed" in inspect.signature(load_data_fn).parameters:  # the order of file sources follows --seed
         data_args["seed"] = seed
     datasets = load_data_fn(**data_args)
     model = model_cls(num_output_classes=datasets.num_classes, in_channels=datasets.image_shape[0]).to(ctx.device)
-    budget = _budget(model, datasets.image_shape, budget_macs, complexity_weight)  # refused here, before training
+    budget = budget_for(model, datasets.image_shape, budget_macs, complexity_weight)  # refused here, before training
     use_cuda = ctx.device.type == "cuda"
     # channels_last is a layout of 4-D tensors: images only, never 1-D series
     channels_last = (True if channels_last is None else channels_last) and len(datasets.image_shape) == 3
@@ -145,15 +88,15 @@ def build(ctx: DistributedContext, load_data_fn, model_cls, optimizer_cls, loss_
         "accumulate_steps": accumulate_steps, "compile": bool(compile),
     }
     output_sizes, handles = track_output_sizes(model)
-    return Run(
+    return TrainingSetup(
         ctx=ctx, datasets=datasets, model=model, net=net, optimizer_spec=optimizer_spec,
-        optimizer=optimizer_spec.build(l2_param_groups(model)), loss_fn=(loss_cls or registered.categorical_crossentropy)(),
+        optimizer=optimizer_spec.build(l2_param_groups(model)), loss_fn=(loss_cls or configurables.categorical_crossentropy)(),
         scaler=torch.amp.GradScaler("cuda", enabled=mixed_precision and use_cuda and amp_dtype == torch.float16),
         amp_dtype=amp_dtype, mixed_precision=mixed_precision, memory_format=memory_format,
-        complexity_fn=complexity_fn or registered.complexity_loss,  # complexity_loss.weighting binds
+        complexity_fn=complexity_fn or configurables.complexity_loss,  # complexity_loss.weighting binds
         complexity_weight=complexity_weight, structure=forward_trace(model, datasets.image_shape),
         output_sizes=output_sizes, hooks=handles, info=info, shift_consistency=shift_consistency,
-        accumulate_steps=accumulate_steps, train_net=_compiled(net, model) if compile else net, budget=budget)
+        accumulate_steps=accumulate_steps, train_net=compiled(net, model) if compile else net, budget=budget)
 
 
 
@@ -161,7 +104,7 @@ def build(ctx: DistributedContext, load_data_fn, model_cls, optimizer_cls, loss_
 # One epoch, evaluation
 
 
-def train_one_epoch(run: Run, state: RunState, num_epochs: int, save_mid_epoch: Optional[Callable[[], None]],
+def train_one_epoch(run: TrainingSetup, state: RunState, num_epochs: int, save_mid_epoch: Optional[Callable[[], None]],
                     checkpointing: CheckpointSchedule, hooks: Sequence[Callable], show_progress: bool) -> Dict[str, float]:
     """Trains from ``state.batch`` to the end of epoch ``state.epoch + 1``; returns the epoch's sums."""
     ctx, train = run.ctx, run.datasets.train
@@ -213,7 +156,7 @@ def train_one_epoch(run: Run, state: RunState, num_epochs: int, save_mid_epoch: 
                 bar.update(1)
                 if state.step % 10 == 0:
                     bar.set_postfix(loss=f"{loss_sum.item() / seen:.4f}", acc=f"{correct.item() / seen:.3f}")
-            fire(hooks, "step", state)
+            call_hooks(hooks, "step", state)
             if state.step % 20 == 0 and not torch.isfinite(loss):
                 break
             if save_mid_epoch is not None and state.batch < len(train) and checkpointing.due(state.step):
@@ -234,7 +177,7 @@ def train_one_epoch(run: Run, state: RunState, num_epochs: int, save_mid_epoch: 
     return result
 
 
-def _skipped_everywhere(run: Run, empty: bool) -> bool:
+def _skipped_everywhere(run: TrainingSetup, empty: bool) -> bool:
     """Whether this step is skipped: this process's share of the batch is empty (all its files
     bad and skipped), or, under DDP, any process's is; every process then skips it, so that their
     steps (and gradient all-reduces) stay paired. One small all-reduce per step, only when the
@@ -246,7 +189,7 @@ def _skipped_everywhere(run: Run, empty: bool) -> bool:
     return empty
 
 
-def _accumulate(run: Run, images: torch.Tensor, labels: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+def _accumulate(run: TrainingSetup, images: torch.Tensor, labels: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     """Forward and backward of one step's batch in ``run.accumulate_steps`` equal parts (the
     gradient of the whole batch's mean loss, up to rounding; batch-statistics layers such as
     BatchNorm see the smaller parts); gradients synchronise across processes on the last part
@@ -272,13 +215,11 @@ def _accumulate(run: Run, images: torch.Tensor, labels: torch.Tensor) -> Tuple[t
 
 
 @torch.no_grad()
-def evaluate(run: Run, shift_consistency: Optional[Tuple[int, str]] = None) -> Dict[str, float]:
+def evaluate(run: TrainingSetup, shift_consistency: Optional[Tuple[int, str]] = None) -> Dict[str, float]:
     """Test loss and accuracy over every rank's share of the test split, and with
     ``shift_consistency = (max_shift, mode)`` the shift consistency of the model on it
     (:mod:`diffstride.metrics`; the shifts come from a generator seeded afresh at every
     evaluation: the same shifts every epoch, and the training RNG untouched)."""
-    from diffstride import metrics as shift_metrics
-
     run.net.eval()
     loss_sum = correct = count = agree = 0.0
     generator = torch.Generator().manual_seed(run.ctx.rank)
@@ -301,10 +242,8 @@ def evaluate(run: Run, shift_consistency: Optional[Tuple[int, str]] = None) -> D
     return result
 
 
-def epoch_metrics(run: Run, state: RunState, sums: Dict[str, float]) -> Dict[str, Any]:
+def epoch_metrics(run: TrainingSetup, state: RunState, sums: Dict[str, float]) -> Dict[str, Any]:
     """The metrics of the epoch just trained: sums across ranks, test results, strides, complexity."""
-    from diffstride.complexity import count_flops
-
     loss_sum, correct, seen = run.ctx.all_sum([sums["loss"], sums["correct"], sums["seen"]])
     train_loss = loss_sum / max(seen, 1)
     if not math.isfinite(train_loss):
@@ -334,7 +273,7 @@ def epoch_metrics(run: Run, state: RunState, sums: Dict[str, float]) -> Dict[str
     return metrics
 
 
-def _end_of_epoch(run: Run, state: RunState, sums: Dict[str, float], workdir: Optional[str]) -> Dict[str, Any]:
+def _end_of_epoch(run: TrainingSetup, state: RunState, sums: Dict[str, float], workdir: Optional[str]) -> Dict[str, Any]:
     """Closes the epoch just trained: its metrics (evaluated), the run's time, and the checks
     that stop a run (a non-finite loss; strides that differ between processes)."""
     state.epoch, state.batch, state.partial, state.epoch_rng = state.epoch + 1, 0, {}, None
@@ -358,36 +297,6 @@ def _end_of_epoch(run: Run, state: RunState, sums: Dict[str, float], workdir: Op
     return metrics
 
 
-class _Saver:
-    """Writes this run's checkpoints (end of epoch, and mid-epoch when the schedule says so)."""
-
-    def __init__(self, workdir: Optional[str], run: Run, state: RunState, keep: int, every_steps, every_minutes,
-                 hooks, checkpointing: bool):
-        """``workdir``: where this process writes (rank 0's), None elsewhere; ``checkpointing``:
-        whether the run checkpoints at all (every process takes part in a mid-epoch checkpoint:
-        their sums are gathered into it)."""
-        self.workdir, self.run, self.state, self.keep, self.hooks = workdir, run, state, keep, hooks
-        agree = run.ctx.broadcast if run.ctx.distributed else None
-        self.schedule = CheckpointSchedule(every_steps, every_minutes, agree)
-        self.mid_epoch = self._mid_epoch if checkpointing and (every_steps or every_minutes) else None
-
-    def _save(self, mid_epoch: bool) -> None:
-        if self.workdir is None:
-            return  # another process writes
-        try:
-            save(self.workdir, self.run, self.state, self.keep, mid_epoch, self.hooks)
-        except ckpt.CheckpointError as err:
-            raise TrainingError(str(err)) from None
-
-    def _mid_epoch(self) -> None:
-        self._save(True)
-
-    def end_of_epoch(self) -> None:
-        if self.workdir is not None:
-            self._save(False)
-            self.schedule.done()
-
-
 def _check_arguments(num_epochs, keep_checkpoints, checkpoint_every_steps, checkpoint_every_minutes,
                      shift_consistency, shift_mode, on_config_change, accumulate_steps, compile) -> None:
     check_int(num_epochs, "train.train.num_epochs", minimum=0)
@@ -403,9 +312,7 @@ def _check_arguments(num_epochs, keep_checkpoints, checkpoint_every_steps, check
         raise ValueError(f"train.train.checkpoint_every_minutes must be a positive number or None, "
                          f"but got {checkpoint_every_minutes!r}")
     check_int(shift_consistency, "train.train.shift_consistency (the largest shift)", minimum=0, allow_none=True)
-    from diffstride.metrics import MODES
-
-    if shift_mode not in MODES:
+    if shift_mode not in shift_metrics.MODES:
         raise ValueError(f"train.train.shift_mode must be 'circular' or 'zeros', but got {shift_mode!r}")
     if on_config_change not in ("stop", "continue"):
         raise ValueError(f"train.train.on_config_change must be 'stop' or 'continue', but got {on_config_change!r}")
@@ -498,7 +405,7 @@ def train(
         say = log if ctx.is_main else (lambda *_: None)
         writes = workdir if workdir is not None and ctx.is_main else None  # the directory rank 0 writes to
         if writes is not None:  # before any data or model work: a bad directory or a second run stops at once
-            prepare(workdir)
+            prepare_workdir(workdir)
             stack.enter_context(RunLock(workdir))
             for path in remove_orphans(workdir):
                 say(f"removed {path}, left by an interrupted run")
@@ -517,8 +424,8 @@ def train(
             return final_records(workdir, run, state, num_epochs, writes is not None, resumed_from, say)
         start = {"run_id": state.run_id, "resumed_from": resumed_from, "epoch": state.epoch, "step": state.step,
                  "num_epochs": num_epochs, "config_changes": {k: list(v) for k, v in changes.items()}}
-        records = stack.enter_context(RunLog(writes, say, start, state.step))
-        saver = _Saver(writes, run, state, keep_checkpoints, checkpoint_every_steps, checkpoint_every_minutes, hooks,
+        records = stack.enter_context(RunRecorder(writes, say, start, state.step))
+        saver = CheckpointWriter(writes, run, state, keep_checkpoints, checkpoint_every_steps, checkpoint_every_minutes, hooks,
                        checkpointing=workdir is not None)
         show_progress = (sys.stderr.isatty() if progress is None else progress) and ctx.is_main
         while state.epoch < num_epochs:
@@ -532,6 +439,6 @@ def train(
             state.history.append(metrics)
             saver.end_of_epoch()
             records.records(state.history)
-            fire(hooks, "epoch_end", state)
+            call_hooks(hooks, "epoch_end", state)
             ctx.barrier()
         return final_records(workdir, run, state, num_epochs, writes is not None)

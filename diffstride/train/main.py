@@ -18,7 +18,13 @@ from typing import Callable, List, Optional, Sequence
 import gin
 import torch.distributed
 
+import diffstride.data  # noqa: F401  (the Gin names a config may use: data.*, train.*, resnet.*, ...)
+import diffstride.resnet  # noqa: F401
+from diffstride.data.builtin import DatasetUnavailable
 from diffstride.examples import CONFIGS_DIR
+from diffstride.train import configurables  # noqa: F401
+from diffstride.train import loop
+from diffstride.train.workdir import WorkdirError
 
 
 class UsageError(Exception):
@@ -59,11 +65,6 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 
 def configure(args: argparse.Namespace) -> None:
     """Parses the configs and bindings; any mistake becomes a UsageError."""
-    from diffstride.train import configurables as external_configurables  # noqa: F401  (registers the reference's names)
-    from diffstride.data import loading as data  # noqa: F401
-    from diffstride.train import loop as train
-    from diffstride import resnet  # noqa: F401
-
     if not args.gin_config and not args.gin_bindings:
         raise UsageError(f"give at least one --gin_config (packaged: {packaged_configs()})")
     files = [resolve_config(name) for name in args.gin_config]
@@ -120,21 +121,17 @@ def _main(argv: Optional[Sequence[str]], hooks: Sequence[Callable]) -> int:
     except UsageError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    from diffstride.train import loop as train_lib
-    from diffstride.data.loading import DatasetUnavailable
-    from diffstride.train.workdir import WorkdirError
-
     overrides = {"seed": args.seed, "hooks": tuple(hooks)}
     if args.restart:
         overrides["restart"] = True
     if args.workdir is not None:
         overrides["workdir"] = args.workdir
     try:
-        metrics = train_lib.train(**overrides)
+        metrics = loop.train(**overrides)
     except (ValueError, TypeError, DatasetUnavailable, WorkdirError) as err:
         _report(err)
         return 2
-    except train_lib.TrainingError as err:
+    except loop.TrainingError as err:
         _report(err)
         return 1
     except RuntimeError as err:

@@ -14,9 +14,9 @@ import torch
 from torch import nn
 
 from diffstride import pooling
-from diffstride.convert import _set_submodule
+from diffstride.convert import convert, set_submodule
 
-__all__ = ["torchvision_model", "timm_model", "prepare"]
+__all__ = ["torchvision_model", "timm_model", "convert_for_training"]
 
 
 def _first_conv(model: nn.Module):
@@ -46,15 +46,13 @@ def adapt_in_channels(model: nn.Module, in_channels: int) -> None:
                              * (weight.shape[1] / in_channels))
         if conv.bias is not None:
             new.bias.copy_(conv.bias)
-    _set_submodule(model, name, new)
+    set_submodule(model, name, new)
 
 
-def prepare(model: nn.Module, pooling_cls: Optional[Callable], exclude: Sequence[str], example_shape: Sequence[int],
+def convert_for_training(model: nn.Module, pooling_cls: Optional[Callable], exclude: Sequence[str], example_shape: Sequence[int],
             weight_decay: float, convert_options: Optional[Dict[str, Any]]) -> nn.Module:
     """Converts ``model`` with ``pooling_cls`` (None: unchanged) and sets the Keras-style L2
     ``weight_decay`` the training loop reads (SGD's decay is ``2 * weight_decay``)."""
-    from diffstride.convert import convert
-
     if pooling_cls is not None:
         example = torch.zeros(1, *example_shape)
         model, _ = convert(model, pooling_cls, exclude=tuple(exclude), example_input=example, inplace=True,
@@ -88,7 +86,7 @@ def torchvision_model(name: str, num_output_classes: int, in_channels: int = 3, 
     else:
         model = torchvision.models.get_model(name, num_classes=num_output_classes, **kwargs)
     adapt_in_channels(model, in_channels)
-    return prepare(model, pooling_cls, exclude, (in_channels, image_size, image_size), weight_decay, convert_options)
+    return convert_for_training(model, pooling_cls, exclude, (in_channels, image_size, image_size), weight_decay, convert_options)
 
 
 def _replace_classifier(model: nn.Module, num_classes: int) -> None:
@@ -97,7 +95,7 @@ def _replace_classifier(model: nn.Module, num_classes: int) -> None:
     if not linears:
         raise ValueError(f"{type(model).__name__} has no linear classifier to give {num_classes} outputs")
     name, old = linears[-1]
-    _set_submodule(model, name, nn.Linear(old.in_features, num_classes, bias=old.bias is not None))
+    set_submodule(model, name, nn.Linear(old.in_features, num_classes, bias=old.bias is not None))
 
 
 def timm_model(name: str, num_output_classes: int, in_channels: int = 3, pretrained: bool = False,
@@ -114,4 +112,4 @@ def timm_model(name: str, num_output_classes: int, in_channels: int = 3, pretrai
         raise ValueError(f"timm has no model {name!r}; see timm.list_models('*pattern*')")
     model = timm.create_model(name, pretrained=pretrained, num_classes=num_output_classes, in_chans=in_channels,
                               **kwargs)
-    return prepare(model, pooling_cls, exclude, (in_channels, image_size, image_size), weight_decay, convert_options)
+    return convert_for_training(model, pooling_cls, exclude, (in_channels, image_size, image_size), weight_decay, convert_options)

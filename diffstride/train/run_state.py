@@ -12,19 +12,22 @@ from __future__ import annotations
 import ast
 import dataclasses
 import os
-import time
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
+import gin
 import torch
+from gin import config as gin_config
+from gin import config_parser
 from torch import nn
 
 from diffstride.train import checkpoint as ckpt
 from diffstride.train import optim
+from diffstride.train.atomic import read_json, write_json
 from diffstride.train.distributed import DistributedContext
 
-__all__ = ["TrainingError", "ConfigChanged", "NoUsableCheckpoint", "Run", "RunState", "UNCHECKED_PARAMETERS",
-           "resolved_config", "config_differences", "rng_state", "set_rng_state", "resume", "save", "fire",
-           "CheckpointSchedule", "final_records"]
+__all__ = ["TrainingError", "ConfigChanged", "NoUsableCheckpoint", "TrainingSetup", "RunState", "UNCHECKED_PARAMETERS",
+           "resolved_config", "config_differences", "rng_state", "set_rng_state", "resume", "save", "call_hooks",
+           "final_records"]
 
 
 class TrainingError(RuntimeError):
@@ -44,7 +47,7 @@ UNCHECKED_PARAMETERS = frozenset({
 
 
 @dataclasses.dataclass
-class Run:
+class TrainingSetup:
     """The built parts of a run (everything but its state)."""
 
     ctx: DistributedContext
@@ -112,10 +115,6 @@ class RunState:
 
 def resolved_config(seed: Optional[int]) -> Dict[str, str]:
     """Every Gin binding in force (``scope/selector.parameter`` -> the value as written) and the seed."""
-    import gin
-    from gin import config as gin_config
-    from gin import config_parser
-
     bindings = {"--seed": repr(seed)}
     parser = config_parser.ConfigParser(gin.config_str(), gin_config.ParserDelegate(skip_unknown=True))
     for statement in parser:
@@ -160,7 +159,7 @@ def set_rng_state(state: Dict[str, Any], device: torch.device) -> None:
 # Resume and save
 
 
-def resume(workdir: str, run: Run, config: Dict[str, str], num_epochs: int, on_config_change: str,
+def resume(workdir: str, run: TrainingSetup, config: Dict[str, str], num_epochs: int, on_config_change: str,
            restart: bool, say: Callable[[str], None]) -> Tuple[Optional[RunState], Optional[str], Dict[str, Any]]:
     """Loads the newest verified checkpoint of ``workdir`` into ``run``.
 
@@ -230,7 +229,7 @@ def resume(workdir: str, run: Run, config: Dict[str, str], num_epochs: int, on_c
     return state, path, changes
 
 
-def save(workdir: str, run: Run, state: RunState, keep: int, mid_epoch: bool, hooks: Sequence[Callable]) -> str:
+def save(workdir: str, run: TrainingSetup, state: RunState, keep: int, mid_epoch: bool, hooks: Sequence[Callable]) -> str:
     """Writes a checkpoint, verifies it, then applies retention to this run's older ones.
 
     Retention: the ``keep`` newest end-of-epoch checkpoints of this run stay; its mid-epoch
@@ -243,9 +242,9 @@ def save(workdir: str, run: Run, state: RunState, keep: int, mid_epoch: bool, ho
                "run": dataclasses.asdict(record)}
     if run.scaler.is_enabled():
         payload["scaler"] = run.scaler.state_dict()
-    fire(hooks, "before_checkpoint", state)
+    call_hooks(hooks, "before_checkpoint", state)
     path = ckpt.save_checkpoint(workdir, payload, mid_epoch=mid_epoch)
-    fire(hooks, "checkpoint_written", state)
+    call_hooks(hooks, "checkpoint_written", state)
     state.checkpoints = record.checkpoints
     epoch_ends = [n for n in state.checkpoints if "-step" not in n]
     stale = [n for n in state.checkpoints if n != name and ("-step" in n or n not in epoch_ends[-keep:])]
@@ -254,34 +253,12 @@ def save(workdir: str, run: Run, state: RunState, keep: int, mid_epoch: bool, ho
     return path
 
 
-def fire(hooks: Sequence[Callable], event: str, state: RunState) -> None:
+def call_hooks(hooks: Sequence[Callable], event: str, state: RunState) -> None:
     for hook in hooks:
         hook(event, state)
 
 
-class CheckpointSchedule:
-    """When to write a checkpoint in the middle of an epoch (every N steps and/or M minutes)."""
-
-    def __init__(self, every_steps: Optional[int], every_minutes: Optional[float],
-                 agree: Optional[Callable[[bool], bool]] = None):
-        """``agree``: under torchrun, rank 0's decision broadcast to every process (the minutes
-        are each process's own clock; the processes must all take part in a checkpoint)."""
-        self.every_steps, self.every_minutes, self.agree = every_steps, every_minutes, agree
-        self.last = time.monotonic()
-
-    def due(self, step: int) -> bool:
-        if self.every_steps and step % self.every_steps == 0:
-            return True
-        if not self.every_minutes:
-            return False
-        due = time.monotonic() - self.last >= 60.0 * self.every_minutes
-        return self.agree(due) if self.agree is not None else due
-
-    def done(self) -> None:
-        self.last = time.monotonic()
-
-
-def _final(workdir: Optional[str], run: Run, state: RunState, num_epochs: int) -> Dict[str, Any]:
+def _final(workdir: Optional[str], run: TrainingSetup, state: RunState, num_epochs: int) -> Dict[str, Any]:
     """What ``metrics.json`` holds: the last epoch's metrics, the run's description, its time."""
     info = dict(run.info, seed=ast.literal_eval(state.config.get("--seed", "None")),  # as trained: the first start's
                 config_changes=state.config_changes)
@@ -289,7 +266,13 @@ def _final(workdir: Optional[str], run: Run, state: RunState, num_epochs: int) -
             **(state.history[-1] if state.history else {})}
 
 
-def final_records(workdir: Optional[str], run: Run, state: RunState, num_epochs: int, writes: bool,
+def is_final_metrics(metrics: Any) -> bool:
+    """Whether ``metrics`` (a parsed ``metrics.json``) is a finished run's record."""
+    return isinstance(metrics, dict) and "test_accuracy" in metrics
+
+
+
+def final_records(workdir: Optional[str], run: TrainingSetup, state: RunState, num_epochs: int, writes: bool,
                    checkpoint: Optional[str] = None, say: Callable[[str], None] = print) -> Dict[str, Any]:
     """Writes ``metrics.json`` at the end of training and returns it. For a finished run started
     again (``checkpoint`` given) the records are kept as they are, except those that are missing
@@ -298,14 +281,14 @@ def final_records(workdir: Optional[str], run: Run, state: RunState, num_epochs:
     if not writes:
         return final
     if checkpoint is None:
-        ckpt.write_json(os.path.join(workdir, "metrics.json"), final)
+        write_json(os.path.join(workdir, "metrics.json"), final)
         return final
-    recorded = {name: ckpt.read_json(os.path.join(workdir, name)) for name in ("history.json", "metrics.json")}
+    recorded = {name: read_json(os.path.join(workdir, name)) for name in ("history.json", "metrics.json")}
     intact = {"history.json": isinstance(recorded["history.json"], list),
-              "metrics.json": ckpt.is_final_metrics(recorded["metrics.json"])}
+              "metrics.json": is_final_metrics(recorded["metrics.json"])}
     for name, content in (("history.json", state.history), ("metrics.json", final)):
         if not intact[name]:
             path = os.path.join(workdir, name)
-            ckpt.write_json(path, content)
+            write_json(path, content)
             say(f"rebuilt {path} from {checkpoint} (it was missing or not a valid record)")
     return recorded["metrics.json"] if intact["metrics.json"] else final

@@ -17,7 +17,7 @@ import socket
 import time
 from typing import Optional
 
-__all__ = ["WorkdirError", "WorkdirBusy", "prepare", "RunLock", "held_by", "remove_orphans", "check_int"]
+__all__ = ["WorkdirError", "WorkdirBusy", "prepare_workdir", "RunLock", "held_by", "remove_orphans"]
 
 
 class WorkdirError(RuntimeError):
@@ -44,7 +44,7 @@ def _explain(workdir: str, err: OSError) -> WorkdirError:
     return WorkdirError(f"cannot use the work directory {workdir!r}: {reason}; choose another with --workdir")
 
 
-def prepare(workdir: str) -> str:
+def prepare_workdir(workdir: str) -> str:
     """Creates ``workdir`` if needed and proves it writable; returns its absolute path."""
     if not isinstance(workdir, str) or not workdir.strip():
         raise WorkdirError(f"the work directory must be a non-empty path, but got {workdir!r}; "
@@ -171,6 +171,10 @@ def release_inherited_locks() -> None:
     _held.clear()
 
 
+if hasattr(os, "register_at_fork"):  # every forked child (DataLoader workers) lets go at once
+    os.register_at_fork(after_in_child=release_inherited_locks)
+
+
 def _holder_has_ended(text: str) -> bool:
     """Whether the lock file names a process of this host that no longer exists."""
     try:
@@ -210,14 +214,3 @@ def _holder(text: str) -> str:
         return f"PID {info['pid']} on {info['host']}, started {info['started']}"
     except (ValueError, KeyError, TypeError):
         return "holder unknown"
-
-
-def check_int(value, name: str, minimum: Optional[int] = None, allow_none: bool = False):
-    """``value`` as an int, or a ``TypeError``/``ValueError`` naming the Gin parameter."""
-    if value is None and allow_none:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an integer, but got {value!r} ({type(value).__name__})")
-    if minimum is not None and value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, but got {value}")
-    return value

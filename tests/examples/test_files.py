@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from diffstride import data
-from diffstride.data import pipeline
+from diffstride.data import loader, transforms
 from diffstride.data import sources
 
 from .conftest import CLASSES, _shards, _tone
@@ -110,7 +110,7 @@ def test_imagefolder_reads_every_file_with_its_class(files):
     path, _ = files["images"]["val"][0]
     expected = v2.Compose([v2.Resize(27, antialias=True), v2.CenterCrop(24), v2.PILToTensor()])(
         Image.open(path).convert("RGB")).float() / 255.0
-    mean, std = torch.tensor(pipeline.IMAGENET_MEAN).view(3, 1, 1), torch.tensor(pipeline.IMAGENET_STD).view(3, 1, 1)
+    mean, std = torch.tensor(transforms.IMAGENET_MEAN).view(3, 1, 1), torch.tensor(transforms.IMAGENET_STD).view(3, 1, 1)
     torch.testing.assert_close(images[0], (expected - mean) / std, rtol=0, atol=1e-5)
 
 
@@ -194,7 +194,7 @@ def test_tar_shards_are_split_between_ranks(files, tmp_path):
     shards = sources.TarShards(f"{tmp_path}/train-*.tar")
     seen = []
     for rank in range(2):
-        stream = pipeline.ShardStream(shards, lambda payload, name: name, 0, rank, 2, 18, 4, train=True)
+        stream = loader.ShardStream(shards, lambda payload, name: name, 0, rank, 2, 18, 4, train=True)
         stream.epoch = 1
         seen.append([x for x, _ in stream])
     assert len(seen[0]) == len(seen[1]) == 18 and not set(seen[0]) & set(seen[1])
@@ -274,7 +274,7 @@ def test_the_in_memory_sets_key_mixup_and_augmentation_per_batch():
     generator between batches."""
     split = data.Split(torch.randint(0, 255, (64, 1, 12, 12), dtype=torch.uint8), torch.arange(64) % 4)
     normalize = data.Normalize((0.5,), (0.25,), torch.device("cpu"))
-    train = data.TrainBatches(split, 4, 8, normalize, data.augment, 0.2, seed=5)
+    train = data.InMemoryTrainBatches(split, 4, 8, normalize, data.augment, 0.2, seed=5)
     order = train.order(1)
     plain = list(train.batches(order))
     disturbed = []
@@ -284,13 +284,13 @@ def test_the_in_memory_sets_key_mixup_and_augmentation_per_batch():
     assert len(plain) == 4
     assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(plain, disturbed))
     assert all(torch.equal(a[0], b[0]) for a, b in zip(plain[2:], train.batches(order, start=2)))
-    shifted = list(data.TrainBatches(split, 4, 8, normalize, data.augment, 0.2, seed=6).batches(order))
+    shifted = list(data.InMemoryTrainBatches(split, 4, 8, normalize, data.augment, 0.2, seed=6).batches(order))
     assert not torch.equal(shifted[0][1], plain[0][1])
 
 
 def test_ranks_share_each_batch_and_see_each_example_once():
     size, batch = 103, 8
-    samplers = [pipeline.EpochBatchSampler(size, batch, rank, 2, seed=5, shuffle=True) for rank in range(2)]
+    samplers = [loader.EpochBatchSampler(size, batch, rank, 2, seed=5, shuffle=True) for rank in range(2)]
     for sampler in samplers:
         sampler.epoch = 2
     per_rank = [list(s) for s in samplers]
@@ -298,7 +298,7 @@ def test_ranks_share_each_batch_and_see_each_example_once():
     flat = [i for rank in per_rank for b in rank for _, i in b]
     assert len(flat) == len(set(flat)) == 12 * 8  # the last 103 - 96 examples of the order left out
     assert all(len(b) == 4 for rank in per_rank for b in rank)
-    evaluation = [list(pipeline.EpochBatchSampler(size, batch, rank, 2, 5, shuffle=False)) for rank in range(2)]
+    evaluation = [list(loader.EpochBatchSampler(size, batch, rank, 2, 5, shuffle=False)) for rank in range(2)]
     assert sorted(i for rank in evaluation for b in rank for _, i in b) == list(range(size))
 
 

@@ -21,7 +21,7 @@ from diffstride.train import main as main_lib
 from diffstride.train import models
 from diffstride import train as train_lib
 
-from .conftest import _metrics, _run, _run_killed_at, _shards, _two_processes, _until
+from .conftest import CLASSES, _metrics, _run, _run_killed_at, _shards, _two_processes, _until
 
 SMALL = [
     "data.load_datasets.image_size = 24",
@@ -40,31 +40,43 @@ def _file_args(workdir, name, root, epochs=1, extra=()):
     return ["--gin_config=mnist.gin", f"--workdir={workdir}", "--seed=1"] + [f"--gin_bindings={b}" for b in binds]
 
 
-def _finite_run(workdir, dataset):
+def _checked_run(workdir, dataset, train_examples, test_examples, batch=6, epochs=1):
+    """The run read its source whole: one step per full batch of the training split (the last
+    partial batch left out), an evaluation over exactly the test examples (the accuracy is a
+    whole number of them), a 3-class head, and finite losses."""
     metrics = _metrics(workdir)
-    assert metrics["run"]["dataset"] == dataset and math.isfinite(metrics["train_loss"])
-    assert 0.0 <= metrics["test_accuracy"] <= 1.0 and metrics["skipped_files"] == 0
+    assert metrics["run"]["dataset"] == dataset and metrics["skipped_files"] == 0
+    assert math.isfinite(metrics["train_loss"]) and math.isfinite(metrics["test_loss"])
+    assert metrics["step"] == epochs * (train_examples // batch)
+    correct = metrics["test_accuracy"] * test_examples
+    assert abs(correct - round(correct)) < 1e-6 and 0 <= round(correct) <= test_examples
+    newest = sorted(n for n in os.listdir(workdir) if n.startswith("ckpt-"))[-1]
+    head = [v for k, v in ckpt.load_checkpoint(os.path.join(workdir, newest))["model"].items() if k.endswith("weight")][-1]
+    assert head.shape[0] == len(CLASSES)
     return metrics
 
 
 def test_a_short_training_on_each_file_source(files, tmp_path, capsys):
     images, audio = files["root"] / "images", files["root"] / "audio"
+    n_images, n_sounds = len(files["images"]["train"]), len(files["audio"]["train"])
+    n_images_val, n_sounds_val = len(files["images"]["val"]), len(files["audio"]["val"])
     assert main_lib.main(_file_args(tmp_path / "folder", "imagefolder", images)) == 0
-    _finite_run(tmp_path / "folder", "imagefolder")
+    _checked_run(tmp_path / "folder", "imagefolder", n_images, n_images_val)
     _shards(tmp_path, files["images"]["train"], "train", 9)
     _shards(tmp_path, files["images"]["val"], "val", 6)
     name = f"wds:{tmp_path}/{{split}}-*.tar"
     assert main_lib.main(_file_args(tmp_path / "wds", name, tmp_path)) == 0
-    _finite_run(tmp_path / "wds", name)
+    _checked_run(tmp_path / "wds", name, n_images, n_images_val)
     # audio: log-mel spectrograms for the 2-D ResNet, raw waveforms for the 1-D one
     audio_args = ["data.load_datasets.sample_rate = 8000", "data.load_datasets.clip_seconds = 0.25",
                   "data.load_datasets.n_mels = 16"]
     assert main_lib.main(_file_args(tmp_path / "mel", "audiofolder", audio, extra=audio_args)) == 0
-    assert _finite_run(tmp_path / "mel", "audiofolder")["flops"] > 0
+    mel = _checked_run(tmp_path / "mel", "audiofolder", n_sounds, n_sounds_val)
+    assert mel["flops"] > 0 and all(len(info["strides"]) == 2 for info in mel["pooling"].values())
     wave = audio_args + ["data.load_datasets.audio_features = 'waveform'", "resnet.Resnet.dims = 1",
                          "resnet.Resnet.pooling_cls = @pooling.DiffStride1d"]
     assert main_lib.main(_file_args(tmp_path / "wave", "audiofolder", audio, extra=wave)) == 0
-    metrics = _finite_run(tmp_path / "wave", "audiofolder")
+    metrics = _checked_run(tmp_path / "wave", "audiofolder", n_sounds, n_sounds_val)
     assert all(len(info["strides"]) == 1 for info in metrics["pooling"].values())
 
 
@@ -82,7 +94,7 @@ def test_hugging_face_audio_dataset_trains(files, tmp_path):
     args = _file_args(tmp_path / "run", f"hf:{tmp_path / 'hf'}", tmp_path,
                       extra=["data.load_datasets.sample_rate = 8000", "data.load_datasets.clip_seconds = 0.25"])
     assert main_lib.main(args) == 0
-    _finite_run(tmp_path / "run", f"hf:{tmp_path / 'hf'}")
+    _checked_run(tmp_path / "run", f"hf:{tmp_path / 'hf'}", len(files["audio"]["train"]), len(files["audio"]["val"]))
 
 
 def _ended(pid):
@@ -128,14 +140,14 @@ def test_a_killed_runs_workers_end_with_it_under_the_forkserver_start_method(fil
 def test_a_worker_that_starts_after_its_run_was_killed_ends_at_once():
     """The other order of the same race (seen under load): the run is gone before a worker reaches
     its set-up, which then ends it instead of watching nothing."""
-    from diffstride.data.pipeline import _exit_with
+    from diffstride.data.loader import exit_with
 
     gone = subprocess.Popen(["true"])
     gone.wait()  # an ended (and reaped) process
     child = os.fork()
     if child == 0:
         try:
-            _exit_with(gone.pid)
+            exit_with(gone.pid)
         finally:
             os._exit(3)  # returned: it would have kept running
     _, status = os.waitpid(child, 0)
@@ -190,7 +202,7 @@ def test_killed_mid_epoch_with_workers_then_rerun_gives_the_same_metrics(files, 
 def _break_share(root, batch, rank=0, world_size=1, global_batch=6, seed=1):
     """Overwrites with garbage every training file of ``rank``'s share of ``batch`` in epoch 0 (the
     order the pipeline draws from the seed); returns their paths."""
-    from diffstride.data.pipeline import EpochBatchSampler
+    from diffstride.data.loader import EpochBatchSampler
     from diffstride.data.sources import FolderSource
 
     source = FolderSource(str(root / "train"), "image")

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from diffstride.train import main as main_lib
-from diffstride.experiments import report
+from diffstride.experiments import report, tables
 
 from .conftest import TINY
 
@@ -94,7 +94,7 @@ def test_pareto_fronts_and_the_comparison_at_equal_compute_follow_the_definition
     runs += [_record("strided conv", "1, 2", s, a, 20) for s, a in ((1, 0.90), (2, 0.92))]
     runs += [_record("strided conv", "2, 2", s, a, 5) for s, a in ((1, 0.80), (2, 0.84))]
     runs += [_record("strided conv", "4, 2", s, a, 30) for s, a in ((1, 0.85), (2, 0.87))]  # dominated
-    configs = report._configurations(runs, "toy")
+    configs = tables.configurations(runs, "toy")
     front = report.pareto_front([c for c in configs if c["method"] == "strided conv"])
     assert [(c["label"], c["mmacs"], round(c["acc"], 6)) for c in front] == [
         ("strided conv, strides 2, 2", 5, 82.0), ("strided conv, strides 1, 2", 20, 91.0)]

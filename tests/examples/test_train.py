@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from diffstride import pooling
+from diffstride.train import atomic
 from diffstride.train import checkpoint as ckpt
 from diffstride.train import main as main_lib
 
@@ -128,7 +129,7 @@ def test_checkpoints_are_written_atomically(tmp_path):
         raise Boom()
 
     with pytest.raises(Boom):
-        ckpt._atomic_replace(failing, str(tmp_path / "ckpt-0003.pt"))
+        atomic.atomic_replace(failing, str(tmp_path / "ckpt-0003.pt"))
     assert ckpt.load_checkpoint(str(tmp_path / "ckpt-0003.pt"))["epoch"] == 3  # old file intact
     assert sorted(os.listdir(tmp_path)) == names
 

@@ -19,7 +19,7 @@ def _listing(path):
 
 def test_a_second_run_on_a_held_workdir_stops_at_once_naming_the_holder(tmp_path):
     workdir = str(tmp_path / "run")
-    wd.prepare(workdir)
+    wd.prepare_workdir(workdir)
     with wd.RunLock(workdir):
         started = time.time()
         result = _run(_args(workdir, epochs=1))
@@ -43,11 +43,15 @@ def test_a_stale_lock_file_of_a_dead_process_does_not_block(tmp_path):
         assert info["pid"] == os.getpid()
 
 
-def _holder_killed_leaving_a_child(workdir, child_releases):
-    """A process takes the run lock, forks a child (as DataLoader forks its workers) that calls
-    ``release_inherited_locks()`` or not, then dies of SIGKILL. Returns the write end of a pipe
-    whose closing lets the child exit."""
+def _holder_killed_leaving_a_child(workdir, forked):
+    """A process takes the run lock, starts a child, then dies of SIGKILL. ``forked``: the child
+    is forked (as DataLoader forks its workers) and so lets go of the lock at once
+    (``os.register_at_fork`` in diffstride.train.workdir); otherwise it is started with the lock's
+    descriptor passed on (``subprocess`` with ``pass_fds``: no fork hook runs) and keeps the lock.
+    Returns the write end of a pipe whose closing lets the child exit."""
     import signal
+    import subprocess
+    import sys
 
     ready_r, ready_w = os.pipe()
     hold_r, hold_w = os.pipe()
@@ -56,10 +60,12 @@ def _holder_killed_leaving_a_child(workdir, child_releases):
         try:
             os.close(ready_r)
             os.close(hold_w)
-            with wd.RunLock(workdir):
-                if os.fork() == 0:  # its worker: keeps the shared descriptor unless it lets go
-                    if child_releases:
-                        wd.release_inherited_locks()
+            with wd.RunLock(workdir) as lock:
+                if not forked:
+                    code = "import os, sys; os.write(int(sys.argv[1]), b'x'); os.read(int(sys.argv[2]), 1)"
+                    subprocess.Popen([sys.executable, "-c", code, str(ready_w), str(hold_r)],
+                                     pass_fds=(lock._file.fileno(), ready_w, hold_r))
+                elif os.fork() == 0:  # its worker
                     os.write(ready_w, b"x")
                     os.read(hold_r, 1)  # until the test closes the pipe
                     os._exit(0)
@@ -67,7 +73,7 @@ def _holder_killed_leaving_a_child(workdir, child_releases):
         finally:
             os._exit(1)
     os.close(hold_r)
-    os.read(ready_r, 1)  # the worker exists (and has let go, if it does)
+    os.read(ready_r, 1)  # the child exists (and has let go, if it does)
     os.close(ready_r)
     os.close(ready_w)
     _, status = os.waitpid(holder, 0)
@@ -76,18 +82,18 @@ def _holder_killed_leaving_a_child(workdir, child_releases):
 
 
 def test_a_killed_runs_workers_do_not_keep_its_workdir_locked(tmp_path, monkeypatch):
-    """DataLoader workers are forked, and share their run's flock: the pipeline's workers let go
-    of it at their start, so the same command can start again at once after a SIGKILL; a child
-    that does not is waited for a little, then named in the error."""
+    """DataLoader workers are forked, and would share their run's flock: every forked child lets go
+    of it at once, so the same command can start again at once after a SIGKILL; a child that keeps
+    it (started with the descriptor passed on) is waited for a little, then named in the error."""
     workdir = str(tmp_path / "run")
-    wd.prepare(workdir)
-    release = _holder_killed_leaving_a_child(workdir, child_releases=True)
+    wd.prepare_workdir(workdir)
+    release = _holder_killed_leaving_a_child(workdir, forked=True)
     monkeypatch.setattr(wd, "ORPHAN_WAIT_SECONDS", 0.0)
     with wd.RunLock(workdir):  # the worker is alive, the lock free
         pass
     os.close(release)
 
-    release = _holder_killed_leaving_a_child(workdir, child_releases=False)
+    release = _holder_killed_leaving_a_child(workdir, forked=False)
     with pytest.raises(wd.WorkdirBusy, match="which has ended, but processes it started still hold the lock"):
         wd.RunLock(workdir).__enter__()
     # waited for: the lock is taken once the leftover process exits

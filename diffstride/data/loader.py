@@ -28,18 +28,15 @@ import threading
 import time
 from typing import Any, Callable, Iterator, List, Optional, Sequence, Tuple
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
-from diffstride.data.batch_ops import Normalize, augment_and_mix
+from diffstride.data.batch_ops import augment_and_mix
 from diffstride.data.randomness import BATCH_STREAM, example_seed
-from diffstride.data.sources import BadExample, DataError, TarShards, decode_audio, decode_image
+from diffstride.data.sources import BadExample, DataError, TarShards
 
-__all__ = ["example_seed", "ImageTransform", "AudioTransform", "ExampleDataset", "EpochBatchSampler",
-           "ShardStream", "LoaderTrainBatches", "LoaderTestBatches", "default_num_workers"]
-
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+__all__ = ["ExampleDataset", "EpochBatchSampler", "ShardStream", "DeviceLoader", "LoaderTrainBatches",
+           "LoaderTestBatches", "StreamSampler", "default_num_workers", "check_shards_for_ranks", "exit_with"]
 
 
 def default_num_workers() -> int:
@@ -47,65 +44,6 @@ def default_num_workers() -> int:
     ``LOCAL_WORLD_SIZE``), at most 8."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     return max(0, min(8, cores // int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
-
-
-# ----------------------------------------------------------------------------------------------
-# Per-example transforms (in the workers)
-
-
-class ImageTransform:
-    """Decode to RGB (or L), then ``torchvision.transforms.v2``: in training RandomResizedCrop to
-    ``size`` + horizontal flip (+ RandAugment or TrivialAugmentWide), in evaluation Resize to
-    ``size / crop_ratio`` + CenterCrop ``size``; returns a uint8 (C, size, size) tensor."""
-
-    def __init__(self, size: int, channels: int, train: bool, augment: str = "random_resized_crop",
-                 auto_augment: Optional[str] = None, crop_ratio: float = 0.875):
-        from torchvision.transforms import v2
-
-        self.channels = channels
-        steps: List[Any] = []
-        if train and augment == "random_resized_crop":
-            steps += [v2.RandomResizedCrop(size, antialias=True), v2.RandomHorizontalFlip()]
-        else:  # evaluation, or training with augment = 'none'
-            steps += [v2.Resize(int(round(size / crop_ratio)), antialias=True), v2.CenterCrop(size)]
-        if train and auto_augment == "randaugment":
-            steps.append(v2.RandAugment())
-        elif train and auto_augment == "trivialaugment":
-            steps.append(v2.TrivialAugmentWide())
-        steps.append(v2.PILToTensor())
-        self.transform = v2.Compose(steps)
-
-    def __call__(self, payload: Any, name: str) -> torch.Tensor:
-        return self.transform(decode_image(payload, self.channels, name))
-
-
-class AudioTransform:
-    """Decode (soundfile), mix to mono, resample to ``sample_rate``, cut to ``length`` samples
-    (random window in training, centre in evaluation, zero-padded when shorter), then
-    ``'log_mel'`` (1, n_mels, frames) or ``'waveform'`` (1, length)."""
-
-    def __init__(self, sample_rate: int, length: int, train: bool, features: str = "log_mel", n_mels: int = 64,
-                 n_fft: int = 512, hop_length: Optional[int] = None):
-        from diffstride.data import audio
-
-        self.sample_rate, self.length, self.train, self.features = sample_rate, length, train, features
-        self.log_mel = audio.LogMel(sample_rate, n_fft, hop_length, n_mels) if features == "log_mel" else None
-
-    def shape(self) -> Tuple[int, ...]:
-        if self.log_mel is None:
-            return (1, self.length)
-        return (1, self.log_mel.filters.shape[0], self.log_mel.frames(self.length))
-
-    def __call__(self, payload: Any, name: str) -> torch.Tensor:
-        from diffstride.data import audio
-
-        samples, rate = decode_audio(payload, name)
-        mono = audio.resample(audio.to_mono(samples), rate, self.sample_rate)
-        clip = audio.fixed_length(torch.from_numpy(np.ascontiguousarray(mono))[None], self.length, self.train)
-        if self.log_mel is None:
-            return clip
-        with torch.no_grad():
-            return self.log_mel(clip)
 
 
 @contextlib.contextmanager
@@ -257,7 +195,7 @@ class ShardStream(torch.utils.data.IterableDataset):
 # Batches on the device
 
 
-class _Loader:
+class DeviceLoader:
     """Builds the DataLoader and moves its batches to the device, counting bad examples."""
 
     def __init__(self, dataset, sampler, num_workers: int, device: torch.device, prefetch_factor: int,
@@ -320,17 +258,15 @@ class _Loader:
 
 def _worker_init(worker_id: int, main_pid: int) -> None:
     torch.set_num_threads(1)  # decoding and transforms: one thread per worker process
-    from diffstride.train.workdir import release_inherited_locks
-
-    release_inherited_locks()  # a killed run's workers must not keep its work directory locked
+    # (a forked worker lets go of the run's work-directory lock at once: diffstride.train.workdir)
     if os.getppid() != main_pid:
         # Started through a forkserver (Python 3.14's default on Linux): DataLoader's own watchdog
         # watches this process's parent, the forkserver, which the workers themselves keep alive;
         # after a SIGKILL of the run they would wait for work forever.
-        _exit_with(main_pid)
+        exit_with(main_pid)
 
 
-def _exit_with(pid: int) -> None:
+def exit_with(pid: int) -> None:
     """Ends this process as soon as process ``pid`` ends: a daemon thread waiting on a Linux pidfd
     (no polling), else checking every second. A ``pid`` already gone (the run was killed while
     this worker started) ends it at once."""
@@ -359,10 +295,10 @@ def _exit_with(pid: int) -> None:
 
 
 class LoaderTrainBatches:
-    """Training batches read through :class:`_Loader`; the same interface as the in-memory
+    """Training batches read through :class:`DeviceLoader`; the same interface as the in-memory
     :class:`~diffstride.data.TrainBatches` (``order(epoch)``, ``batches(order, start)``)."""
 
-    def __init__(self, loader: _Loader, steps: int, num_classes: int, normalize: Callable,
+    def __init__(self, loader: DeviceLoader, steps: int, num_classes: int, normalize: Callable,
                  augment_fn: Optional[Callable], mixup_alpha: float, seed: int = 0, rank: int = 0):
         self.loader, self.steps, self.num_classes = loader, steps, num_classes
         self.normalize, self.augment_fn, self.mixup_alpha = normalize, augment_fn, mixup_alpha
@@ -409,7 +345,7 @@ class LoaderTrainBatches:
 class LoaderTestBatches:
     """Evaluation batches in order (each rank its share), normalised, integer labels."""
 
-    def __init__(self, loader: _Loader, normalize: Callable):
+    def __init__(self, loader: DeviceLoader, normalize: Callable):
         self.loader, self.normalize = loader, normalize
 
     @property
@@ -425,7 +361,7 @@ class LoaderTestBatches:
                 yield self.normalize(images), labels
 
 
-class _StreamSampler:
+class StreamSampler:
     """Carries ``epoch`` and ``start`` to a :class:`ShardStream` (set before each epoch)."""
 
     def __init__(self, stream: ShardStream, per_rank_batch: int):
@@ -452,160 +388,3 @@ def check_shards_for_ranks(shards: TarShards, world_size: int) -> None:
     if len(shards.shards) < world_size:
         raise DataError(f"{len(shards.shards)} tar shards for {world_size} processes: every process reads whole "
                         f"shards, so there must be at least as many shards as processes")
-
-
-# ----------------------------------------------------------------------------------------------
-# From a name to batches
-
-
-class _Prefix:
-    """The first ``n`` examples of a source (``train_examples`` / ``test_examples``)."""
-
-    def __init__(self, source, n: int):
-        self.source, self.n = source, min(n, len(source))
-        self.kind, self.classes, self.skipped = source.kind, source.classes, source.skipped
-
-    def __len__(self) -> int:
-        return self.n
-
-    def __getitem__(self, index: int):
-        return self.source[index]
-
-
-SOURCE_PREFIXES = ("imagefolder", "audiofolder", "hf:", "torchvision:", "wds:")
-
-
-def is_file_source(name: str) -> bool:
-    return name in ("imagefolder", "audiofolder") or name.startswith(("hf:", "torchvision:", "wds:"))
-
-
-def _folder_splits(root: str, splits) -> Tuple[str, str]:
-    if not os.path.isdir(root):
-        raise DataError(f"data.load_datasets.data_dir = {root!r} is not a directory; expected {root}/train/<class>/... "
-                        f"and {root}/val/<class>/... (or test/)")
-    train = splits[0] if splits else "train"
-    evaluation = splits[1] if splits else next((s for s in ("val", "test", "validation")
-                                                  if os.path.isdir(os.path.join(root, s))), "val")
-    for split in (train, evaluation):
-        if not os.path.isdir(os.path.join(root, split)):
-            present = sorted(e.name for e in os.scandir(root) if e.is_dir())
-            raise DataError(f"{root} has no {split}/ split folder (it has {present}); expected {root}/train/<class>/... "
-                            f"and {root}/val/<class>/... or test/ (or set data.load_datasets.splits)")
-    return train, evaluation
-
-
-def sources_for(name: str, data_dir: str, download: bool, splits, skip_bad_files: bool, options: dict,
-                image_column=None, audio_column=None, label_column=None):
-    """(training source, evaluation source) for a name of :data:`SOURCE_PREFIXES`."""
-    from diffstride.data import sources
-
-    if splits is not None and (not isinstance(splits, (list, tuple)) or len(splits) != 2
-                               or not all(isinstance(s, str) for s in splits)):
-        raise DataError(f"data.load_datasets.splits must be two split names (training, evaluation), "
-                        f"e.g. ('train', 'val'), but got {splits!r}")
-    if name in ("imagefolder", "audiofolder"):
-        kind = "image" if name == "imagefolder" else "audio"
-        train_split, eval_split = _folder_splits(data_dir, splits)
-        train = sources.FolderSource(os.path.join(data_dir, train_split), kind, skip_bad_files)
-        return train, sources.FolderSource(os.path.join(data_dir, eval_split), kind, skip_bad_files, train.classes)
-    if name.startswith("torchvision:"):
-        cls = name.split(":", 1)[1]
-        pick = (lambda i: splits[i]) if splits else (lambda i: None)
-        return (sources.TorchvisionSource(cls, data_dir, True, download, pick(0), options),
-                sources.TorchvisionSource(cls, data_dir, False, download, pick(1), options))
-    if name.startswith("hf:"):
-        ref = name.split(":", 1)[1]
-        loaded = sources._hf_splits(ref, data_dir)
-        columns = dict(image_column=image_column, audio_column=audio_column, label_column=label_column)
-        train = sources.HuggingFaceSource(ref, loaded, True, splits[0] if splits else None, data_dir, **columns)
-        return train, sources.HuggingFaceSource(ref, loaded, False, splits[1] if splits else None, data_dir,
-                                                classes=train.classes, **columns)
-    pattern = name.split(":", 1)[1]
-    if "{split}" not in pattern:
-        raise DataError(f"a tar-shard name needs '{{split}}' where the split goes, e.g. "
-                        f"'wds:/data/{{split}}-{{000000..000099}}.tar', but got {name!r}")
-    train_split = splits[0] if splits else "train"
-    train = sources.TarShards(pattern.replace("{split}", train_split))
-    if splits:
-        eval_split = splits[1]
-    else:
-        def present(split: str) -> bool:
-            files = sources.expand_braces(pattern.replace("{split}", split))
-            return bool(files) and all(os.path.isfile(f) for f in files)
-
-        eval_split = next((s for s in ("val", "test", "validation") if present(s)), "val")
-    return train, sources.TarShards(pattern.replace("{split}", eval_split), train.kind, train.classes)
-
-
-def file_datasets(name: str, *, data_dir: str, download: bool, batch_size: int, augment_fn, mixup_alpha: float,
-                  train_examples: Optional[int], test_examples: Optional[int], device: torch.device, rank: int,
-                  world_size: int, seed: int, image_size: int, channels: int, augment: str,
-                  auto_augment: Optional[str], crop_ratio: float, mean, std, sample_rate: int, clip_seconds: float,
-                  audio_features: str, n_mels: int, num_workers: Optional[int], prefetch_factor: int,
-                  skip_bad_files: bool, splits, shuffle_buffer: int, options: dict, image_column, audio_column,
-                  label_column):
-    """(train batches, test batches, number of classes, example shape) of a file source."""
-    train_src, test_src = sources_for(name, data_dir, download, splits, skip_bad_files, options,
-                                      image_column, audio_column, label_column)
-    streaming = isinstance(train_src, TarShards)
-    if train_examples is not None and not streaming:
-        train_src = _Prefix(train_src, train_examples)
-    if test_examples is not None and not streaming:
-        test_src = _Prefix(test_src, test_examples)
-    num_classes = len(train_src.classes)
-    if num_classes < 2:
-        raise DataError(f"{name} has {num_classes} class ({train_src.classes}); a classifier needs at least 2")
-    if train_src.kind == "image":
-        transforms = [ImageTransform(image_size, channels, train, augment, auto_augment, crop_ratio)
-                      for train in (True, False)]
-        shape = (channels, image_size, image_size)
-        default_mean, default_std = ((IMAGENET_MEAN, IMAGENET_STD) if channels == 3 else
-                                     ((sum(IMAGENET_MEAN) / 3,), (sum(IMAGENET_STD) / 3,)))
-    else:
-        length = int(round(sample_rate * clip_seconds))
-        transforms = [AudioTransform(sample_rate, length, train, audio_features, n_mels) for train in (True, False)]
-        shape = transforms[0].shape()
-        default_mean, default_std = (0.0,), (1.0,)
-    normalize = Normalize(mean or default_mean, std or default_std, device,
-                           torch.uint8 if train_src.kind == "image" else torch.float32, len(shape) - 1)
-    workers = default_num_workers() if num_workers is None else num_workers
-    per_example = 2 if mixup_alpha > 0 else 1
-    global_batch = batch_size * per_example
-    if global_batch % world_size:
-        raise ValueError(f"batch_size ({batch_size}) must be divisible by the number of processes ({world_size})")
-    if streaming:
-        check_shards_for_ranks(train_src, world_size)
-        per_rank = [sum(train_src.counts[i] for i in range(r, len(train_src.shards), world_size))
-                    for r in range(world_size)]
-        limit = min(per_rank)
-        if train_examples is not None:
-            limit = min(limit, -(-train_examples // world_size))
-        per_rank_batch = global_batch // world_size
-        steps = limit // per_rank_batch
-        if steps == 0:
-            raise ValueError(f"the training shards give {limit} examples per process, fewer than one batch "
-                             f"({per_rank_batch} per process)")
-        stream = ShardStream(train_src, transforms[0], seed, rank, world_size, steps * per_rank_batch,
-                             shuffle_buffer, train=True)
-        train_loader = _Loader(stream, _StreamSampler(stream, per_rank_batch), workers, device, prefetch_factor,
-                               skip_bad_files, stream_batch=per_rank_batch, seed=seed)
-        check_shards_for_ranks(test_src, world_size)
-        test_limit = sum(test_src.counts) if test_examples is None else -(-test_examples // world_size)
-        test_stream = ShardStream(test_src, transforms[1], seed, rank, world_size, test_limit, 0, train=False)
-        test_loader = _Loader(test_stream, None, workers, device, prefetch_factor, skip_bad_files,
-                              stream_batch=batch_size, seed=seed)
-    else:
-        if len(train_src) < global_batch:
-            raise ValueError(f"the training split has {len(train_src)} examples, fewer than one batch "
-                             f"({global_batch} examples with mixup_alpha={mixup_alpha})")
-        sampler = EpochBatchSampler(len(train_src), global_batch, rank, world_size, seed, shuffle=True)
-        steps = len(sampler)
-        train_loader = _Loader(ExampleDataset(train_src, transforms[0], seed), sampler, workers, device,
-                               prefetch_factor, skip_bad_files, seed=seed)
-        test_loader = _Loader(ExampleDataset(test_src, transforms[1], seed),
-                              EpochBatchSampler(len(test_src), batch_size, rank, world_size, seed, shuffle=False),
-                              workers, device, prefetch_factor, skip_bad_files, seed=seed)
-    train_loader.scan_skipped = list(train_src.skipped)
-    test_loader.scan_skipped = list(test_src.skipped)
-    return (LoaderTrainBatches(train_loader, steps, num_classes, normalize, augment_fn, mixup_alpha, seed, rank),
-            LoaderTestBatches(test_loader, normalize), num_classes, shape)
