@@ -24,12 +24,12 @@ same values and gradients (tests/test_oracle.py, tests/test_golden.py run both).
 """
 from __future__ import annotations
 
-import math
 from typing import Optional, Sequence, Tuple
 
 import torch
 
 from diffstride import settings
+from diffstride._masks import dft_angles, irfft_coefficients
 from diffstride._plans import (
     SpectralPlan, cached_when_eager, height_positions, is_exporting, kept_runs, memory_format_of,
 )
@@ -101,8 +101,8 @@ def height_factors(n_in: int, n_out: int, rows: Tuple[int, ...], dtype, device) 
     with torch.inference_mode(False):
         k, f = torch.arange(len(rows), device=device), torch.tensor(rows, dtype=torch.long, device=device)
         p, m = torch.arange(n_out, device=device), torch.arange(n_in, device=device)
-        alpha = (p[:, None] * k[None, :] % n_out).to(dtype) * (2 * math.pi / n_out)  # (n_out, K)
-        beta = (f[:, None] * m[None, :] % n_in).to(dtype) * (2 * math.pi / n_in)  # (K, n_in)
+        alpha = dft_angles(p, k, n_out, dtype)  # (n_out, K)
+        beta = dft_angles(f, m, n_in, dtype)  # (K, n_in)
         left = torch.stack([torch.cos(alpha), torch.sin(alpha)], dim=1) / n_out
         qc, qs = torch.cos(beta), torch.sin(beta)
         right = torch.cat([torch.stack([qc, qs], dim=-1), torch.stack([qs, -qc], dim=-1)]).reshape(2 * len(rows), -1)
@@ -114,12 +114,9 @@ def width_factors(n_in: int, n_out: int, cols: int, dtype, device) -> Tuple[torc
     """``Bs = [B_r; B_i]`` (:func:`width_basis`) as ``(L * b).view(2·n_out, 2·cols) @ R``."""
     with torch.inference_mode(False):
         l, q, n = (torch.arange(v, device=device) for v in (cols, n_out, n_in))
-        alpha = (q[:, None] * l[None, :] % n_out).to(dtype) * (2 * math.pi / n_out)  # (n_out, cols)
-        beta = (l[:, None] * n[None, :] % n_in).to(dtype) * (2 * math.pi / n_in)  # (cols, n_in)
-        c = torch.full((cols,), 2.0, dtype=dtype, device=device)
-        c[0] = 1.0
-        if n_out % 2 == 0 and cols - 1 == n_out // 2:
-            c[cols - 1] = 1.0
+        alpha = dft_angles(q, l, n_out, dtype)  # (n_out, cols)
+        beta = dft_angles(l, n, n_in, dtype)  # (cols, n_in)
+        c = irfft_coefficients(cols, n_out, dtype, device)
         ca, sa = torch.cos(alpha) * c / n_out, torch.sin(alpha) * c / n_out
         left = torch.cat([torch.stack([ca, sa], dim=1), torch.stack([sa, -ca], dim=1)])  # (2·n_out, 2, cols)
         return left, torch.cat([torch.cos(beta), torch.sin(beta)])

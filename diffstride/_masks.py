@@ -102,6 +102,13 @@ def clamped_strides(strides: torch.Tensor, size: Sequence[int], smoothness_facto
     return torch.maximum(strides, floor).detach() + (strides - strides.detach())
 
 
+def dft_angles(rows: torch.Tensor, cols: torch.Tensor, n: int, dtype: torch.dtype) -> torch.Tensor:
+    """``2π (rows_i · cols_j mod n) / n``: the DFT phases of length ``n``, the product reduced
+    modulo the period in integers first, so that it stays exact before the cosine. One home for
+    the phases of the blocked operators (:func:`spectral_operator`) and the compact form's bases."""
+    return (rows[:, None] * cols[None, :] % n).to(dtype) * (2 * math.pi / n)
+
+
 def spectral_operator(
     n_in: int,
     n_out: int,
@@ -125,13 +132,13 @@ def spectral_operator(
     device = weights.device
     m = torch.arange(n_in, device=device)
     f = torch.tensor(list(freqs_in), device=device, dtype=torch.long)
-    angle_in = (f[:, None] * m[None, :] % n_in).to(dtype) * (2 * math.pi / n_in)
+    angle_in = dft_angles(f, m, n_in, dtype)
     cos_in, sin_in = torch.cos(angle_in), torch.sin(angle_in)
     w = weights.to(dtype)
     if len(freqs_in) * n_out * n_in <= settings.current().direct_operator_max or torch.compiler.is_compiling():
         k = torch.arange(len(freqs_in), device=device)
         p = torch.arange(n_out, device=device)
-        angle_out = (p[:, None] * k[None, :] % n_out).to(dtype) * (2 * math.pi / n_out)
+        angle_out = dft_angles(p, k, n_out, dtype)
         wc, ws = torch.cos(angle_out) * w, torch.sin(angle_out) * w
         return wc @ cos_in + ws @ sin_in, ws @ cos_in - wc @ sin_in
     z = torch.complex(w[:, None] * cos_in, -w[:, None] * sin_in)  # (K, n_in)
