@@ -4,7 +4,7 @@ The reference (google-research/diffstride ``resnet.py``, TensorFlow 2.21 + tf_ke
 built five models, set every weight and BatchNorm statistic to non-trivial values and ran one
 input in inference and in training mode. Loaded with those weights through
 ``keras_weights.load_reference_weights``, ours must give the same outputs: max |ours - ref| / max |ref|
-<= 1e-4 (measured worst: 1.1e-6). BatchNorm epsilon is the recipe's 1e-5 (with Keras' default
+<= 1e-4 (measured worst: 1.0e-6, benchmarks/reference_resnets.py). BatchNorm epsilon is the recipe's 1e-5 (with Keras' default
 1e-3 the inference outputs differ by 3e-3 to 2e-2, so the test would fail).
 """
 import json
