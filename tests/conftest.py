@@ -20,7 +20,7 @@ if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
 
 @pytest.fixture(autouse=True)
 def _seeded():
-    """Each test starts seeded (the training system's tests also clean Gin: tests/examples/conftest.py)."""
+    """Each test starts seeded (the training system's tests also clean Gin: tests/training/conftest.py)."""
     torch.manual_seed(0)
 
 

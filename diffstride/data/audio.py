@@ -2,7 +2,7 @@
 a log-mel spectrogram (torch only), for the 2-D ResNets; or the raw waveform for the 1-D ones.
 
 The mel filters are librosa's defaults (Slaney's mel scale and area normalisation,
-``librosa.filters.mel(htk=False, norm='slaney')``); ``tests/examples/test_files.py`` (test_mel_filters_and_log_mel_match_librosa) checks them
+``librosa.filters.mel(htk=False, norm='slaney')``); ``tests/training/test_files.py`` (test_mel_filters_and_log_mel_match_librosa) checks them
 against librosa.
 """
 from __future__ import annotations

@@ -22,7 +22,7 @@ from typing import Optional, Sequence, Tuple
 # what the server imports once (what a training run imports besides the optional extras)
 _PRELOAD = ["torch", "gin", "numpy", "diffstride.train.main", "diffstride.train.configurables",
             "diffstride.train", "diffstride.data", "diffstride.train.logs",
-            "torch.utils.tensorboard", "tests.examples.launch"]
+            "torch.utils.tensorboard", "tests.training.launch"]
 _context = None
 
 

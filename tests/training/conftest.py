@@ -39,7 +39,7 @@ def _args(workdir, epochs=2, extra=()):
 
 def _run(args, env=None, cwd=None):
     """The command ``python -m diffstride.examples.main ARGS`` in a process of its own (forked from
-    a server that imported torch once: tests/examples/launch.py)."""
+    a server that imported torch once: tests/training/launch.py)."""
     return launch.run(args, env=env, cwd=cwd)
 
 
