@@ -75,3 +75,15 @@ def test_python_m_diffstride_examples_main_is_the_command(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     assert "final test accuracy" in done.stdout
     assert json.loads((workdir / "metrics.json").read_text())["num_epochs"] == 1
+
+
+@pytest.mark.parametrize("config", main_lib.packaged_configs())
+def test_every_packaged_config_parses_and_names_the_loop_and_its_data(config):
+    import argparse
+
+    import gin
+
+    main_lib.configure(argparse.Namespace(gin_config=[config], gin_bindings=[]))
+    assert gin.query_parameter("train.train.load_data_fn").selector == "data.load_datasets"
+    assert isinstance(gin.query_parameter("data.load_datasets.name"), str)
+    assert gin.query_parameter("train.train.model_cls") is not None
