@@ -11,6 +11,7 @@ decoding shows (a corrupt file) raises :class:`BadExample` naming the file.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import glob
 import io
 import os
@@ -166,9 +167,7 @@ class TorchvisionSource:
 
     def __init__(self, class_name: str, root: str, train: bool, download: bool, split: Optional[str] = None,
                  options: Optional[Dict[str, Any]] = None):
-        import inspect
-
-        import torchvision
+        import torchvision  # (the train extra) imported where a torchvision source is read
 
         cls = getattr(torchvision.datasets, class_name, None)
         if not isinstance(cls, type):

@@ -14,16 +14,23 @@ from diffstride.train.logs import AXES
 __all__ = ["accuracy_macs_plot", "front_plot", "per_layer_plot", "accuracy_plot", "nth"]
 
 
-def nth(values: Optional[List], index: int):
-    return values[index] if values and len(values) > index else None
-
-
-def accuracy_macs_plot(runs, path):
+def _pyplot():
+    """matplotlib's pyplot on the file backend (no display needed), imported by the first plot:
+    matplotlib is the ``report`` extra, and the sweep imports this module without plotting."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def nth(values: Optional[List], index: int):
+    return values[index] if values and len(values) > index else None
+
+
+def accuracy_macs_plot(runs, path):
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(8, 5.5))
     markers = {"DiffStride": "o", "FixedSpectralPooling": "s", "strided conv": "^", "SpatialPooling": "D"}
     columns = list(dict.fromkeys(r["strides"] for r in runs))
@@ -62,11 +69,7 @@ _LINESTYLES = ("-", "--", ":")
 
 
 def per_layer_plot(runs, path, value, ylabel, title):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     nrows, ncols = _grid(len(runs))
     fig, axes = plt.subplots(nrows, ncols, figsize=(5.5 * ncols, 3.8 * nrows), squeeze=False)
     for ax, run in zip(axes.flat, runs):
@@ -98,11 +101,7 @@ def per_layer_plot(runs, path, value, ylabel, title):
 
 
 def accuracy_plot(runs, path):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(8, 5))
     for i, run in enumerate(runs):
         steps = [h["step"] for h in run["history"]]
@@ -126,11 +125,7 @@ def accuracy_plot(runs, path):
 
 
 def front_plot(runs, path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     datasets = sorted({r["dataset"] for r in runs})
     fig, axes = plt.subplots(1, len(datasets), figsize=(8 * len(datasets), 5.5), squeeze=False)
     markers = {"DiffStride": "o", "FixedSpectralPooling": "s", "strided conv": "^", "SpatialPooling": "D"}

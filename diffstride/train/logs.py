@@ -13,6 +13,7 @@ import socket
 import sys
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
+import gin
 import torch
 from torch import nn
 
@@ -114,8 +115,7 @@ class RunRecorder:
 
     def __enter__(self) -> "RunRecorder":
         if self.workdir is not None:
-            import gin
-            from torch.utils.tensorboard import SummaryWriter
+            from torch.utils.tensorboard import SummaryWriter  # TensorBoard: imported only when writing
 
             if not os.path.exists(os.path.join(self.workdir, "config.gin")):
                 atomic_write_text(os.path.join(self.workdir, "config.gin"), gin.config_str())
@@ -137,8 +137,6 @@ class RunRecorder:
     def records(self, history: List[Dict[str, Any]]) -> None:
         if self.workdir is None:
             return
-        import gin
-
         write_json(os.path.join(self.workdir, "history.json"), history)
         if not os.path.exists(os.path.join(self.workdir, "operative_config.gin")):
             atomic_write_text(os.path.join(self.workdir, "operative_config.gin"), gin.operative_config_str())
