@@ -19,3 +19,12 @@ def test_eager_use_does_not_import_dynamo():
             "print('torch._dynamo' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_the_command_line_does_not_import_dynamo_before_it_compiles():
+    """The training system's modules (what `diffstride-train --help` and every run's process
+    import) leave torch._dynamo to a run that compiles."""
+    code = ("import sys, diffstride.train.main, diffstride.experiments.sweep, diffstride.data; "
+            "print('torch._dynamo' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

@@ -20,7 +20,7 @@ from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
 import gin
 import torch
-from torch import _dynamo, nn
+from torch import nn
 
 from diffstride import metrics as shift_metrics
 from diffstride import pooling
@@ -50,6 +50,8 @@ def compiled(net: nn.Module, model: nn.Module) -> nn.Module:
     :func:`diffstride.pooling.sync_plans` after every optimizer step: the step then runs as one
     graph, recompiled when a plan changes (the first compiled step plans outside the graph, which
     records each layer's input size)."""
+    from torch import _dynamo  # over a second to import: only a compiled run pays it
+
     layers = pooling.pooling_layers(model)
     _dynamo.config.recompile_limit = max(_dynamo.config.recompile_limit, 8 + 4 * len(layers))
     moving = any(getattr(layer, "trainable", False) for _, layer in layers)
