@@ -294,9 +294,22 @@ def exit_with(pid: int) -> None:
     threading.Thread(target=wait, name=f"exit-with-{pid}", daemon=True).start()
 
 
-class LoaderTrainBatches:
-    """Training batches read through :class:`DeviceLoader`; the same interface as the in-memory
-    :class:`~diffstride.data.TrainBatches` (``order(epoch)``, ``batches(order, start)``)."""
+class _LoaderShare:
+    """This process's share of a split read through a :class:`DeviceLoader`, and the files it left out."""
+
+    loader: DeviceLoader
+
+    @property
+    def skipped(self) -> int:
+        return self.loader.skipped
+
+    def skipped_files(self) -> set:
+        return self.loader.skipped_files()
+
+
+class LoaderTrainBatches(_LoaderShare):
+    """Training batches read through :class:`DeviceLoader`, following the protocol
+    :class:`~diffstride.data.loading.TrainingBatches` as the in-memory batches do."""
 
     def __init__(self, loader: DeviceLoader, steps: int, num_classes: int, normalize: Callable,
                  augment_fn: Optional[Callable], mixup_alpha: float, seed: int = 0, rank: int = 0):
@@ -306,13 +319,6 @@ class LoaderTrainBatches:
 
     def __len__(self) -> int:
         return self.steps
-
-    @property
-    def skipped(self) -> int:
-        return self.loader.skipped
-
-    def skipped_files(self) -> set:
-        return self.loader.skipped_files()
 
     @property
     def may_skip(self) -> bool:
@@ -342,18 +348,11 @@ class LoaderTrainBatches:
             yield augment_and_mix(images, labels, self.augment_fn, self.mixup_alpha, key)
 
 
-class LoaderTestBatches:
+class LoaderTestBatches(_LoaderShare):
     """Evaluation batches in order (each rank its share), normalised, integer labels."""
 
     def __init__(self, loader: DeviceLoader, normalize: Callable):
         self.loader, self.normalize = loader, normalize
-
-    @property
-    def skipped(self) -> int:
-        return self.loader.skipped
-
-    def skipped_files(self) -> set:
-        return self.loader.skipped_files()
 
     def __iter__(self):
         for images, labels in self.loader:

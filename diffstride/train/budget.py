@@ -3,13 +3,14 @@ example (:class:`Budget`), refused before training when the budget is below its 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Optional, Tuple
+from typing import Optional, Tuple
 
 import torch
 from torch import nn
 
 from diffstride import pooling
 from diffstride.complexity import budget_penalty, fit_to_budget, floor
+from diffstride.train.run_state import TrainingSetup
 
 __all__ = ["Budget", "budget_for"]
 
@@ -35,10 +36,10 @@ class Budget:
     exact: float = 0.0
     refresh_steps: int = 10
 
-    def penalty(self, run: Any) -> torch.Tensor:
+    def penalty(self, run: TrainingSetup) -> torch.Tensor:
         return self.weight * budget_penalty(run.model, run.structure, self.macs, self.exact)
 
-    def fit(self, run: Any) -> None:
+    def fit(self, run: TrainingSetup) -> None:
         """The exact count, the network projected back within the budget first if it is over."""
         self.exact = float(fit_to_budget(run.model, self.input_size, self.macs)[0])
 

@@ -101,7 +101,6 @@ def build(ctx: DistributedContext, load_data_fn, model_cls, optimizer_cls, loss_
         accumulate_steps=accumulate_steps, train_net=compiled(net, model) if compile else net, budget=budget)
 
 
-
 # ----------------------------------------------------------------------------------------------
 # One epoch, evaluation
 
